@@ -1,0 +1,288 @@
+"""The running batch: one preallocated, left-padded KV cache shared by every decoding row.
+
+BATON (Cong et al., arXiv 2410.18701) §4.1-4.2: a newcomer is prefilled alone, then its K/V are *shaped*
+(left-padded to the batch's length, or the batch is left-padded to its length) and *embedded* as a new row,
+so a decode step never computes over another request's prompt. This module owns that cache.
+
+Layout (per layer, one key and one value buffer):
+
+    k[layer]: [cap_batch, kv_heads, cap_seq, head_dim]      # preallocated capacity
+                          ^ rows 0..B-1 are live  ^ columns off..off+S-1 are the window
+
+Every live row is *right-aligned* in the window: row r holds its `length[r]` cached tokens in the last
+`length[r]` columns, everything to their left is padding. Because of that the attention mask is a pure
+function of the row lengths (`mask[r, c] = c >= S - length[r]`) and is built per step instead of stored.
+A decode step writes the new token of every row into column `off + S` in place (no `torch.cat` of the
+whole cache), trimming all-padding columns is `off += S - max(length)`, left-padding the batch for a longer
+newcomer is `off -= L - S` while there is room, and removing a row moves the last row into its slot.
+Capacity grows geometrically; the window is copied only when it hits an edge of the buffer.
+
+Stale values in padding columns are always finite (buffers start zeroed and only ever receive K/V), so the
+masked-out columns contribute exactly 0 to attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+_SEQ_SLACK = 128  # extra columns reserved on the right when the window is relaid out (tokens)
+_LEFT_SLACK = 32  # extra columns reserved on the left, for longer newcomers (tokens)
+
+
+@dataclass
+class RowKV:
+    """The K/V of one request outside the batch: a fresh prefill or a swapped-out row.
+
+    Attributes:
+        keys, values: one tensor per layer, each `[1, kv_heads, length, head_dim]`.
+        length: cached tokens (int).
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    length: int
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the K/V tensors."""
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+
+class _WindowLayer(CacheLayerMixin):
+    """A transformers cache layer that writes one decode token into the batch's buffer in place."""
+
+    is_compileable = False
+    is_sliding = False
+
+    def __init__(self, batch: "RunningBatch", layer_idx: int):
+        super().__init__()
+        self._batch = batch
+        self._layer_idx = layer_idx
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states, value_states):  # pragma: no cover - always initialised
+        pass
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Write `[B, kv_heads, 1, head_dim]` new K/V at column `off+S`; return `[B, kv_heads, S+1, head_dim]`."""
+        return self._batch._write_step(self._layer_idx, key_states, value_states)
+
+    def get_seq_length(self) -> int:
+        return self._batch.seq_len
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self._batch.seq_len + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+
+class RunningBatch:
+    """Per-layer K/V of all decoding rows, with insert (vector shaping + KV embedding), remove and trim.
+
+    Only the engine thread touches an instance. Row indices are dense (`0..size-1`); `remove` moves the last
+    row into the freed slot and returns the old index of the moved row so the caller can follow it.
+
+    Args:
+        num_layers: decoder layers of the model.
+        kv_heads: key/value heads per layer.
+        head_dim: size of one head (elements).
+        dtype, device: of the K/V buffers (the model's).
+        max_batch_size: most rows (capacity never exceeds it).
+    """
+
+    def __init__(self, num_layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device, max_batch_size: int):
+        self.num_layers, self.kv_heads, self.head_dim = num_layers, kv_heads, head_dim
+        self.dtype, self.device, self.max_batch_size = dtype, torch.device(device), max_batch_size
+        self.bytes_per_token = 2 * num_layers * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+        self._release()
+        self._cache = Cache(layers=[_WindowLayer(self, i) for i in range(num_layers)])
+
+    # ----------------------------------------------------------------------------------------- state
+    def _release(self) -> None:
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+        self.cap_batch = 0
+        self.cap_seq = 0
+        self.off = 0  # first window column in the buffers
+        self.seq_len = 0  # S: window length (columns), == max(lengths) after trim
+        self.lengths: list[int] = []  # cached tokens per live row
+        self._lengths_t = torch.zeros(0, dtype=torch.long, device=self.device)
+
+    @property
+    def size(self) -> int:
+        """Live rows (B)."""
+        return len(self.lengths)
+
+    @property
+    def capacity_bytes(self) -> int:
+        """Bytes allocated for K/V buffers (capacity, not just live tokens)."""
+        return self.cap_batch * self.cap_seq * self.bytes_per_token
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes of K/V that belong to live tokens (padding excluded)."""
+        return sum(self.lengths) * self.bytes_per_token
+
+    @property
+    def padding_fraction(self) -> float:
+        """Share of the window `[B, S]` that is padding (0.0 when empty)."""
+        cells = self.size * self.seq_len
+        return 0.0 if cells == 0 else 1.0 - sum(self.lengths) / cells
+
+    # ------------------------------------------------------------------------------------- layout
+    def _relayout(self, cap_batch: int, left: int, right: int) -> None:
+        """Reallocate buffers with `cap_batch` rows, `left` free columns before the window and `right` after.
+
+        Copies the live window `[B, kv_heads, S, head_dim]` once per layer.
+        """
+        new_off = left
+        cap_seq = new_off + self.seq_len + right
+        B, S = self.size, self.seq_len
+        shape = (cap_batch, self.kv_heads, cap_seq, self.head_dim)  # [B, H, T, D]
+        new_k, new_v = [], []
+        for layer in range(self.num_layers):
+            k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            if B and S:
+                k[:B, :, new_off:new_off + S] = self.k[layer][:B, :, self.off:self.off + S]
+                v[:B, :, new_off:new_off + S] = self.v[layer][:B, :, self.off:self.off + S]
+            new_k.append(k)
+            new_v.append(v)
+        self.k, self.v = new_k, new_v
+        self.cap_batch, self.cap_seq, self.off = cap_batch, cap_seq, new_off
+
+    def _grow_rows(self) -> int:
+        return min(self.max_batch_size, max(4, 2 * self.cap_batch))
+
+    def _sync_lengths(self) -> None:
+        self._lengths_t = torch.tensor(self.lengths, dtype=torch.long, device=self.device)
+
+    # ------------------------------------------------------------------------------------ insert
+    def insert(self, row_kv: RowKV) -> int:
+        """Embed one request's K/V as a new row (BATON §4.1 vector shaping, §4.2 KV embedding).
+
+        Args:
+            row_kv: per-layer K/V `[1, kv_heads, L, head_dim]` with `L >= 1` cached tokens, on any device.
+
+        Returns:
+            The new row's index (== previous `size`).
+
+        Raises:
+            RuntimeError: when the batch already holds `max_batch_size` rows.
+            ValueError: when the tensors' shapes do not match the batch.
+        """
+        if self.size >= self.max_batch_size:
+            raise RuntimeError(f"batch is full ({self.max_batch_size} rows)")
+        L = row_kv.length
+        k0 = row_kv.keys[0]
+        if L < 1 or len(row_kv.keys) != self.num_layers or tuple(k0.shape) != (1, self.kv_heads, L, self.head_dim):
+            raise ValueError(f"row K/V must be {self.num_layers} x [1, {self.kv_heads}, L>=1, {self.head_dim}], "
+                             f"got {len(row_kv.keys)} x {tuple(k0.shape)}")
+        grow_left = max(0, L - self.seq_len)  # columns the window must gain on the left
+        need_rows = self.size + 1 > self.cap_batch
+        if need_rows or grow_left > self.off or self.off + self.seq_len + 1 > self.cap_seq:
+            cap_batch = self._grow_rows() if need_rows else self.cap_batch
+            self._relayout(cap_batch, grow_left + _LEFT_SLACK, max(_SEQ_SLACK, self.seq_len // 2))
+        self.off -= grow_left
+        self.seq_len += grow_left
+        row, end = self.size, self.off + self.seq_len
+        for layer in range(self.num_layers):
+            self.k[layer][row, :, end - L:end] = row_kv.keys[layer][0]
+            self.v[layer][row, :, end - L:end] = row_kv.values[layer][0]
+        self.lengths.append(L)
+        self._sync_lengths()
+        return row
+
+    # ------------------------------------------------------------------------------------ remove
+    def remove(self, row: int) -> int | None:
+        """Drop a row; the last row moves into its slot. All-padding columns are trimmed afterwards.
+
+        Returns:
+            The old index of the row that moved into `row` (always `size` after the call), or None when
+            `row` was the last row.
+
+        Raises:
+            IndexError: for a row that is not live.
+        """
+        if not 0 <= row < self.size:
+            raise IndexError(f"row {row} is not live (batch size {self.size})")
+        last = self.size - 1
+        moved = None
+        if row != last:
+            n, end = self.lengths[last], self.off + self.seq_len
+            for layer in range(self.num_layers):
+                self.k[layer][row, :, end - n:end] = self.k[layer][last, :, end - n:end]
+                self.v[layer][row, :, end - n:end] = self.v[layer][last, :, end - n:end]
+            self.lengths[row] = n
+            moved = last
+        self.lengths.pop()
+        if not self.lengths:
+            self._release()
+            return moved
+        self._sync_lengths()
+        self.trim()
+        return moved
+
+    def trim(self) -> int:
+        """Drop leading columns that are padding in every row. Returns the number of columns dropped."""
+        drop = self.seq_len - max(self.lengths, default=0)
+        self.off += drop
+        self.seq_len -= drop
+        return drop
+
+    def extract(self, row: int, device: torch.device | str = "cpu", pin_memory: bool = False) -> RowKV:
+        """Copy one row's live K/V out of the batch (swap-out); the row stays until `remove`.
+
+        Args:
+            row: live row index.
+            device: where the copy goes (host memory for swap-out).
+            pin_memory: allocate page-locked host memory (CUDA swap-out).
+
+        Returns:
+            `RowKV` with per-layer `[1, kv_heads, length, head_dim]` tensors, bit-exact copies.
+        """
+        if not 0 <= row < self.size:
+            raise IndexError(f"row {row} is not live (batch size {self.size})")
+        n, end = self.lengths[row], self.off + self.seq_len
+        keys, values = [], []
+        for layer in range(self.num_layers):
+            for src, dst in ((self.k[layer], keys), (self.v[layer], values)):
+                part = src[row:row + 1, :, end - n:end]
+                out = torch.empty(part.shape, dtype=part.dtype, device=device, pin_memory=pin_memory)
+                out.copy_(part, non_blocking=pin_memory)
+                dst.append(out)
+        return RowKV(keys, values, n)
+
+    # -------------------------------------------------------------------------------- decode step
+    def step_inputs(self) -> tuple[torch.Tensor, torch.Tensor, Cache]:
+        """Prepare one decode step over all rows.
+
+        Returns:
+            position_ids `[B, 1]` (each row's own next position: its cached length),
+            attention_mask `[B, 1, 1, S+1]` bool (True = attend; padding columns False), and the cache object
+            to pass as `past_key_values` (it writes the step's K/V in place at column `off+S`).
+        """
+        if self.off + self.seq_len + 1 > self.cap_seq:
+            self._relayout(self.cap_batch, _LEFT_SLACK, max(_SEQ_SLACK, self.seq_len // 2))
+        S = self.seq_len
+        cols = torch.arange(S + 1, device=self.device)
+        mask = cols[None, :] >= (S - self._lengths_t)[:, None]  # [B, S+1]
+        return self._lengths_t[:, None], mask[:, None, None, :], self._cache
+
+    def _write_step(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, col = self.size, self.off + self.seq_len
+        k, v = self.k[layer], self.v[layer]
+        k[:B, :, col] = key[:, :, 0]
+        v[:B, :, col] = value[:, :, 0]
+        return k[:B, :, self.off:col + 1], v[:B, :, self.off:col + 1]  # [B, H, S+1, D]
+
+    def finish_step(self) -> None:
+        """Account for the token every row just wrote (call after the decode forward)."""
+        self.seq_len += 1
+        self.lengths = [n + 1 for n in self.lengths]
+        self._lengths_t += 1

@@ -1,0 +1,142 @@
+"""Engine and sampling configuration, validated at construction.
+
+`SamplingParams` follows vLLM's names and meanings (`vllm.SamplingParams`): `temperature=0` is greedy,
+`top_k=0` (or -1) and `top_p=1` disable those filters, `stop` strings end a request and are not part of its
+text, `ignore_eos` keeps generating past the end-of-sequence token. Every invalid value raises `ValueError`
+naming the field, so a bad request fails alone and is never silently "fixed".
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+
+class Priority(enum.IntEnum):
+    """Scheduling class of a request; a lower value is more urgent (BATON §4.3 preemptive scheduling).
+
+    INTERACTIVE: a person is waiting on the stream. AGENT: a multi-step task. BATCH: offline work.
+    """
+
+    INTERACTIVE = 0
+    AGENT = 1
+    BATCH = 2
+
+
+def _check(cond: bool, field_name: str, message: str) -> None:
+    if not cond:
+        raise ValueError(f"{field_name}: {message}")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request is decoded.
+
+    Attributes:
+        max_tokens: most output tokens to generate (>= 1).
+        temperature: softmax temperature (>= 0); 0 selects greedy argmax decoding.
+        top_p: nucleus sampling mass in (0, 1]; 1 disables it.
+        top_k: keep only the k most likely tokens; 0 or -1 disables it.
+        seed: seed of this request's own `torch.Generator`, so a sampled output is reproducible
+            whatever else shares the batch; None draws from the engine's generator.
+        stop: a string or list of strings; generation ends before the first occurrence, which is not
+            included in the text (vLLM semantics).
+        ignore_eos: keep generating after the end-of-sequence token (benchmarks use it).
+
+    Raises:
+        ValueError: for any invalid field, with the field name first in the message.
+    """
+
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] | list[str] | str | None = None
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.max_tokens, int) and not isinstance(self.max_tokens, bool),
+               "max_tokens", f"must be an integer, got {self.max_tokens!r}")
+        _check(self.max_tokens >= 1, "max_tokens", f"must be >= 1, got {self.max_tokens}")
+        for name in ("temperature", "top_p"):
+            value = getattr(self, name)
+            _check(isinstance(value, (int, float)) and not isinstance(value, bool),
+                   name, f"must be a number, got {value!r}")
+            _check(math.isfinite(value), name, f"must be finite, got {value}")
+        _check(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
+        _check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        _check(isinstance(self.top_k, int) and not isinstance(self.top_k, bool),
+               "top_k", f"must be an integer, got {self.top_k!r}")
+        _check(self.top_k >= -1, "top_k", f"must be -1, 0 (disabled) or a positive integer, got {self.top_k}")
+        if self.seed is not None:
+            _check(isinstance(self.seed, int) and not isinstance(self.seed, bool),
+                   "seed", f"must be an integer or None, got {self.seed!r}")
+        _check(isinstance(self.ignore_eos, bool), "ignore_eos", f"must be a boolean, got {self.ignore_eos!r}")
+        stop = self.stop
+        if stop is None:
+            stop = ()
+        elif isinstance(stop, str):
+            stop = (stop,)
+        else:
+            _check(isinstance(stop, (list, tuple)), "stop", f"must be a string or a list of strings, got {stop!r}")
+            stop = tuple(stop)
+        for s in stop:
+            _check(isinstance(s, str) and s != "", "stop", f"every stop string must be a non-empty string, got {s!r}")
+        object.__setattr__(self, "stop", stop)
+
+    @property
+    def greedy(self) -> bool:
+        """True when decoding is argmax (temperature 0)."""
+        return self.temperature == 0
+
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass
+class EngineConfig:
+    """Static configuration of one `Engine`.
+
+    Attributes:
+        model: `smollm2-135m-instruct` (the embedded default), a local Hugging Face model folder, a local
+            `.gguf` file, or `random:<preset>` (random weights of a real shape; see `backend.models.PRESETS`).
+        device: `auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`.
+        dtype: `auto` (bfloat16 on CUDA, float32 on CPU), `float32`, `bfloat16` or `float16`.
+        max_batch_size: most rows decoded together in one step.
+        max_model_len: longest context (prompt + output tokens) of one request; None takes the model's
+            `max_position_embeddings`.
+        max_prefill_tokens: prompt tokens prefilled between two decode steps (at least one whole prompt
+            always runs); bounds how long running rows wait for newcomers (their inter-token latency).
+        seed: seed of the random-weight models and of the engine's shared sampling generator.
+        attn_implementation: transformers attention backend (`sdpa` or `eager`).
+
+    Raises:
+        ValueError: for any invalid field, with the field name first in the message.
+    """
+
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    dtype: str = "auto"
+    max_batch_size: int = 32
+    max_model_len: int | None = None
+    max_prefill_tokens: int = 2048
+    seed: int = 0
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.model, str) and self.model.strip() != "", "model", "must be a non-empty string")
+        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+               "device", f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        _check(self.dtype in ("auto", "float32", "bfloat16", "float16"),
+               "dtype", f"must be one of auto, float32, bfloat16, float16; got {self.dtype!r}")
+        _check(isinstance(self.max_batch_size, int) and self.max_batch_size >= 1,
+               "max_batch_size", f"must be an integer >= 1, got {self.max_batch_size!r}")
+        if self.max_model_len is not None:
+            _check(isinstance(self.max_model_len, int) and self.max_model_len >= 2,
+                   "max_model_len", f"must be an integer >= 2 or None, got {self.max_model_len!r}")
+        _check(isinstance(self.max_prefill_tokens, int) and self.max_prefill_tokens >= 1,
+               "max_prefill_tokens", f"must be an integer >= 1, got {self.max_prefill_tokens!r}")
+        _check(self.attn_implementation in ("sdpa", "eager"),
+               "attn_implementation", f"must be 'sdpa' or 'eager', got {self.attn_implementation!r}")

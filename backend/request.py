@@ -1,0 +1,97 @@
+"""A request's life inside the engine, and what the engine hands back per token.
+
+Statuses follow vLLM v1's `RequestStatus`: WAITING (queued, not prefilled), RUNNING (a row of the batch),
+PREEMPTED (swapped out to host memory; used by the preemptive scheduler), and the finished states.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .config import Priority, SamplingParams
+from .detokenizer import IncrementalDetokenizer
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    PREEMPTED = "swapped"
+    FINISHED_STOPPED = "stop"
+    FINISHED_LENGTH_CAPPED = "length"
+    FINISHED_ABORTED = "cancelled"
+    FINISHED_ERROR = "error"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.value in ("stop", "length", "cancelled", "error")
+
+
+@dataclass(frozen=True)
+class TokenOutput:
+    """One item of a request's stream.
+
+    Attributes:
+        request_id: the request.
+        token_id: the token generated at this step, or None on a closing item that carries no token
+            (cancelled, error).
+        text: the text delta (may be empty: held back for UTF-8 or a possible stop string).
+        finish_reason: None while streaming; on the last item `stop` (EOS or stop string), `length`
+            (`max_tokens` or the context limit), `cancelled` or `error`.
+        prompt_tokens: prompt length (tokens).
+        completion_tokens: tokens generated so far.
+        error: a message when `finish_reason == "error"`.
+    """
+
+    request_id: str
+    token_id: int | None
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass(eq=False)
+class Request:
+    """Engine-side state of one request (owned by the engine thread after submission).
+
+    `emit` is called from the engine thread with each `TokenOutput`; it must be thread-safe and quick
+    (e.g. `loop.call_soon_threadsafe(queue.put_nowait, out)`).
+    """
+
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    priority: Priority
+    emit: Callable[[TokenOutput], None]
+    detokenizer: IncrementalDetokenizer
+    max_len: int  # context limit for this request (tokens)
+    arrival: float = field(default_factory=time.perf_counter)
+    seq: int = 0  # arrival order (FCFS tie-break)
+    status: RequestStatus = RequestStatus.WAITING
+    output_ids: list[int] = field(default_factory=list)
+    generator: torch.Generator | None = None
+    first_token_time: float | None = None
+    finish_time: float | None = None
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.output_ids)
+
+    @property
+    def context_len(self) -> int:
+        """Tokens of prompt plus output so far."""
+        return len(self.prompt_ids) + len(self.output_ids)

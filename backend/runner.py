@@ -1,0 +1,69 @@
+"""The model runner: the only place that calls the model's forward.
+
+Two kinds of forward, kept apart as BATON prescribes (paper §4): a newcomer's prefill runs alone over
+`[1, prompt_len]` into a fresh transformers `DynamicCache`, and a decode step runs over `[B, 1]` (one new
+token per row) against the running batch's padded cache, with explicit per-row `position_ids` (RoPE
+positions must not count padding) and an explicit 4-D boolean attention mask (padding columns masked).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from .batch import RowKV, RunningBatch
+
+
+class ModelRunner:
+    """Runs prefill and decode forwards of one causal LM.
+
+    Args:
+        model: a transformers decoder-only causal LM (Llama family) in eval mode.
+        device: where its weights are.
+    """
+
+    def __init__(self, model: torch.nn.Module, device: torch.device):
+        self.model = model
+        self.device = device
+        cfg = model.config
+        self.num_layers = cfg.num_hidden_layers
+        self.kv_heads = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.dtype = next(model.parameters()).dtype
+
+    def new_batch(self, max_batch_size: int) -> RunningBatch:
+        """An empty running batch shaped for this model."""
+        return RunningBatch(self.num_layers, self.kv_heads, self.head_dim, self.dtype, self.device, max_batch_size)
+
+    @torch.inference_mode()
+    def prefill(self, prompt_ids: list[int]) -> tuple[torch.Tensor, RowKV]:
+        """Prefill one prompt alone.
+
+        Args:
+            prompt_ids: L >= 1 token ids.
+        Returns:
+            logits of the last position `[V]` float32, and the prompt's K/V (per layer `[1, kv_heads, L, head_dim]`).
+        """
+        L = len(prompt_ids)
+        ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)  # [1, L]
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(input_ids=ids, position_ids=torch.arange(L, device=self.device)[None],
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        keys = [layer.keys for layer in cache.layers]
+        values = [layer.values for layer in cache.layers]
+        return out.logits[0, -1].float(), RowKV(keys, values, L)
+
+    @torch.inference_mode()
+    def decode(self, batch: RunningBatch, input_ids: torch.Tensor) -> torch.Tensor:
+        """One decode step for every row of `batch` (writes their K/V in place, advances the batch).
+
+        Args:
+            input_ids: `[B, 1]` the last token of each row, in row order.
+        Returns:
+            next-token logits `[B, V]`.
+        """
+        position_ids, mask, cache = batch.step_inputs()
+        out = self.model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
+                         past_key_values=cache, use_cache=True)
+        batch.finish_step()
+        return out.logits[:, -1]
