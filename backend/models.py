@@ -42,7 +42,8 @@ CHATML_TEMPLATE = (
 # Named shapes for `random:<preset>` (gpt-fast `ModelArgs.from_name` style). vocab_size None = tokenizer size.
 PRESETS: dict[str, dict] = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=None, max_position_embeddings=2048, tie_word_embeddings=True),
+                 num_key_value_heads=2, vocab_size=None, max_position_embeddings=2048, tie_word_embeddings=True,
+                 initializer_range=0.3),  # wide init: greedy outputs vary with context (0.02 repeats one token)
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                          num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192,
                          rope_theta=100000.0, tie_word_embeddings=True),

@@ -1,0 +1,468 @@
+"""The engine: one thread owns the model, the running batch and every tensor.
+
+Loop (BATON, arXiv 2410.18701 §4): drain the inbox (new requests, cancels) -> admit waiting requests by
+priority -> prefill each newcomer alone and embed its K/V into the batch -> one decode step for all rows ->
+sample -> emit tokens -> retire finished rows at once (and trim all-padding columns).
+
+Callers on any thread talk to it through a thread-safe inbox; results come back through each request's
+`emit` callback (`generate` wires it to an asyncio queue, `generate_batch` to a `queue.Queue`). An error in
+one request (bad input, a failed prefill, a broken consumer) fails that request only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable, Sequence
+
+import torch
+
+from .config import EngineConfig, Priority, SamplingParams
+from .detokenizer import IncrementalDetokenizer
+from .models import LoadedModel, load_model
+from .request import Request, RequestStatus, TokenOutput
+from .runner import ModelRunner
+from .sampler import SamplingTensors, draw_uniforms, sample
+from .scheduler import Scheduler
+from .stats import EngineStats, RowStats, StatsWindow
+
+Prompt = str | Sequence[int] | Sequence[dict]
+
+
+@dataclass(frozen=True)
+class CompletionResult:
+    """The whole result of one request (`Engine.generate_batch`).
+
+    Attributes:
+        request_id, text, token_ids: what was generated.
+        finish_reason: `stop`, `length`, `cancelled` or `error`.
+        prompt_tokens, completion_tokens: token counts.
+        error: message when `finish_reason == "error"` (including requests rejected at submission).
+        ttft_ms: time to first token (ms), None when none came.
+        e2e_ms: submission to last item (ms).
+    """
+
+    request_id: str
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    error: str | None
+    ttft_ms: float | None
+    e2e_ms: float
+
+
+class Engine:
+    """In-process BATON re-batching engine serving many requests on one model.
+
+    Usage:
+        engine = Engine(EngineConfig(model="random:tiny")).start()
+        async for out in engine.generate("Hello", SamplingParams(max_tokens=16)): print(out.text, end="")
+        engine.shutdown()
+
+    Raises (from the methods named):
+        ModelLoadError (`start`): the model cannot be loaded.
+        RuntimeError: `generate`/`generate_batch` before `start` or after `shutdown`.
+        ValueError: invalid prompt, sampling params, priority or duplicate request id (`generate` raises on
+            first iteration; `generate_batch` reports it in that request's result).
+        KeyError (`cancel`): a request id the engine has never seen.
+    """
+
+    def __init__(self, config: EngineConfig | None = None, loaded: LoadedModel | None = None):
+        self.config = config or EngineConfig()
+        self._loaded = loaded
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # guards the tokenizer, _live and _finished_ids across threads
+        self._live: dict[str, Request] = {}
+        self._finished_ids: deque[str] = deque(maxlen=4096)
+        self._stats = EngineStats.empty()
+        self._stopped = False
+
+    # ------------------------------------------------------------------------------- lifecycle
+    @property
+    def model(self) -> LoadedModel:
+        if self._loaded is None:
+            raise RuntimeError("engine not started: call start() first")
+        return self._loaded
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> "Engine":
+        """Load the model (if not given) and start the engine thread. Returns self.
+
+        Raises:
+            ModelLoadError: the model spec cannot be loaded.
+        """
+        if self.started:
+            return self
+        cfg = self.config
+        if self._loaded is None:
+            self._loaded = load_model(cfg.model, cfg.device, cfg.dtype, cfg.seed, cfg.attn_implementation)
+        lm = self._loaded
+        self.max_model_len = min(cfg.max_model_len or lm.max_model_len, lm.max_model_len)
+        self._runner = ModelRunner(lm.model, lm.device)
+        self._batch = self._runner.new_batch(cfg.max_batch_size)
+        self._rows: list[Request] = []  # row i of the batch <-> self._rows[i]
+        self._row_params: SamplingTensors | None = None
+        self._scheduler = Scheduler()
+        self._window = StatsWindow()
+        self._generator = torch.Generator().manual_seed(cfg.seed)
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="baton-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop the engine thread; unfinished requests end with `cancelled`. Idempotent."""
+        if self._thread is None:
+            return
+        self._inbox.put(("stop", None))
+        self._thread.join(timeout)
+        self._thread = None
+        self._stopped = True
+
+    def __enter__(self) -> "Engine":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    # ------------------------------------------------------------------------------ public API
+    async def generate(self, prompt: Prompt, params: SamplingParams | None = None,
+                       priority: Priority = Priority.INTERACTIVE,
+                       request_id: str | None = None) -> AsyncIterator[TokenOutput]:
+        """Stream one request's outputs, one `TokenOutput` per generated token; the last has `finish_reason`.
+
+        Args:
+            prompt: a string (tokenized as is), a list of token ids, or chat messages
+                `[{"role", "content"}]` rendered with the tokenizer's chat template.
+            params: sampling parameters (default `SamplingParams()`).
+            priority: scheduling class.
+            request_id: your id (unique among live requests) or None for a fresh one.
+        Raises:
+            ValueError: invalid prompt (empty, longer than the context), params, priority or duplicate id.
+            RuntimeError: the engine is not running.
+        Leaving the iteration early (break, task cancellation) cancels the request in the engine.
+        """
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[TokenOutput] = asyncio.Queue()
+        req = self._make_request(prompt, params, priority, request_id,
+                                 lambda out: loop.call_soon_threadsafe(items.put_nowait, out))
+        self._inbox.put(("add", req))
+        finished = False
+        try:
+            while not finished:
+                out = await items.get()
+                finished = out.finished
+                yield out
+        finally:
+            if not finished:
+                self._inbox.put(("cancel", req.request_id))
+
+    def generate_batch(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams] | None = None,
+                       priority: Priority = Priority.BATCH,
+                       on_output: Callable[[TokenOutput], None] | None = None) -> list[CompletionResult]:
+        """Run many prompts to completion (blocking; for scripts). Results come back in prompt order.
+
+        Args:
+            prompts: as for `generate`.
+            params: one `SamplingParams` for all, or one per prompt.
+            priority: scheduling class of every request.
+            on_output: called (from this thread) with every `TokenOutput` as it arrives, e.g. for progress.
+        Returns:
+            One `CompletionResult` per prompt; a prompt rejected at submission has `finish_reason="error"`.
+        """
+        if params is None or isinstance(params, SamplingParams):
+            params = [params or SamplingParams()] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError(f"params: got {len(params)} SamplingParams for {len(prompts)} prompts")
+        outputs: queue.SimpleQueue[TokenOutput] = queue.SimpleQueue()
+        start = time.perf_counter()
+        results: list[CompletionResult | None] = [None] * len(prompts)
+        pending: dict[str, int] = {}
+        for i, (prompt, p) in enumerate(zip(prompts, params)):
+            try:
+                req = self._make_request(prompt, p, priority, None, outputs.put)
+            except ValueError as exc:
+                results[i] = CompletionResult(f"rejected-{i}", "", [], "error", 0, 0, str(exc), None, 0.0)
+                continue
+            pending[req.request_id] = i
+            self._inbox.put(("add", req))
+        acc: dict[str, tuple[list[str], list[int], list[float | None]]] = {
+            rid: ([], [], [None]) for rid in pending}
+        while pending:
+            out = outputs.get()
+            if on_output is not None:
+                on_output(out)
+            texts, ids, ttft = acc[out.request_id]
+            texts.append(out.text)
+            if out.token_id is not None:
+                ids.append(out.token_id)
+                if ttft[0] is None:
+                    ttft[0] = (time.perf_counter() - start) * 1000
+            if out.finished:
+                i = pending.pop(out.request_id)
+                results[i] = CompletionResult(out.request_id, "".join(texts), ids, out.finish_reason,
+                                              out.prompt_tokens, out.completion_tokens, out.error, ttft[0],
+                                              (time.perf_counter() - start) * 1000)
+        return results  # type: ignore[return-value]
+
+    def cancel(self, request_id: str) -> bool:
+        """Cancel a request: it ends with `finish_reason="cancelled"` and keeps what it generated.
+
+        Returns:
+            True if the request was live, False if it had already finished.
+        Raises:
+            KeyError: the engine has never seen this id.
+        """
+        with self._lock:
+            if request_id in self._live:
+                self._inbox.put(("cancel", request_id))
+                return True
+            if request_id in self._finished_ids:
+                return False
+        raise KeyError(f"unknown request id {request_id!r}")
+
+    def stats(self) -> EngineStats:
+        """The latest snapshot of the engine (published by the engine thread after every step)."""
+        return self._stats
+
+    # -------------------------------------------------------------------------- request intake
+    def tokenize(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt (chat messages go through the chat template). Raises ValueError."""
+        tok = self.model.tokenizer
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise ValueError("prompt: must not be empty")
+            with self._lock:
+                return tok(prompt).input_ids
+        prompt = list(prompt)
+        if not prompt:
+            raise ValueError("prompt: must not be empty")
+        if all(isinstance(t, dict) for t in prompt):
+            for m in prompt:
+                if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                    raise ValueError("prompt: every chat message needs string 'role' and 'content' fields")
+            with self._lock:
+                text = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+                return tok(text, add_special_tokens=False).input_ids
+        vocab = self.model.model.config.vocab_size
+        if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in prompt):
+            raise ValueError(f"prompt: token ids must be integers in [0, {vocab})")
+        return prompt
+
+    def _make_request(self, prompt: Prompt, params: SamplingParams | None, priority: Priority,
+                      request_id: str | None, emit: Callable[[TokenOutput], None]) -> Request:
+        if not self.started:
+            raise RuntimeError("engine is not running: call start() first")
+        params = params or SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"params: expected SamplingParams, got {type(params).__name__}")
+        try:
+            priority = Priority(priority)
+        except ValueError:
+            raise ValueError(f"priority: must be one of {[p.name for p in Priority]}, got {priority!r}") from None
+        ids = self.tokenize(prompt)
+        if len(ids) >= self.max_model_len:
+            raise ValueError(f"prompt: {len(ids)} tokens leave no room in the context of "
+                             f"{self.max_model_len} tokens (max_model_len)")
+        rid = request_id or uuid.uuid4().hex
+        gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+        req = Request(rid, ids, params, priority, emit, IncrementalDetokenizer(self.model.tokenizer, params.stop),
+                      self.max_model_len, generator=gen)
+        with self._lock:
+            if rid in self._live:
+                raise ValueError(f"request_id: {rid!r} is already running")
+            self._live[rid] = req
+        return req
+
+    # ------------------------------------------------------------------------------ the loop
+    def _run(self) -> None:
+        with torch.inference_mode():  # every tensor the engine makes is an inference tensor
+            while True:
+                try:
+                    if not self._iteration():
+                        break
+                except Exception as exc:  # an engine bug must not kill the thread: fail the batch, go on
+                    self._fail_rows(f"engine fault: {exc!r}")
+            for req in [*self._rows, *self._scheduler.waiting()]:
+                self._finish(req, RequestStatus.FINISHED_ABORTED, error="engine shut down")
+            self._rows.clear()
+            self._publish_stats()
+
+    def _iteration(self) -> bool:
+        """One engine iteration. Returns False when asked to stop."""
+        idle = not self._rows and not len(self._scheduler)
+        if not self._drain_inbox(block=idle):
+            return False
+        self._admit()
+        if self._rows:
+            self._decode_step()
+        self._publish_stats()
+        return True
+
+    def _fail_rows(self, error: str) -> None:
+        """Fail every running row and start from an empty batch (queued requests are kept)."""
+        for req in self._rows:
+            self._finish(req, RequestStatus.FINISHED_ERROR, error=error)
+        self._rows = []
+        self._row_params = None
+        self._batch = self._runner.new_batch(self.config.max_batch_size)
+
+    def _drain_inbox(self, block: bool) -> bool:
+        """Apply queued commands. Returns False on stop."""
+        try:
+            cmd, arg = self._inbox.get() if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return True
+        while True:
+            if cmd == "stop":
+                return False
+            if cmd == "add":
+                self._scheduler.add(arg)
+                self._window.count("num_requests_received")
+            elif cmd == "cancel":
+                self._cancel(arg)
+            try:
+                cmd, arg = self._inbox.get_nowait()
+            except queue.Empty:
+                return True
+
+    def _cancel(self, request_id: str) -> None:
+        req = self._scheduler.remove(request_id)
+        if req is None:
+            row = next((i for i, r in enumerate(self._rows) if r.request_id == request_id), None)
+            if row is None:
+                return  # already finished
+            req = self._rows[row]
+            self._remove_row(row)
+        self._finish(req, RequestStatus.FINISHED_ABORTED)
+
+    def _admit(self) -> None:
+        free = self.config.max_batch_size - len(self._rows)
+        for req in self._scheduler.admit(free, self.config.max_prefill_tokens):
+            t0 = time.perf_counter()
+            try:
+                logits, row_kv = self._runner.prefill(req.prompt_ids)
+                st = SamplingTensors.build([req.params], logits.device)
+                u = None if st.all_greedy else draw_uniforms([req.generator], self._generator, logits.device)
+                token = int(sample(logits[None], st, u)[0])
+            except Exception as exc:  # a failed prefill fails this request only
+                self._finish(req, RequestStatus.FINISHED_ERROR, error=f"prefill failed: {exc!r}")
+                continue
+            self._window.prefill(req.num_prompt_tokens, time.perf_counter() - t0)
+            req.status = RequestStatus.RUNNING
+            if self._accept_token(req, token):
+                continue
+            self._batch.insert(row_kv)
+            self._window.count("num_inserts")
+            self._rows.append(req)
+            self._row_params = None
+
+    def _decode_step(self) -> None:
+        t0 = time.perf_counter()
+        rows = self._rows
+        try:
+            if self._row_params is None:
+                self._row_params = SamplingTensors.build([r.params for r in rows], self._runner.device)
+            st = self._row_params
+            input_ids = torch.tensor([[r.output_ids[-1]] for r in rows], device=self._runner.device)  # [B, 1]
+            logits = self._runner.decode(self._batch, input_ids)  # [B, V]
+            u = None if st.all_greedy else draw_uniforms([r.generator for r in rows], self._generator,
+                                                         logits.device)
+            tokens = sample(logits, st, u).tolist()
+        except Exception as exc:  # the forward is shared: every row of this step fails, queued ones go on
+            self._fail_rows(f"decode step failed: {exc!r}")
+            return
+        finished = [row for row, (req, tok) in enumerate(zip(rows, tokens)) if self._accept_token(req, tok)]
+        for row in reversed(finished):
+            self._remove_row(row)
+        self._window.decode_step(len(tokens), time.perf_counter() - t0)
+
+    def _remove_row(self, row: int) -> None:
+        moved = self._batch.remove(row)
+        if moved is not None:
+            self._rows[row] = self._rows[moved]
+        self._rows.pop()
+        self._row_params = None
+        self._window.count("num_removes")
+
+    # --------------------------------------------------------------------------- per token
+    def _accept_token(self, req: Request, token: int) -> bool:
+        """Record one generated token and emit it. Returns True when the request finished."""
+        try:
+            req.output_ids.append(token)
+            if req.first_token_time is None:
+                req.first_token_time = time.perf_counter()
+            finish = None
+            text = ""
+            if token in self._loaded.eos_token_ids and not req.params.ignore_eos:
+                finish = RequestStatus.FINISHED_STOPPED
+            else:
+                text = req.detokenizer.add(token)
+                if req.detokenizer.stopped:
+                    finish = RequestStatus.FINISHED_STOPPED
+            if finish is None and (req.num_output_tokens >= req.params.max_tokens or req.context_len >= req.max_len):
+                finish = RequestStatus.FINISHED_LENGTH_CAPPED
+            if finish is not None and not req.detokenizer.stopped:
+                text += req.detokenizer.flush()
+            self._window.generated(1)
+            if finish is None:
+                self._emit(req, TokenOutput(req.request_id, token, text, None, req.num_prompt_tokens,
+                                            req.num_output_tokens))
+                return req.status.is_finished  # the consumer went away while emitting
+            self._finish(req, finish, token=token, text=text)
+            return True
+        except Exception as exc:  # e.g. a detokenizer fault: this request only
+            self._finish(req, RequestStatus.FINISHED_ERROR, error=f"token handling failed: {exc!r}")
+            return True
+
+    def _emit(self, req: Request, out: TokenOutput) -> None:
+        try:
+            req.emit(out)
+        except Exception:  # the consumer is gone (closed event loop): stop spending compute on it
+            req.status = RequestStatus.FINISHED_ABORTED
+            self._window.count("num_requests_cancelled")
+            self._forget(req)
+
+    def _finish(self, req: Request, status: RequestStatus, token: int | None = None, text: str = "",
+                error: str | None = None) -> None:
+        if req.status.is_finished:
+            return
+        req.status = status
+        req.finish_time = time.perf_counter()
+        counter = {"cancelled": "num_requests_cancelled", "error": "num_requests_failed"}.get(
+            status.value, "num_requests_finished")
+        self._window.count(counter)
+        out = TokenOutput(req.request_id, token, text, status.value, req.num_prompt_tokens,
+                          req.num_output_tokens, error)
+        self._forget(req)
+        try:
+            req.emit(out)
+        except Exception:
+            pass
+
+    def _forget(self, req: Request) -> None:
+        with self._lock:
+            self._live.pop(req.request_id, None)
+            self._finished_ids.append(req.request_id)
+
+    def _publish_stats(self) -> None:
+        b = self._batch
+        rows = tuple(RowStats(r.request_id, r.priority.name.lower(), r.status.value, r.context_len,
+                              r.num_output_tokens) for r in self._rows)
+        waiting = tuple(RowStats(r.request_id, r.priority.name.lower(), r.status.value, r.context_len, 0)
+                        for r in self._scheduler.waiting())
+        self._stats = self._window.snapshot(rows=rows, waiting=waiting, kv_cache_bytes=b.capacity_bytes,
+                                            kv_used_bytes=b.used_bytes, padding_fraction=b.padding_fraction,
+                                            seq_len=b.seq_len, device=str(self._loaded.device),
+                                            model=self._loaded.name)

@@ -1,0 +1,120 @@
+"""Engine statistics: immutable snapshots published by the engine thread, safe to read from any thread."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RowStats:
+    """One request as the engine sees it.
+
+    Attributes:
+        request_id, priority (`interactive`/`agent`/`batch`), state (`running`, `waiting`, `swapped`),
+        context_len (prompt + generated tokens), generated (output tokens so far).
+    """
+
+    request_id: str
+    priority: str
+    state: str
+    context_len: int
+    generated: int
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of the engine.
+
+    Attributes:
+        rows: the running batch, in row order.
+        waiting: queued requests in admission order.
+        kv_cache_bytes: bytes allocated for the batch's K/V buffers (bytes).
+        kv_used_bytes: bytes of K/V holding live tokens (bytes).
+        padding_fraction: share of the batch's `[B, S]` cache window that is padding.
+        seq_len: the batch's cache window length S (tokens).
+        num_decode_steps: decode steps run since start.
+        decode_steps_per_s, output_tokens_per_s: over the last few seconds (1/s, tokens/s).
+        mean_decode_step_ms, mean_prefill_ms: over the last few seconds (ms).
+        counters: `num_*` totals (requests received/finished/cancelled/failed, prefills, prompt tokens,
+            generated tokens, inserts, removes).
+        device, model: what the engine runs on.
+    """
+
+    rows: tuple[RowStats, ...] = ()
+    waiting: tuple[RowStats, ...] = ()
+    kv_cache_bytes: int = 0
+    kv_used_bytes: int = 0
+    padding_fraction: float = 0.0
+    seq_len: int = 0
+    num_decode_steps: int = 0
+    decode_steps_per_s: float = 0.0
+    output_tokens_per_s: float = 0.0
+    mean_decode_step_ms: float = 0.0
+    mean_prefill_ms: float = 0.0
+    counters: dict = field(default_factory=dict)
+    device: str = ""
+    model: str = ""
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.rows)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self.waiting)
+
+    @classmethod
+    def empty(cls) -> "EngineStats":
+        return cls()
+
+
+class StatsWindow:
+    """Counters and a sliding time window of recent steps, owned by the engine thread.
+
+    Args:
+        horizon_s: length of the window for rates (s).
+    """
+
+    def __init__(self, horizon_s: float = 5.0):
+        self.horizon_s = horizon_s
+        self.counters: Counter = Counter()
+        self._t0 = time.perf_counter()
+        self._steps: deque[tuple[float, int, float]] = deque()  # (time, tokens, step seconds)
+        self._prefills: deque[tuple[float, float]] = deque()  # (time, seconds)
+        self._tokens: deque[tuple[float, int]] = deque()  # (time, tokens emitted)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] += n
+
+    def prefill(self, prompt_tokens: int, seconds: float) -> None:
+        self.counters["num_prefills"] += 1
+        self.counters["num_prompt_tokens"] += prompt_tokens
+        self._prefills.append((time.perf_counter(), seconds))
+
+    def generated(self, n: int) -> None:
+        self.counters["num_generated_tokens"] += n
+        self._tokens.append((time.perf_counter(), n))
+
+    def decode_step(self, rows: int, seconds: float) -> None:
+        self.counters["num_decode_steps"] += 1
+        self._steps.append((time.perf_counter(), rows, seconds))
+
+    def snapshot(self, **fields) -> EngineStats:
+        now = time.perf_counter()
+        for dq in (self._steps, self._prefills, self._tokens):
+            while dq and now - dq[0][0] > self.horizon_s:
+                dq.popleft()
+        span = max(1e-3, min(self.horizon_s, now - self._t0))
+        step_ms = [s[2] * 1000 for s in self._steps]
+        prefill_ms = [p[1] * 1000 for p in self._prefills]
+        return EngineStats(
+            num_decode_steps=self.counters["num_decode_steps"],
+            decode_steps_per_s=len(self._steps) / span,
+            output_tokens_per_s=sum(t[1] for t in self._tokens) / span,
+            mean_decode_step_ms=sum(step_ms) / len(step_ms) if step_ms else 0.0,
+            mean_prefill_ms=sum(prefill_ms) / len(prefill_ms) if prefill_ms else 0.0,
+            counters=dict(self.counters),
+            **fields,
+        )
