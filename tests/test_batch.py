@@ -1,0 +1,117 @@
+"""The running batch against solo forwards: random insert / decode / remove / swap schedules (hypothesis)."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from backend.batch import RowKV
+from backend.runner import ModelRunner
+
+
+def _solo_logits(model, ids: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+
+
+ops = st.lists(st.tuples(st.sampled_from(["insert", "step", "step", "remove", "swap"]), st.integers(0, 10_000)),
+               min_size=4, max_size=24)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(schedule=ops)
+def test_random_schedules_match_solo_forwards(tiny, schedule):
+    """Every row's decode logits equal a solo forward over its own tokens (max |diff| < 1e-4, fp32)."""
+    runner = ModelRunner(tiny.model, tiny.device)
+    batch = runner.new_batch(max_batch_size=5)
+    vocab = tiny.model.config.vocab_size
+    rows: list[list[int]] = []  # row i's tokens (prompt + fed tokens), mirrors the batch's row order
+    with torch.inference_mode():
+        for op, n in schedule:
+            rng = random.Random(n)
+            if op == "insert" and batch.size < 5:
+                prompt = [rng.randrange(3, vocab) for _ in range(1 + n % 40)]
+                logits, kv = runner.prefill(prompt)
+                assert (logits - _solo_logits(tiny.model, prompt)).abs().max() < 1e-4
+                assert batch.insert(kv) == len(rows)
+                rows.append(prompt)
+            elif op == "step" and batch.size:
+                feed = [rng.randrange(3, vocab) for _ in rows]
+                logits = runner.decode(batch, torch.tensor(feed)[:, None])
+                for r, tok in enumerate(feed):
+                    rows[r].append(tok)
+                    diff = (logits[r].float() - _solo_logits(tiny.model, rows[r])).abs().max()
+                    assert diff < 1e-4, f"row {r} differs by {diff}"
+            elif op == "remove" and batch.size:
+                r = n % batch.size
+                moved = batch.remove(r)
+                if moved is not None:
+                    rows[r] = rows[moved]
+                rows.pop()
+            elif op == "swap" and batch.size:  # swap-out to host and back in: exact bytes
+                r = n % batch.size
+                host = batch.extract(r, device="cpu")
+                moved = batch.remove(r)
+                tokens = rows[r]
+                if moved is not None:
+                    rows[r] = rows[moved]
+                rows.pop()
+                back = RowKV([k.clone() for k in host.keys], [v.clone() for v in host.values], host.length)
+                assert batch.insert(back) == len(rows)
+                rows.append(tokens)
+                again = batch.extract(len(rows) - 1)
+                assert all(torch.equal(a, b) for a, b in zip(again.keys + again.values, host.keys + host.values))
+            # invariants: lengths mirror the rows, the window is trimmed to the longest row
+            assert batch.lengths == [len(t) for t in rows]
+            assert batch.seq_len == max(batch.lengths, default=0)
+
+
+def test_insert_longer_newcomer_left_pads_the_batch(tiny):
+    """A newcomer longer than the batch widens the window on the left; older rows keep their K/V."""
+    runner = ModelRunner(tiny.model, tiny.device)
+    batch = runner.new_batch(4)
+    with torch.inference_mode():
+        _, short = runner.prefill([5, 6, 7])
+        batch.insert(short)
+        before = batch.extract(0)
+        _, long = runner.prefill(list(range(10, 60)))
+        batch.insert(long)
+    assert batch.seq_len == 50 and batch.lengths == [3, 50]
+    assert 0.0 < batch.padding_fraction < 0.5
+    after = batch.extract(0)
+    assert all(torch.equal(a, b) for a, b in zip(before.keys, after.keys))
+
+
+def test_remove_trims_all_padding_columns_and_empty_batch_frees_memory(tiny):
+    runner = ModelRunner(tiny.model, tiny.device)
+    batch = runner.new_batch(4)
+    with torch.inference_mode():
+        for n in (4, 30):
+            batch.insert(runner.prefill(list(range(3, 3 + n)))[1])
+        assert batch.seq_len == 30
+        batch.remove(1)
+        assert batch.seq_len == 4 and batch.padding_fraction == 0.0
+        batch.remove(0)
+    assert batch.size == 0 and batch.capacity_bytes == 0
+
+
+def test_insert_rejects_wrong_shapes_and_full_batch(tiny):
+    runner = ModelRunner(tiny.model, tiny.device)
+    batch = runner.new_batch(1)
+    with torch.inference_mode():
+        kv = runner.prefill([5, 6])[1]
+        bad = RowKV([k[:, :1] for k in kv.keys], kv.values, kv.length)
+        try:
+            batch.insert(bad)
+            raise AssertionError("shape mismatch accepted")
+        except ValueError as exc:
+            assert "row K/V must be" in str(exc)
+        batch.insert(kv)
+        try:
+            batch.insert(kv)
+            raise AssertionError("overfull batch accepted")
+        except RuntimeError as exc:
+            assert "full" in str(exc)

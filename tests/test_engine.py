@@ -1,0 +1,173 @@
+"""Engine behaviour through its public API: errors stay with their request, cancel, limits, stop strings."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from backend import Engine, EngineConfig, Priority, SamplingParams
+from backend.detokenizer import IncrementalDetokenizer
+
+
+async def _collect(engine, prompt, params, **kw):
+    outs = [o async for o in engine.generate(prompt, params, **kw)]
+    return outs, "".join(o.text for o in outs)
+
+
+@pytest.mark.parametrize("field,value", [("temperature", -0.5), ("top_p", 0.0), ("top_p", 1.5),
+                                         ("top_k", -2), ("max_tokens", 0), ("seed", "x"),
+                                         ("stop", [""]), ("ignore_eos", "yes")])
+def test_invalid_sampling_params_name_the_field(field, value):
+    with pytest.raises(ValueError, match=f"^{field}:"):
+        SamplingParams(**{field: value})
+
+
+def test_invalid_engine_config_names_the_field():
+    with pytest.raises(ValueError, match="^max_batch_size:"):
+        EngineConfig(max_batch_size=0)
+    with pytest.raises(ValueError, match="^device:"):
+        EngineConfig(device="tpu")
+
+
+async def test_bad_prompts_fail_alone_and_the_engine_keeps_serving(make_engine):
+    engine = make_engine(max_model_len=64)
+    good = asyncio.create_task(_collect(engine, "hello", SamplingParams(max_tokens=20, ignore_eos=True)))
+    with pytest.raises(ValueError, match="prompt: must not be empty"):
+        await _collect(engine, "   ", SamplingParams())
+    with pytest.raises(ValueError, match="max_model_len"):
+        await _collect(engine, "x" * 200, SamplingParams())
+    with pytest.raises(ValueError, match="token ids"):
+        await _collect(engine, [1, -5], SamplingParams())
+    with pytest.raises(ValueError, match="priority"):
+        await _collect(engine, "hi", SamplingParams(), priority=7)
+    outs, _ = await good
+    assert outs[-1].finish_reason == "length" and outs[-1].completion_tokens == 20
+
+
+async def test_max_model_len_caps_generation(make_engine):
+    engine = make_engine(max_model_len=24)
+    prompt = list(range(3, 19))  # 16 tokens
+    outs, _ = await _collect(engine, prompt, SamplingParams(max_tokens=100, ignore_eos=True))
+    assert outs[-1].finish_reason == "length"
+    assert outs[-1].prompt_tokens + outs[-1].completion_tokens == 24
+
+
+async def test_cancel_keeps_partial_output_and_frees_the_row(make_engine):
+    engine = make_engine()
+    seen = []
+    async for out in engine.generate("tell me", SamplingParams(max_tokens=500, ignore_eos=True),
+                                     request_id="r1"):
+        seen.append(out)
+        if len(seen) == 5:
+            assert engine.cancel("r1") is True
+    assert seen[-1].finish_reason == "cancelled"
+    assert 5 <= seen[-1].completion_tokens < 500
+    assert engine.cancel("r1") is False  # already finished
+    with pytest.raises(KeyError, match="unknown request id"):
+        engine.cancel("never-seen")
+    await asyncio.sleep(0.05)
+    stats = engine.stats()
+    assert stats.batch_size == 0 and stats.kv_cache_bytes == 0
+    assert stats.counters["num_requests_cancelled"] == 1
+
+
+async def test_leaving_the_stream_early_cancels_the_request(make_engine):
+    engine = make_engine()
+    async for out in engine.generate("tell me", SamplingParams(max_tokens=500, ignore_eos=True)):
+        if out.completion_tokens == 3:
+            break
+    for _ in range(100):
+        if engine.stats().counters.get("num_requests_cancelled"):
+            break
+        await asyncio.sleep(0.01)
+    assert engine.stats().counters["num_requests_cancelled"] == 1
+    assert engine.stats().batch_size == 0
+
+
+async def test_duplicate_live_request_id_is_rejected(make_engine):
+    engine = make_engine()
+    first = engine.generate("a", SamplingParams(max_tokens=200, ignore_eos=True), request_id="dup")
+    await first.__anext__()
+    with pytest.raises(ValueError, match="request_id"):
+        await _collect(engine, "b", SamplingParams(), request_id="dup")
+    await first.aclose()
+
+
+async def test_stop_string_ends_the_request_and_is_not_emitted(make_engine):
+    engine = make_engine()
+    base = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
+    _, text = await _collect(engine, "The quick brown fox", base)
+    stop = text[10:13]
+    assert len(stop) == 3
+    outs, stopped = await _collect(engine, "The quick brown fox",
+                                   SamplingParams(max_tokens=40, temperature=0, ignore_eos=True, stop=[stop]))
+    assert outs[-1].finish_reason == "stop"
+    assert stopped == text[:text.index(stop)]
+
+
+async def test_stats_report_rows_priorities_and_kv_bytes(make_engine):
+    engine = make_engine(max_batch_size=2)
+    params = SamplingParams(max_tokens=300, ignore_eos=True)
+    streams = [engine.generate("one", params, Priority.INTERACTIVE, "a"),
+               engine.generate("two", params, Priority.BATCH, "b"),
+               engine.generate("three", params, Priority.AGENT, "c")]
+    await streams[0].__anext__()
+    await streams[1].__anext__()
+    task = asyncio.create_task(streams[2].__anext__())  # queued: the batch holds 2 rows
+    await asyncio.sleep(0.2)
+    stats = engine.stats()
+    assert {r.request_id: r.priority for r in stats.rows} == {"a": "interactive", "b": "batch"}
+    assert [r.request_id for r in stats.waiting] == ["c"] and stats.queue_depth == 1
+    assert all(r.state == "running" and r.generated >= 1 for r in stats.rows)
+    assert stats.kv_cache_bytes >= stats.kv_used_bytes > 0
+    assert stats.num_decode_steps > 0 and stats.output_tokens_per_s > 0
+    for s in streams[:2]:
+        await s.aclose()
+    await task
+    await streams[2].aclose()
+
+
+async def test_a_failing_prefill_fails_only_that_request(make_engine, monkeypatch):
+    engine = make_engine()
+    real_prefill = engine._runner.prefill
+
+    def flaky(ids):
+        if ids[:2] == [engine.tokenize("BOOM")[0], engine.tokenize("BOOM")[1]]:
+            raise RuntimeError("simulated device fault")
+        return real_prefill(ids)
+
+    monkeypatch.setattr(engine._runner, "prefill", flaky)
+    ok = asyncio.create_task(_collect(engine, "fine", SamplingParams(max_tokens=30, ignore_eos=True)))
+    bad, _ = await _collect(engine, "BOOM", SamplingParams(max_tokens=10))
+    assert bad[-1].finish_reason == "error" and "simulated device fault" in bad[-1].error
+    good, _ = await ok
+    assert good[-1].finish_reason == "length" and good[-1].completion_tokens == 30
+
+
+def test_generate_before_start_and_after_shutdown_is_a_clear_error(tiny):
+    engine = Engine(EngineConfig(model="random:tiny"), loaded=tiny)
+    with pytest.raises(RuntimeError, match="start"):
+        engine.generate_batch(["hi"])
+    engine.start()
+    engine.shutdown()
+    with pytest.raises(RuntimeError, match="not running"):
+        engine.generate_batch(["hi"])
+
+
+def test_detokenizer_holds_back_partial_utf8_and_stop_prefixes(tiny):
+    tok = tiny.tokenizer
+    text = "héllo 👋 wörld, stop here"
+    ids = tok(text).input_ids
+    detok = IncrementalDetokenizer(tok)
+    deltas = [detok.add(i) for i in ids]
+    assert "".join(deltas) + detok.flush() == text
+    assert not any("\ufffd" in d for d in deltas)
+    detok = IncrementalDetokenizer(tok, stop=("stop",))
+    out = ""
+    for i in ids:
+        out += detok.add(i)
+        assert "sto" not in out  # held back until ruled in or out
+        if detok.stopped:
+            break
+    assert detok.stopped and out == "héllo 👋 wörld, "
