@@ -164,6 +164,8 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
             source = "folder"
         elif path.exists():
             raise ModelLoadError(f"{spec!r} is neither a .gguf file nor a model folder with a config.json")
+        elif os.sep in spec or spec.endswith(".gguf"):
+            raise ModelLoadError(f"model path {spec!r} does not exist")
         else:
             raise ModelLoadError(
                 f"unknown model {spec!r}: use {DEFAULT_MODEL!r}, a local model folder, a local .gguf file, "
