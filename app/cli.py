@@ -1,0 +1,143 @@
+"""The `baton` command line: `baton chat QUESTION` and `baton batch INPUT.jsonl -o OUTPUT.jsonl`.
+
+`baton` with no arguments prints the help (the TUI comes later). Exit status: 0 success (a batch run that
+completed, even with failed lines), 1 a generation that failed in the engine, 2 bad usage (bad option value,
+unknown model, unreadable input), 130 interrupted. Errors are one `baton: error: ...` line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from importlib import metadata
+
+from backend import DEFAULT_MODEL, EngineConfig, SamplingParams
+
+from . import headless
+from .openai_batch import DEFAULT_MAX_TOKENS
+
+CHAT_TEMPERATURE = 0.7
+CHAT_MAX_TOKENS = 512
+
+# Engine/sampling field names (first word of their ValueError messages) -> the option that sets them.
+_OPTION_OF_FIELD = {"model": "--model", "device": "--device", "dtype": "--dtype", "max_batch_size": "--max-batch-size",
+                    "max_tokens": "--max-tokens", "temperature": "--temperature", "seed": "--seed"}
+
+
+def _version() -> str:
+    try:
+        return metadata.version("baton-chat")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `baton` with its `chat` and `batch` subcommands.
+
+    Returns:
+        An `argparse.ArgumentParser`; parsed arguments carry `command` (None, "chat" or "batch").
+    """
+    parser = argparse.ArgumentParser(
+        prog="baton", description="Baton: a local LLM chat app on an in-process batched inference engine.",
+        epilog="Run 'baton COMMAND --help' for a command's options.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    engine = argparse.ArgumentParser(add_help=False)
+    group = engine.add_argument_group("engine")
+    group.add_argument("--model", default=DEFAULT_MODEL,
+                       help="model: %(default)s (default), a local model folder, a local .gguf file, "
+                            "or random:<preset> (random weights, e.g. random:tiny)")
+    group.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
+    group.add_argument("--dtype", default="auto", help="auto (default), float32, bfloat16 or float16")
+    group.add_argument("--max-batch-size", type=int, default=32, metavar="N",
+                       help="most requests decoded together (default: %(default)s)")
+
+    chat = sub.add_parser("chat", parents=[engine], help="stream one answer to a question on stdout",
+                          description="Stream one answer to stdout. The question is sent as chat messages.")
+    chat.add_argument("question", help="the question (the user message)")
+    chat.add_argument("--system", metavar="PROMPT", help="system prompt sent before the question")
+    chat.add_argument("--temperature", type=float, default=CHAT_TEMPERATURE, metavar="T",
+                      help="sampling temperature, 0 for greedy (default: %(default)s)")
+    chat.add_argument("--max-tokens", type=int, default=CHAT_MAX_TOKENS, metavar="N",
+                      help="most tokens in the answer (default: %(default)s)")
+    chat.add_argument("--seed", type=int, metavar="N", help="seed for reproducible sampling (default: none)")
+    chat.set_defaults(handler=_chat)
+
+    batch = sub.add_parser(
+        "batch", parents=[engine], help="run an OpenAI Batch API JSONL file (/v1/chat/completions)",
+        description="Run every line of an OpenAI Batch API input file (url /v1/chat/completions) through the "
+                    "engine at batch priority, all at once, and write the OpenAI Batch output file: one line per "
+                    "input line, in input order; failed lines have response null and an error. Body fields "
+                    "honoured: messages, max_tokens/max_completion_tokens (default "
+                    f"{DEFAULT_MAX_TOKENS}), temperature (default 1), top_p (default 1), seed, stop, and vLLM's "
+                    "top_k and ignore_eos; model is ignored. Fields that cannot be honoured fail their line.")
+    batch.add_argument("input", metavar="INPUT.jsonl", help="OpenAI Batch API input file")
+    batch.add_argument("-o", "--output", metavar="OUTPUT.jsonl", required=True,
+                       help="output file (written atomically; replaced if it exists)")
+    batch.set_defaults(handler=_batch)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `baton` command line.
+
+    Args:
+        argv: the arguments (without the program name); None reads `sys.argv[1:]`.
+    Returns:
+        The exit status: 0 success, 1 generation failed, 2 bad usage, 130 interrupted.
+        Never raises for bad arguments or inputs: they are reported as one `baton: error: ...` line on stderr.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or an argparse usage error (already printed)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.handler(args)
+    except headless.UsageError as exc:
+        print(f"baton: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("baton: interrupted", file=sys.stderr)
+        return 130
+
+
+def _option_message(exc: ValueError) -> str:
+    """`temperature: must be >= 0` -> `--temperature: must be >= 0` (the option the user typed)."""
+    text = str(exc)
+    m = re.match(r"(\w+): ", text)
+    if m and m.group(1) in _OPTION_OF_FIELD:
+        return _OPTION_OF_FIELD[m.group(1)] + text[len(m.group(1)):]
+    return text
+
+
+def _engine_config(args: argparse.Namespace) -> EngineConfig:
+    try:
+        return EngineConfig(model=args.model, device=args.device, dtype=args.dtype,
+                            max_batch_size=args.max_batch_size)
+    except ValueError as exc:
+        raise headless.UsageError(_option_message(exc)) from exc
+
+
+def _chat(args: argparse.Namespace) -> int:
+    try:
+        params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    except ValueError as exc:
+        raise headless.UsageError(_option_message(exc)) from exc
+    config = _engine_config(args)
+    messages = headless.chat_messages(args.question, args.system)
+    return headless.run_chat(config, messages, params)
+
+
+def _batch(args: argparse.Namespace) -> int:
+    headless.run_batch(_engine_config(args), args.input, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
