@@ -1,6 +1,7 @@
-"""The `baton` command line: `baton chat QUESTION` and `baton batch INPUT.jsonl -o OUTPUT.jsonl`.
+"""The `baton` command line: `baton chat [QUESTION]` and `baton batch INPUT.jsonl -o OUTPUT.jsonl`.
 
-`baton` with no arguments prints the help (the TUI comes later). Exit status: 0 success (a batch run that
+`baton` with no arguments prints the help (the TUI comes later). `baton chat` without a question holds a
+conversation over stdin (one user turn per line, Ctrl-D ends). Exit status: 0 success (a batch run that
 completed, even with failed lines), 1 a generation that failed in the engine, 2 bad usage (bad option value,
 unknown model, unreadable input), 130 interrupted. Errors are one `baton: error: ...` line on stderr.
 """
@@ -14,7 +15,7 @@ from importlib import metadata
 
 from backend import DEFAULT_MODEL, EngineConfig, SamplingParams
 
-from . import headless
+from . import batch_runner, headless
 from .openai_batch import DEFAULT_MAX_TOKENS
 
 CHAT_TEMPERATURE = 0.7
@@ -54,9 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--max-batch-size", type=int, default=32, metavar="N",
                        help="most requests decoded together (default: %(default)s)")
 
-    chat = sub.add_parser("chat", parents=[engine], help="stream one answer to a question on stdout",
-                          description="Stream one answer to stdout. The question is sent as chat messages.")
-    chat.add_argument("question", help="the question (the user message)")
+    chat = sub.add_parser("chat", parents=[engine], help="stream the answer to a question on stdout (no question: a conversation over stdin)",
+                          description="Stream the answer to QUESTION to stdout (sent as chat messages). "
+                                      "Without QUESTION: a conversation, one user turn per line of stdin, "
+                                      "each answer streamed to stdout; Ctrl-D (end of input) ends it.")
+    chat.add_argument("question", nargs="?", help="the question (the user message)")
     chat.add_argument("--system", metavar="PROMPT", help="system prompt sent before the question")
     chat.add_argument("--temperature", type=float, default=CHAT_TEMPERATURE, metavar="T",
                       help="sampling temperature, 0 for greedy (default: %(default)s)")
@@ -130,12 +133,14 @@ def _chat(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise headless.UsageError(_option_message(exc)) from exc
     config = _engine_config(args)
+    if args.question is None:
+        return headless.run_conversation(config, params, system=args.system)
     messages = headless.chat_messages(args.question, args.system)
     return headless.run_chat(config, messages, params)
 
 
 def _batch(args: argparse.Namespace) -> int:
-    headless.run_batch(_engine_config(args), args.input, args.output)
+    batch_runner.run_batch(_engine_config(args), args.input, args.output)
     return 0
 
 

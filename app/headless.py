@@ -1,31 +1,17 @@
-"""Headless runs of the engine for the command line: stream one chat answer, run an OpenAI Batch file.
+"""Headless chat on the engine: stream one answer, or hold a conversation over stdin, printing to stdout.
 
 Talks to the engine only through the public `backend` API. Errors the user must fix (a model that cannot be
-loaded, an unreadable input file, a prompt that does not fit) raise `UsageError`; the CLI turns that into a
-one-line message and exit status 2.
+loaded, a prompt that does not fit) raise `UsageError`; the CLI turns that into a one-line message and exit
+status 2. `app.batch_runner` runs OpenAI Batch files on the same helpers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import sys
-import tempfile
-import time
-import uuid
-from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
-from rich.text import Text
-
-from backend import Engine, EngineConfig, ModelLoadError, Priority, SamplingParams
-
-from . import openai_batch
-from .openai_batch import BatchRequest, LineError
+from backend import Engine, EngineConfig, ModelLoadError, Priority, SamplingParams, TokenOutput
 
 
 class UsageError(Exception):
@@ -61,10 +47,20 @@ def chat_messages(question: str, system: str | None = None) -> list[dict[str, st
     """
     if not question.strip():
         raise UsageError("the question must not be empty")
-    if system is not None and not system.strip():
+    return system_messages(system) + [{"role": "user", "content": question}]
+
+
+def system_messages(system: str | None) -> list[dict[str, str]]:
+    """`[{"role": "system", "content": system}]`, or `[]` for None.
+
+    Raises:
+        UsageError: the system prompt is blank.
+    """
+    if system is None:
+        return []
+    if not system.strip():
         raise UsageError("--system: must not be empty")
-    return ([{"role": "system", "content": system}] if system is not None else []) + [
-        {"role": "user", "content": question}]
+    return [{"role": "system", "content": system}]
 
 
 def run_chat(config: EngineConfig, messages: list[dict[str, str]], params: SamplingParams,
@@ -85,28 +81,104 @@ def run_chat(config: EngineConfig, messages: list[dict[str, str]], params: Sampl
     err = err or sys.stderr
     engine = start_engine(config)
     try:
-        last = asyncio.run(_stream_chat(engine, messages, params, out))
+        last, _ = asyncio.run(stream_answer(engine, messages, params, out))
     finally:
         engine.shutdown()
+    return _report(last, err)
+
+
+def run_conversation(config: EngineConfig, params: SamplingParams, system: str | None = None,
+                     inp: IO[str] | None = None, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
+    """A conversation: every line read from `inp` is a user turn, answered (streamed) on `out` with the
+    whole conversation so far as context, until end of input (Ctrl-D). Blank lines are skipped.
+
+    On a terminal a `> ` prompt is shown and a greeting goes to `err`. A turn that no longer fits in the
+    model's context is reported on `err` and dropped; the conversation goes on.
+
+    Args:
+        config: engine configuration (the model is loaded once, here).
+        params: sampling parameters for every answer.
+        system: a system prompt, or None.
+        inp, out, err: default `sys.stdin`, `sys.stdout`, `sys.stderr`.
+    Returns:
+        0 at end of input, 1 when a generation failed in the engine.
+    Raises:
+        UsageError: the model cannot be loaded or the system prompt is blank.
+    """
+    inp, out, err = inp or sys.stdin, out or sys.stdout, err or sys.stderr
+    messages = system_messages(system)
+    interactive = _isatty(inp) and _isatty(out)
+    engine = start_engine(config)
+    try:
+        if interactive:
+            print(f"baton: chatting with {engine.model.name} (Ctrl-D to end)", file=err)
+        while True:
+            if interactive:
+                out.write("> ")
+                out.flush()
+            line = inp.readline()
+            if not line:
+                if interactive:
+                    out.write("\n")
+                return 0
+            if not line.strip():
+                continue
+            turn = messages + [{"role": "user", "content": line.rstrip("\r\n")}]
+            try:
+                last, text = asyncio.run(stream_answer(engine, turn, params, out))
+            except UsageError as exc:
+                print(f"baton: error: {exc} (turn dropped; Ctrl-D and start again for a fresh context)", file=err)
+                continue
+            if _report(last, err):
+                return 1
+            messages = turn + [{"role": "assistant", "content": text}]
+    finally:
+        engine.shutdown()
+
+
+async def stream_answer(engine: Engine, messages: list[dict[str, str]], params: SamplingParams,
+                        out: IO[str]) -> tuple[TokenOutput, str]:
+    """Generate one answer at interactive priority, writing and flushing each text delta, then a newline.
+
+    Args:
+        engine: a started engine.
+        messages: the chat so far, ending with the user's turn.
+        params: sampling parameters.
+        out: where the text goes.
+    Returns:
+        (the last `TokenOutput`, which carries `finish_reason`; the whole answer text).
+    Raises:
+        UsageError: the engine rejected the prompt (e.g. longer than the context).
+    """
+    last = None
+    parts: list[str] = []
+    try:
+        async for item in engine.generate(messages, params, priority=Priority.INTERACTIVE):
+            if item.text:
+                _write(out, item.text)
+                out.flush()
+                parts.append(item.text)
+            last = item
+    except ValueError as exc:  # raised on the first iteration for an invalid prompt
+        raise UsageError(str(exc)) from exc
+    _write(out, "\n")
+    out.flush()
+    return last, "".join(parts)
+
+
+def _report(last: TokenOutput, err: IO[str]) -> int:
+    """0 for a finished answer; else print why it failed and return 1."""
     if last.finish_reason in ("stop", "length"):
         return 0
     print(f"baton: error: generation {last.finish_reason}: {last.error or 'no detail'}", file=err)
     return 1
 
 
-async def _stream_chat(engine: Engine, messages, params: SamplingParams, out: IO[str]):
-    last = None
+def _isatty(stream) -> bool:
     try:
-        async for item in engine.generate(messages, params, priority=Priority.INTERACTIVE):
-            if item.text:
-                _write(out, item.text)
-                out.flush()
-            last = item
-    except ValueError as exc:  # raised on the first iteration for an invalid prompt
-        raise UsageError(str(exc)) from exc
-    _write(out, "\n")
-    out.flush()
-    return last
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _write(out: IO[str], text: str) -> None:
@@ -116,177 +188,3 @@ def _write(out: IO[str], text: str) -> None:
     except UnicodeEncodeError:
         enc = getattr(out, "encoding", None) or "utf-8"
         out.write(text.encode(enc, "replace").decode(enc))
-
-
-# ------------------------------------------------------------------------------------------- batch
-@dataclass(frozen=True)
-class BatchSummary:
-    """What a batch run did.
-
-    Attributes:
-        ok, failed: output lines with a response / with an error.
-        output_tokens: tokens the engine generated for this run.
-        seconds: wall time from the first submission to the last result (model load excluded).
-        load_seconds: model load time.
-    """
-
-    ok: int
-    failed: int
-    output_tokens: int
-    seconds: float
-    load_seconds: float
-
-    @property
-    def tokens_per_second(self) -> float:
-        """Output tokens per second of wall time (0 when nothing ran)."""
-        return self.output_tokens / self.seconds if self.seconds > 0 else 0.0
-
-    def line(self) -> str:
-        """The one-line summary printed at the end of a run."""
-        return (f"{self.ok} ok, {self.failed} failed, {self.output_tokens} output tokens in {self.seconds:.2f} s "
-                f"({self.tokens_per_second:.1f} tok/s; model load {self.load_seconds:.1f} s)")
-
-
-def run_batch(config: EngineConfig, input_path: str | os.PathLike, output_path: str | os.PathLike,
-              progress: bool | None = None, err: IO[str] | None = None) -> BatchSummary:
-    """Run an OpenAI Batch API input file through the engine and write the output file atomically.
-
-    Every valid line is submitted at once at `Priority.BATCH`, so the engine batches them; invalid lines
-    get an error line without running. The output has one line per non-blank input line, in input order,
-    and only appears (by rename) once complete. A summary line goes to `err`.
-
-    Args:
-        config: engine configuration (the model is loaded here, after the files are checked).
-        input_path: the JSONL input file.
-        output_path: where the JSONL output goes (replaced if it exists).
-        progress: show a progress bar on `err`; None shows it when `err` is a terminal.
-        err: where the progress bar and the summary go (default `sys.stderr`).
-    Returns:
-        The run's `BatchSummary`.
-    Raises:
-        UsageError: the input cannot be read, the output cannot be written, or the model cannot be loaded.
-    """
-    err = err or sys.stderr
-    try:
-        data = Path(input_path).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read the input file {str(input_path)!r}: {exc.strerror or exc}") from exc
-    entries = openai_batch.parse_input(data)
-    with _atomic_output(Path(output_path)) as out:
-        t0 = time.perf_counter()
-        engine = start_engine(config)
-        load_seconds = time.perf_counter() - t0
-        try:
-            console = Console(file=err, stderr=err is sys.stderr)
-            show = console.is_terminal if progress is None else progress
-            lines, tokens, seconds = _run_entries(engine, entries, console, show)
-        finally:
-            engine.shutdown()
-        for line in lines:
-            out.write(openai_batch.dumps_line(line) + "\n")
-    failed = sum(1 for line in lines if line["error"] is not None)
-    summary = BatchSummary(len(lines) - failed, failed, tokens, seconds, load_seconds)
-    print(f"baton: batch: {summary.line()}; wrote {output_path}", file=err)
-    return summary
-
-
-class _TokenRateColumn(ProgressColumn):
-    """Output tokens so far and their rate over the task's elapsed time."""
-
-    def render(self, task) -> Text:
-        tokens = task.fields.get("tokens", 0)
-        elapsed = task.elapsed or 0.0
-        rate = tokens / elapsed if elapsed > 0 else 0.0
-        return Text(f"{tokens} tok  {rate:,.1f} tok/s", style="progress.data.speed")
-
-
-def _run_entries(engine: Engine, entries: list[BatchRequest | LineError], console: Console,
-                 show: bool) -> tuple[list[dict], int, float]:
-    """Run the valid entries concurrently. Returns (output lines in entry order, output tokens, seconds)."""
-    lines: list[dict | None] = [None] * len(entries)
-    jobs: list[tuple[int, BatchRequest, SamplingParams]] = []
-    for i, entry in enumerate(entries):
-        if isinstance(entry, LineError):
-            lines[i] = openai_batch.error_line(entry.custom_id, entry.code, entry.message)
-            continue
-        try:
-            params = SamplingParams(**entry.sampling)
-        except ValueError as exc:  # the engine's validation, naming the field
-            lines[i] = openai_batch.error_line(entry.custom_id, "invalid_value", f"line {entry.line_no}: {exc}")
-            continue
-        jobs.append((i, entry, params))
-    columns = [TextColumn("batch"), BarColumn(), MofNCompleteColumn(), TextColumn("requests"),
-               _TokenRateColumn(), TimeElapsedColumn()]
-    tokens = 0
-    with Progress(*columns, console=console, disable=not show, transient=False) as bar:
-        task = bar.add_task("batch", total=len(jobs), tokens=0)
-
-        def on_token() -> None:
-            nonlocal tokens
-            tokens += 1
-            bar.update(task, tokens=tokens)
-
-        async def run_all() -> list[dict]:
-            model = engine.model.name
-            coros = [_run_one(engine, entry, params, model, on_token, lambda: bar.advance(task))
-                     for _, entry, params in jobs]
-            return await asyncio.gather(*coros)
-
-        start = time.perf_counter()
-        results = asyncio.run(run_all())
-        seconds = time.perf_counter() - start
-    for (i, _, _), line in zip(jobs, results):
-        lines[i] = line
-    return lines, tokens, seconds  # type: ignore[return-value]
-
-
-async def _run_one(engine: Engine, entry: BatchRequest, params: SamplingParams, model: str,
-                   on_token: Callable[[], None], on_done: Callable[[], None]) -> dict:
-    """Run one request to the end; returns its output line (errors included, never raises ValueError)."""
-    request_id = uuid.uuid4().hex
-    parts: list[str] = []
-    last = None
-    try:
-        async for item in engine.generate(entry.messages, params, priority=Priority.BATCH, request_id=request_id):
-            parts.append(item.text)
-            if item.token_id is not None:
-                on_token()
-            last = item
-    except ValueError as exc:  # invalid prompt, e.g. longer than the context
-        return openai_batch.error_line(entry.custom_id, "invalid_value", f"line {entry.line_no}: {exc}")
-    finally:
-        on_done()
-    if last.finish_reason in ("stop", "length"):
-        return openai_batch.success_line(entry.custom_id, request_id, model, "".join(parts), last.finish_reason,
-                                         last.prompt_tokens, last.completion_tokens)
-    code = "cancelled" if last.finish_reason == "cancelled" else "engine_error"
-    return openai_batch.error_line(entry.custom_id, code, f"line {entry.line_no}: generation "
-                                                          f"{last.finish_reason}: {last.error or 'no detail'}")
-
-
-@contextlib.contextmanager
-def _atomic_output(path: Path) -> Iterator[IO[str]]:
-    """A text file that replaces `path` only when the block completes; on any exception it is removed.
-
-    The temporary file is created up front (so an unwritable destination fails before the model loads) in the
-    destination's folder (so the final rename is atomic), and gets the permissions of a newly created file.
-    """
-    if path.is_dir():
-        raise UsageError(f"cannot write the output file {str(path)!r}: it is a directory")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise UsageError(f"cannot write the output file {str(path)!r}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

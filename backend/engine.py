@@ -294,7 +294,15 @@ class Engine:
                         break
                 except Exception as exc:  # an engine bug must not kill the thread: fail the batch, go on
                     self._fail_rows(f"engine fault: {exc!r}")
-            for req in [*self._rows, *self._scheduler.waiting()]:
+            late = []  # requests that raced with the stop command
+            while True:
+                try:
+                    cmd, arg = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if cmd == "add":
+                    late.append(arg)
+            for req in [*self._rows, *self._scheduler.waiting(), *late]:
                 self._finish(req, RequestStatus.FINISHED_ABORTED, error="engine shut down")
             self._rows.clear()
             self._publish_stats()
@@ -350,23 +358,26 @@ class Engine:
     def _admit(self) -> None:
         free = self.config.max_batch_size - len(self._rows)
         for req in self._scheduler.admit(free, self.config.max_prefill_tokens):
-            t0 = time.perf_counter()
             try:
-                logits, row_kv = self._runner.prefill(req.prompt_ids)
-                st = SamplingTensors.build([req.params], logits.device)
-                u = None if st.all_greedy else draw_uniforms([req.generator], self._generator, logits.device)
-                token = int(sample(logits[None], st, u)[0])
-            except Exception as exc:  # a failed prefill fails this request only
+                self._prefill_and_embed(req)
+            except Exception as exc:  # a failed prefill or insert fails this request only
                 self._finish(req, RequestStatus.FINISHED_ERROR, error=f"prefill failed: {exc!r}")
-                continue
-            self._window.prefill(req.num_prompt_tokens, time.perf_counter() - t0)
-            req.status = RequestStatus.RUNNING
-            if self._accept_token(req, token):
-                continue
-            self._batch.insert(row_kv)
-            self._window.count("num_inserts")
-            self._rows.append(req)
-            self._row_params = None
+
+    def _prefill_and_embed(self, req: Request) -> None:
+        """Prefill one newcomer alone, emit its first token, and embed its K/V as a new batch row."""
+        t0 = time.perf_counter()
+        logits, row_kv = self._runner.prefill(req.prompt_ids)  # [V], per layer [1, H, L, D]
+        st = SamplingTensors.build([req.params], logits.device)
+        u = None if st.all_greedy else draw_uniforms([req.generator], self._generator, logits.device)
+        token = int(sample(logits[None], st, u)[0])
+        self._window.prefill(req.num_prompt_tokens, time.perf_counter() - t0)
+        req.status = RequestStatus.RUNNING
+        if self._accept_token(req, token):
+            return
+        self._batch.insert(row_kv)
+        self._window.count("num_inserts")
+        self._rows.append(req)
+        self._row_params = None
 
     def _decode_step(self) -> None:
         t0 = time.perf_counter()

@@ -1,0 +1,305 @@
+"""The `baton` command line (app/cli.py, app/headless.py) end to end.
+
+Most tests run `main([...])` in-process on `random:tiny` (random weights, loads in about 2 s); a few run the
+console script in a subprocess. `real_model` tests load the default SmolLM2-135M-Instruct.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from app import headless
+from app.cli import main
+from backend import EngineConfig, SamplingParams
+
+TINY = ["--model", "random:tiny"]
+URL = "/v1/chat/completions"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def request(custom_id, **body) -> str:
+    body.setdefault("messages", [{"role": "user", "content": f"hello {custom_id}"}])
+    return json.dumps({"custom_id": custom_id, "method": "POST", "url": URL, "body": body})
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("baton: error: ") and "Traceback" not in err
+    return lines[0]
+
+
+# --------------------------------------------------------------------------------------- top level
+def test_no_arguments_prints_help_and_exits_0(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: baton") and "chat" in out and "batch" in out
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"baton {metadata.version('baton-chat')}\n"
+
+
+def test_argparse_usage_errors_exit_2(capsys):
+    assert main(["chat", "hi", "--temperature", "warm"]) == 2
+    assert "invalid float value" in capsys.readouterr().err
+    assert main(["batch", "in.jsonl"]) == 2  # -o is required
+    assert "-o/--output" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------- chat
+def test_chat_streams_an_answer(capsys):
+    assert main(["chat", "hello", *TINY, "--max-tokens", "6", "--temperature", "0"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.endswith("\n") and captured.out.strip()
+    assert "Traceback" not in captured.err
+
+
+def test_chat_seed_makes_sampling_reproducible(capsys):
+    args = ["chat", "hello", "--system", "be brief", *TINY, "--max-tokens", "6", "--temperature", "1.5"]
+    assert main([*args, "--seed", "7"]) == 0
+    first = capsys.readouterr().out
+    assert main([*args, "--seed", "7"]) == 0
+    assert capsys.readouterr().out == first
+
+
+def test_chat_writes_and_flushes_each_delta():
+    class Recorder:
+        encoding = "utf-8"
+
+        def __init__(self):
+            self.events = []
+
+        def write(self, text):
+            self.events.append(("write", text))
+
+        def flush(self):
+            self.events.append(("flush", None))
+
+    rec = Recorder()
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    rc = headless.run_chat(EngineConfig(model="random:tiny"), headless.chat_messages("hi"), params, out=rec)
+    assert rc == 0
+    writes = [i for i, (kind, _) in enumerate(rec.events) if kind == "write"]
+    assert len(writes) >= 3  # streamed in pieces, not one final write
+    assert all(rec.events[i + 1][0] == "flush" for i in writes)  # each piece is flushed at once
+    assert rec.events[writes[-1]][1] == "\n"
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--temperature", "-1"], "--temperature: must be >= 0"),
+    (["--max-tokens", "0"], "--max-tokens: must be >= 1"),
+    (["--max-batch-size", "0"], "--max-batch-size: must be an integer >= 1"),
+    (["--dtype", "int4"], "--dtype: must be one of"),
+])
+def test_chat_bad_option_value_exits_2_with_one_line(capsys, args, option):
+    assert main(["chat", "hi", *TINY, *args]) == 2
+    captured = capsys.readouterr()
+    assert option in one_error_line(captured.err)
+    assert captured.out == ""
+
+
+def test_chat_unknown_model_exits_2_naming_it(capsys):
+    assert main(["chat", "hi", "--model", "no-such-model"]) == 2
+    assert "'no-such-model'" in one_error_line(capsys.readouterr().err)
+
+
+def test_chat_empty_question_exits_2(capsys):
+    assert main(["chat", "  ", *TINY]) == 2
+    assert "question" in one_error_line(capsys.readouterr().err)
+
+
+def test_chat_prompt_longer_than_context_exits_2(capsys):
+    assert main(["chat", "x " * 3000, *TINY, "--max-tokens", "2"]) == 2  # random:tiny has 2048 positions
+    assert "context" in one_error_line(capsys.readouterr().err)
+
+
+# -------------------------------------------------------------------------------------------- batch
+def test_batch_round_trip(tmp_path, capsys):
+    lines = [
+        request("short", max_tokens=3, ignore_eos=True, temperature=0),
+        request("long", max_completion_tokens=9, ignore_eos=True, temperature=0,
+                messages=[{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}]),
+        request("seeded-1", max_tokens=6, ignore_eos=True, seed=11, temperature=0.9, model="gpt-4o-mini",
+                messages=[{"role": "user", "content": "same"}]),
+        "{this is not json",
+        request("n2", n=2),
+        request("seeded-2", max_tokens=6, ignore_eos=True, seed=11, temperature=0.9,
+                messages=[{"role": "user", "content": "same"}]),
+        request("cold", temperature=-1),
+        request("unknown", frobnicate=True),
+        request("stopped", max_tokens=12, stop=["a", "e", "o"], top_k=5, top_p=0.9),
+        request("short", max_tokens=2),  # duplicate custom_id
+        json.dumps({"custom_id": "wrong-url", "method": "POST", "url": "/v1/embeddings", "body": {}}),
+    ]
+    inp = write_lines(tmp_path / "in.jsonl", lines)
+    out = tmp_path / "out.jsonl"
+    assert main(["batch", str(inp), "-o", str(out), *TINY]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""  # stdout stays clean
+    summary = one_summary(captured.err)
+    assert "5 ok, 6 failed" in summary and str(out) in summary
+
+    rows = read_jsonl(out)
+    assert [r["custom_id"] for r in rows] == ["short", "long", "seeded-1", None, "n2", "seeded-2", "cold",
+                                              "unknown", "stopped", "short", "wrong-url"]
+    failed = {i for i, r in enumerate(rows) if r["error"] is not None}
+    assert failed == {3, 4, 6, 7, 9, 10}
+    for i, r in enumerate(rows):
+        assert r["id"].startswith("batch_req_")
+        if i in failed:
+            assert r["response"] is None and r["error"]["code"] and r["error"]["message"]
+        else:
+            assert r["error"] is None and r["response"]["status_code"] == 200
+    codes = [rows[i]["error"]["code"] for i in sorted(failed)]
+    assert codes == ["invalid_json_line", "unsupported_parameter", "invalid_value", "unsupported_parameter",
+                     "duplicate_custom_id", "invalid_url"]
+    assert "temperature" in rows[6]["error"]["message"] and "frobnicate" in rows[7]["error"]["message"]
+
+    bodies = {r["custom_id"]: r["response"]["body"] for r in rows if r["response"]}
+    for cid, max_tokens in [("short", 3), ("long", 9), ("seeded-1", 6), ("seeded-2", 6)]:
+        body = bodies[cid]
+        assert body["object"] == "chat.completion" and body["model"] == "random:tiny"
+        assert body["choices"][0]["finish_reason"] == "length"
+        assert body["choices"][0]["message"]["role"] == "assistant"
+        usage = body["usage"]
+        assert usage["completion_tokens"] == max_tokens
+        assert usage["total_tokens"] == usage["prompt_tokens"] + max_tokens and usage["prompt_tokens"] > 0
+    assert bodies["long"]["usage"]["prompt_tokens"] > bodies["short"]["usage"]["prompt_tokens"]  # system msg
+    text = lambda cid: bodies[cid]["choices"][0]["message"]["content"]  # noqa: E731
+    assert text("seeded-1") == text("seeded-2")  # the same seed samples the same tokens, whatever the batch
+    stopped = bodies["stopped"]["choices"][0]
+    assert not any(s in stopped["message"]["content"] for s in "aeo")
+    assert stopped["finish_reason"] in ("stop", "length")
+    assert bodies["stopped"]["usage"]["completion_tokens"] <= 12
+
+
+def one_summary(err: str) -> str:
+    lines = [x for x in err.splitlines() if x.startswith("baton: batch: ")]
+    assert len(lines) == 1, err
+    m = re.search(r"(\d+) output tokens in ([\d.]+) s \(([\d.]+) tok/s", lines[0])
+    assert m and int(m.group(1)) > 0 and float(m.group(2)) > 0 and float(m.group(3)) > 0, lines[0]
+    return lines[0]
+
+
+def test_batch_unreadable_input_exits_2(tmp_path, capsys):
+    out = tmp_path / "out.jsonl"
+    assert main(["batch", str(tmp_path / "missing.jsonl"), "-o", str(out), *TINY]) == 2
+    assert "missing.jsonl" in one_error_line(capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_batch_unwritable_output_exits_2_before_loading(tmp_path, capsys):
+    inp = write_lines(tmp_path / "in.jsonl", [request("a")])
+    assert main(["batch", str(inp), "-o", str(tmp_path / "no" / "dir" / "out.jsonl"), *TINY]) == 2
+    assert "out.jsonl" in one_error_line(capsys.readouterr().err)
+    assert main(["batch", str(inp), "-o", str(tmp_path), *TINY]) == 2  # a directory
+    assert "directory" in one_error_line(capsys.readouterr().err)
+
+
+def test_batch_unknown_model_exits_2_and_writes_nothing(tmp_path, capsys):
+    inp = write_lines(tmp_path / "in.jsonl", [request("a")])
+    assert main(["batch", str(inp), "-o", str(tmp_path / "out.jsonl"), "--model", "random:nope"]) == 2
+    assert "nope" in one_error_line(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # no output, no temp file
+
+
+def test_batch_crash_leaves_old_output_and_no_temp_file(tmp_path, monkeypatch, capsys):
+    inp = write_lines(tmp_path / "in.jsonl", [request("a"), request("b")])
+    out = tmp_path / "out.jsonl"
+    out.write_text("previous\n")
+
+    class FakeEngine:
+        def shutdown(self):
+            pass
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(headless, "start_engine", lambda config: FakeEngine())
+    monkeypatch.setattr(headless, "_run_entries", crash)
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["batch", str(inp), "-o", str(out)])
+    assert out.read_text() == "previous\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]
+
+
+def test_batch_of_only_bad_lines_completes(tmp_path, capsys):
+    inp = write_lines(tmp_path / "in.jsonl", ["[]", "", request("x", stream=True)])
+    out = tmp_path / "out.jsonl"
+    assert main(["batch", str(inp), "-o", str(out), *TINY]) == 0
+    rows = read_jsonl(out)
+    assert [(r["custom_id"], r["error"]["code"]) for r in rows] == [(None, "invalid_request"),
+                                                                    ("x", "unsupported_parameter")]
+    assert "0 ok, 2 failed" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ subprocesses
+def baton(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the CLI as `python -m app.cli` (the same `main` as the `baton` console script)."""
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def test_console_script_runs_chat():
+    script = Path(sys.executable).with_name("baton")
+    if not script.exists():
+        pytest.skip("the baton console script is not installed in this environment")
+    proc = subprocess.run([str(script), "chat", "hi", *TINY, "--max-tokens", "4", "--temperature", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip()
+
+
+def test_module_entry_points_report_bad_arguments_without_traceback():
+    proc = baton("chat", "hi", *TINY, "--temperature", "-2")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "--temperature" in one_error_line(proc.stderr)
+    proc = subprocess.run([sys.executable, "-m", "app", "--version"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0 and proc.stdout.startswith("baton ")
+
+
+# -------------------------------------------------------------------------------------- real model
+@pytest.mark.real_model
+def test_real_model_chat_knows_paris():
+    proc = baton("chat", "What is the capital of France?", "--temperature", "0", "--max-tokens", "64", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Paris" in proc.stdout
+
+
+@pytest.mark.real_model
+def test_real_model_batch_round_trip(tmp_path):
+    inp = write_lines(tmp_path / "in.jsonl", [
+        request("france", temperature=0, max_tokens=32,
+                messages=[{"role": "user", "content": "What is the capital of France?"}]),
+        '{"custom_id": "broken", ',
+        request("count", max_tokens=8, ignore_eos=True, seed=1, messages=[{"role": "user", "content": "Count."}]),
+    ])
+    out = tmp_path / "out.jsonl"
+    proc = baton("batch", str(inp), "-o", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "" and "2 ok, 1 failed" in proc.stderr
+    rows = read_jsonl(out)
+    assert [r["custom_id"] for r in rows] == ["france", None, "count"]
+    assert "Paris" in rows[0]["response"]["body"]["choices"][0]["message"]["content"]
+    assert rows[0]["response"]["body"]["model"] == "smollm2-135m-instruct"
+    assert rows[1]["response"] is None and rows[1]["error"]["code"] == "invalid_json_line"
+    count = rows[2]["response"]["body"]
+    assert count["usage"]["completion_tokens"] == 8 and count["choices"][0]["finish_reason"] == "length"
