@@ -1,0 +1,170 @@
+"""Schema upgrades as numbered steps; the applied count lives in `PRAGMA user_version`.
+
+Version N means steps 1..N have been applied. Each step runs in its own `BEGIN IMMEDIATE`
+transaction together with the `user_version` bump, so a crash mid-upgrade leaves the previous
+version intact. To change the schema, append a `Step` to `STEPS` (never edit a released step).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiosqlite
+
+from .errors import StorageError
+
+#: `PRAGMA application_id` of a Baton database ("Batn"), set by step 1.
+APPLICATION_ID = 0x4261746E
+
+
+@dataclass(frozen=True)
+class Step:
+    """One schema upgrade: SQL statements run in order, then an optional Python data migration."""
+
+    name: str
+    statements: tuple[str, ...] = ()
+    run: Callable[[aiosqlite.Connection], Awaitable[None]] | None = None
+
+
+_INITIAL = (
+    f"PRAGMA application_id = {APPLICATION_ID}",
+    """CREATE TABLE chat (
+        id INTEGER PRIMARY KEY,
+        title TEXT NOT NULL,
+        system_prompt TEXT,
+        params TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(params)),
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        archived INTEGER NOT NULL DEFAULT 0 CHECK (archived IN (0, 1))
+    )""",
+    "CREATE INDEX chat_by_update ON chat (archived, updated_at DESC, id DESC)",
+    """CREATE TABLE message (
+        id INTEGER PRIMARY KEY,
+        chat_id INTEGER NOT NULL REFERENCES chat (id) ON DELETE CASCADE,
+        parent_id INTEGER REFERENCES message (id) ON DELETE SET NULL,
+        role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant', 'tool')),
+        content TEXT NOT NULL DEFAULT '',
+        model TEXT,
+        prompt_tokens INTEGER,
+        completion_tokens INTEGER,
+        ttft_ms REAL,
+        tokens_per_s REAL,
+        finish_reason TEXT CHECK (finish_reason IN ('stop', 'length', 'cancelled', 'error', 'interrupted')),
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX message_by_chat ON message (chat_id, id)",
+    "CREATE INDEX message_by_parent ON message (parent_id)",
+    "CREATE INDEX message_unfinished ON message (id) WHERE role = 'assistant' AND finish_reason IS NULL",
+    # External-content FTS5 index over message.content, kept in sync by the triggers below.
+    """CREATE VIRTUAL TABLE message_fts USING fts5 (
+        content, content = 'message', content_rowid = 'id', tokenize = 'unicode61 remove_diacritics 2'
+    )""",
+    """CREATE TRIGGER message_fts_insert AFTER INSERT ON message BEGIN
+        INSERT INTO message_fts (rowid, content) VALUES (new.id, new.content);
+    END""",
+    """CREATE TRIGGER message_fts_delete AFTER DELETE ON message BEGIN
+        INSERT INTO message_fts (message_fts, rowid, content) VALUES ('delete', old.id, old.content);
+    END""",
+    """CREATE TRIGGER message_fts_update AFTER UPDATE OF content ON message
+    WHEN old.content IS NOT new.content BEGIN
+        INSERT INTO message_fts (message_fts, rowid, content) VALUES ('delete', old.id, old.content);
+        INSERT INTO message_fts (rowid, content) VALUES (new.id, new.content);
+    END""",
+    """CREATE TABLE job (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('batch', 'agent')),
+        name TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'queued'
+            CHECK (status IN ('queued', 'running', 'paused', 'done', 'failed', 'cancelled')),
+        source_path TEXT,
+        spec TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(spec)),
+        total_items INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    )""",
+    """CREATE TABLE job_item (
+        id INTEGER PRIMARY KEY,
+        job_id INTEGER NOT NULL REFERENCES job (id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        custom_id TEXT,
+        request TEXT NOT NULL CHECK (json_valid(request)),
+        status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'done', 'failed')),
+        result TEXT CHECK (result IS NULL OR json_valid(result)),
+        error TEXT,
+        completed_at TEXT,
+        UNIQUE (job_id, idx)
+    )""",
+    "CREATE INDEX job_item_by_status ON job_item (job_id, status, idx)",
+)
+
+#: The upgrade steps, in order: STEPS[0] takes version 0 (an empty file) to version 1.
+STEPS: tuple[Step, ...] = (
+    Step("initial schema: chats, messages + FTS5, jobs", _INITIAL),
+)
+LATEST = len(STEPS)
+
+
+async def rollback_quietly(conn: aiosqlite.Connection) -> None:
+    """ROLLBACK the open transaction, ignoring "no transaction is active" and a closed connection."""
+    try:
+        await conn.execute("ROLLBACK")
+    except (sqlite3.Error, ValueError):
+        pass
+
+
+async def _pragma_int(conn: aiosqlite.Connection, name: str) -> int:
+    rows = await conn.execute_fetchall(f"PRAGMA {name}")
+    return int(rows[0][0])
+
+
+async def check_compatible(conn: aiosqlite.Connection, label: str, steps: tuple[Step, ...] = STEPS) -> int:
+    """Read-only check that this file is a Baton database this code can use; returns its version.
+
+    Raises StorageError for a schema newer than `len(steps)`, a database of another application,
+    or an unversioned file that already holds tables. Raises sqlite3.Error when unreadable.
+    """
+    version = await _pragma_int(conn, "user_version")
+    app_id = await _pragma_int(conn, "application_id")
+    if app_id not in (0, APPLICATION_ID):
+        raise StorageError(f"{label}: is an SQLite database of another application "
+                           f"(application_id {app_id:#x}), not a Baton history; it was left untouched", label)
+    if version > len(steps):
+        raise StorageError(f"{label}: was written by a newer Baton (schema version {version}, this version "
+                           f"knows up to {len(steps)}); upgrade Baton to open it. The file was left untouched",
+                           label)
+    if version == 0:
+        rows = await conn.execute_fetchall(
+            "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name LIMIT 5")
+        if rows:
+            names = ", ".join(r[0] for r in rows)
+            raise StorageError(f"{label}: is an SQLite database that is not a Baton history (it has tables "
+                               f"{names} but no Baton schema version); it was left untouched", label)
+    return version
+
+
+async def migrate(conn: aiosqlite.Connection, steps: tuple[Step, ...] = STEPS) -> int:
+    """Apply the missing steps, each in its own transaction; returns the final version.
+
+    Safe against another process migrating at the same time (the version is re-read under the
+    write lock). Raises sqlite3.Error (the transaction of the failing step is rolled back).
+    """
+    while True:
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = await _pragma_int(conn, "user_version")
+            if version >= len(steps):
+                await conn.execute("COMMIT")
+                return version
+            step = steps[version]
+            for statement in step.statements:
+                await conn.execute(statement)
+            if step.run is not None:
+                await step.run(conn)
+            await conn.execute(f"PRAGMA user_version = {version + 1}")
+        except BaseException:
+            await rollback_quietly(conn)
+            raise
+        await conn.execute("COMMIT")

@@ -1,0 +1,108 @@
+"""Typed rows returned by `storage.Store` (plain frozen dataclasses, no database imports).
+
+Timestamps are timezone-aware UTC `datetime`s. JSON columns come back as Python objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, NamedTuple
+
+Role = Literal["system", "user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "cancelled", "error", "interrupted"]
+JobKind = Literal["batch", "agent"]
+JobStatus = Literal["queued", "running", "paused", "done", "failed", "cancelled"]
+ItemStatus = Literal["pending", "done", "failed"]
+
+ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
+#: Reasons the app may pass to `finish_message`; "interrupted" is only set by recovery on open.
+FINISH_REASONS: tuple[str, ...] = ("stop", "length", "cancelled", "error")
+JOB_KINDS: tuple[str, ...] = ("batch", "agent")
+JOB_STATUSES: tuple[str, ...] = ("queued", "running", "paused", "done", "failed", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class Chat:
+    """One conversation. `params` holds the chat's sampling settings (a JSON object)."""
+
+    id: int
+    title: str
+    system_prompt: str | None
+    params: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    archived: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message of a chat.
+
+    For an assistant message, `finish_reason is None` means it is still streaming; after a crash
+    it becomes "interrupted" (its text is kept). User/system/tool messages have no finish reason.
+    """
+
+    id: int
+    chat_id: int
+    parent_id: int | None
+    role: Role
+    content: str
+    model: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    ttft_ms: float | None
+    tokens_per_s: float | None
+    finish_reason: FinishReason | None
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def streaming(self) -> bool:
+        """True for an assistant message that has not been finished yet."""
+        return self.role == "assistant" and self.finish_reason is None
+
+
+class SearchHit(NamedTuple):
+    """A full-text search result: `(chat, message, snippet)`; the snippet has the matches marked."""
+
+    chat: Chat
+    message: Message
+    snippet: str
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A persistent background job; `done`/`failed`/`total` count its items."""
+
+    id: int
+    kind: JobKind
+    name: str
+    status: JobStatus
+    source_path: str | None
+    spec: dict[str, Any]
+    total: int
+    done: int
+    failed: int
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def pending(self) -> int:
+        """Items neither done nor failed."""
+        return self.total - self.done - self.failed
+
+
+@dataclass(frozen=True, slots=True)
+class JobItem:
+    """One request of a job; `idx` is its position in the job's input (unique within the job)."""
+
+    id: int
+    job_id: int
+    idx: int
+    custom_id: str | None
+    request: dict[str, Any]
+    status: ItemStatus
+    result: Any
+    error: str | None
+    completed_at: datetime | None

@@ -1,0 +1,288 @@
+"""`Store`: the async API over the history database (chats, messages, search, jobs, export)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from . import db, migrations
+from .errors import NotFoundError, StorageError
+from .export import chat_dict, chat_markdown
+from .jobs import JobsMixin
+from .models import FINISH_REASONS, ROLES, Chat, Message, SearchHit
+from .rows import (CHAT_COLUMNS, MESSAGE_COLUMNS, chat_from_row, fts_query, message_from_row, now,
+                   select_list, to_json)
+
+_MESSAGE_SELECT = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM message"
+
+
+class Store(JobsMixin):
+    """The chat history and job queue in one SQLite file, through one long-lived connection.
+
+    Create it with `await Store.open(path)` (or `async with await Store.open(...) as store`).
+    Every method raises `StorageError` (naming the file) when SQLite fails, `NotFoundError` for a
+    missing id where noted, and `ValueError`/`TypeError` for invalid arguments. Writes are
+    serialized and each call commits before returning.
+    """
+
+    #: Assistant messages left streaming by a previous run and marked 'interrupted' on open.
+    recovered_messages: int = 0
+    #: Jobs left 'running' by a previous run and put back to 'queued' on open (to be resumed).
+    recovered_jobs: int = 0
+    #: The journal mode in effect ("wal" for a file, "memory" for ":memory:").
+    journal_mode: str = ""
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str] | None = None, *, busy_timeout: float = 5.0) -> Store:
+        """Open (creating if needed) and upgrade the database; recover what a crash left unfinished.
+
+        `path` defaults to `db.default_db_path()`; ":memory:" gives a throwaway database.
+        `busy_timeout` is how many seconds to wait for another process's lock.
+        Raises StorageError, naming the file, when it is a directory, unreadable or unwritable,
+        not an SQLite database, corrupt, of another application, of a newer schema, or locked.
+        A rejected file is never modified.
+        """
+        if path is not None and str(path) == db.MEMORY:
+            label = db.MEMORY
+        else:
+            label = os.path.abspath(db.default_db_path() if path is None else Path(path).expanduser())
+        conn = await db.connect(label, busy_timeout)
+        store = cls(conn, label, busy_timeout)
+        try:
+            await migrations.check_compatible(conn, label)
+            store.journal_mode = await db.configure(conn)
+            await migrations.migrate(conn)
+            await store._recover()
+        except BaseException as exc:
+            await conn.close()
+            store._conn = None
+            if isinstance(exc, (sqlite3.Error, ValueError)):
+                raise db.storage_error(label, exc, busy_timeout, opening=True) from exc
+            raise
+        return store
+
+    async def _recover(self) -> None:
+        # Also proves at open time that the write lock can be taken within the busy timeout.
+        stamp = now()
+        async with self._write():
+            self.recovered_messages, _ = await self._run(
+                "UPDATE message SET finish_reason = 'interrupted', updated_at = ? "
+                "WHERE role = 'assistant' AND finish_reason IS NULL", (stamp,))
+            self.recovered_jobs, _ = await self._run(
+                "UPDATE job SET status = 'queued', updated_at = ? WHERE status = 'running'", (stamp,))
+
+    async def close(self) -> None:
+        """Close the connection (idempotent). Raises StorageError if SQLite fails to close."""
+        if self._conn is None:
+            return
+        async with self._lock:  # let a write in progress finish first
+            conn, self._conn = self._conn, None
+            if conn is None:
+                return
+            try:
+                await conn.execute("PRAGMA optimize")
+            except sqlite3.Error:
+                pass
+            try:
+                await conn.close()
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def schema_version(self) -> int:
+        """`PRAGMA user_version` of the open database."""
+        row = await self._fetchone("PRAGMA user_version")
+        return int(row[0]) if row else 0
+
+    # ---- chats -------------------------------------------------------------------------------
+
+    async def create_chat(self, title: str, system_prompt: str | None = None,
+                          params: dict[str, Any] | None = None) -> Chat:
+        """Create a chat. Raises TypeError (params not JSON), StorageError."""
+        stamp = now()
+        async with self._write():
+            _, chat_id = await self._run(
+                "INSERT INTO chat (title, system_prompt, params, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                (title, system_prompt, to_json(params or {}), stamp, stamp))
+        return await self._require_chat(chat_id)
+
+    async def get_chat(self, chat_id: int) -> Chat | None:
+        """The chat, or None if it does not exist."""
+        row = await self._fetchone(f"SELECT {', '.join(CHAT_COLUMNS)} FROM chat WHERE id = ?", (chat_id,))
+        return None if row is None else chat_from_row(row)
+
+    async def _require_chat(self, chat_id: int | None) -> Chat:
+        chat = None if chat_id is None else await self.get_chat(chat_id)
+        if chat is None:
+            raise NotFoundError(f"{self._path}: chat {chat_id} does not exist", self._path)
+        return chat
+
+    async def list_chats(self, include_archived: bool = False) -> list[Chat]:
+        """Chats, most recently updated first; archived ones only if asked."""
+        where = "" if include_archived else "WHERE archived = 0"
+        rows = await self._fetchall(
+            f"SELECT {', '.join(CHAT_COLUMNS)} FROM chat {where} ORDER BY updated_at DESC, id DESC")
+        return [chat_from_row(r) for r in rows]
+
+    async def _update_chat(self, chat_id: int, assignments: str, params: tuple[Any, ...]) -> Chat:
+        async with self._write():
+            count, _ = await self._run(f"UPDATE chat SET {assignments}, updated_at = ? WHERE id = ?",
+                                       (*params, now(), chat_id))
+        if count == 0:
+            raise NotFoundError(f"{self._path}: chat {chat_id} does not exist", self._path)
+        return await self._require_chat(chat_id)
+
+    async def rename_chat(self, chat_id: int, title: str) -> Chat:
+        """Set the title. Raises NotFoundError, StorageError."""
+        return await self._update_chat(chat_id, "title = ?", (title,))
+
+    async def archive_chat(self, chat_id: int, archived: bool = True) -> Chat:
+        """Archive (hide from `list_chats`) or unarchive. Raises NotFoundError, StorageError."""
+        return await self._update_chat(chat_id, "archived = ?", (int(bool(archived)),))
+
+    async def update_chat_settings(self, chat_id: int, system_prompt: str | None,
+                                   params: dict[str, Any] | None) -> Chat:
+        """Replace the system prompt and sampling params. Raises NotFoundError, TypeError, StorageError."""
+        return await self._update_chat(chat_id, "system_prompt = ?, params = ?",
+                                       (system_prompt, to_json(params or {})))
+
+    async def delete_chat(self, chat_id: int) -> bool:
+        """Delete a chat and all its messages; False if it did not exist."""
+        async with self._write():
+            count, _ = await self._run("DELETE FROM chat WHERE id = ?", (chat_id,))
+        return count > 0
+
+    # ---- messages ----------------------------------------------------------------------------
+
+    async def _insert_message(self, chat_id: int, role: str, content: str, parent_id: int | None,
+                              model: str | None, finish_reason: str | None) -> Message:
+        if role not in ROLES:
+            raise ValueError(f"role: must be one of {', '.join(ROLES)}, not {role!r}")
+        stamp = now()
+        async with self._write():
+            count, _ = await self._run("UPDATE chat SET updated_at = ? WHERE id = ?", (stamp, chat_id))
+            if count == 0:
+                raise NotFoundError(f"{self._path}: chat {chat_id} does not exist", self._path)
+            _, message_id = await self._run(
+                "INSERT INTO message (chat_id, parent_id, role, content, model, finish_reason, created_at, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (chat_id, parent_id, role, content, model, finish_reason, stamp, stamp))
+        return await self._require_message(message_id)
+
+    async def add_message(self, chat_id: int, role: str, content: str, parent_id: int | None = None,
+                          model: str | None = None) -> Message:
+        """Store a complete message (the user's, before it is sent); bumps the chat's updated_at.
+
+        An assistant message added this way is finished ("stop"). Raises ValueError (role),
+        NotFoundError (chat or parent), StorageError.
+        """
+        reason = "stop" if role == "assistant" else None
+        return await self._insert_message(chat_id, role, content, parent_id, model, reason)
+
+    async def start_assistant_message(self, chat_id: int, parent_id: int | None, model: str | None,
+                                      content: str = "") -> Message:
+        """Create the streaming assistant message (finish_reason None) at the first token."""
+        return await self._insert_message(chat_id, "assistant", content, parent_id, model, None)
+
+    async def update_message_text(self, message_id: int, content: str) -> None:
+        """Replace a message's text (while streaming, or an edit); committed before returning.
+
+        Raises NotFoundError, StorageError.
+        """
+        async with self._write():
+            count, _ = await self._run("UPDATE message SET content = ?, updated_at = ? WHERE id = ?",
+                                       (content, now(), message_id))
+        if count == 0:
+            raise NotFoundError(f"{self._path}: message {message_id} does not exist", self._path)
+
+    async def finish_message(self, message_id: int, content: str, finish_reason: str,
+                             prompt_tokens: int | None = None, completion_tokens: int | None = None,
+                             ttft_ms: float | None = None, tokens_per_s: float | None = None) -> Message:
+        """Store the final text and stats; `finish_reason` is stop, length, cancelled or error.
+
+        Raises ValueError (finish_reason), NotFoundError, StorageError.
+        """
+        if finish_reason not in FINISH_REASONS:
+            raise ValueError(f"finish_reason: must be one of {', '.join(FINISH_REASONS)}, not {finish_reason!r}")
+        stamp = now()
+        async with self._write():
+            count, _ = await self._run(
+                "UPDATE message SET content = ?, finish_reason = ?, prompt_tokens = ?, completion_tokens = ?, "
+                "ttft_ms = ?, tokens_per_s = ?, updated_at = ? WHERE id = ?",
+                (content, finish_reason, prompt_tokens, completion_tokens, ttft_ms, tokens_per_s, stamp,
+                 message_id))
+            if count:
+                await self._run("UPDATE chat SET updated_at = ? WHERE id = (SELECT chat_id FROM message "
+                                "WHERE id = ?)", (stamp, message_id))
+        if count == 0:
+            raise NotFoundError(f"{self._path}: message {message_id} does not exist", self._path)
+        return await self._require_message(message_id)
+
+    async def get_message(self, message_id: int) -> Message | None:
+        """The message, or None."""
+        row = await self._fetchone(_MESSAGE_SELECT + " WHERE id = ?", (message_id,))
+        return None if row is None else message_from_row(row)
+
+    async def _require_message(self, message_id: int | None) -> Message:
+        message = None if message_id is None else await self.get_message(message_id)
+        if message is None:
+            raise NotFoundError(f"{self._path}: message {message_id} does not exist", self._path)
+        return message
+
+    async def list_messages(self, chat_id: int) -> list[Message]:
+        """The chat's messages in the order they were created."""
+        rows = await self._fetchall(_MESSAGE_SELECT + " WHERE chat_id = ? ORDER BY id", (chat_id,))
+        return [message_from_row(r) for r in rows]
+
+    async def delete_messages_after(self, chat_id: int, message_id: int, *, inclusive: bool = False) -> int:
+        """Delete the chat's messages created after `message_id` (and it too if `inclusive`).
+
+        For regenerate (keep the user message) and edit-and-resend (`inclusive=True` on the edited
+        message). Returns how many were deleted. Raises StorageError.
+        """
+        op = ">=" if inclusive else ">"
+        async with self._write():
+            count, _ = await self._run(f"DELETE FROM message WHERE chat_id = ? AND id {op} ?",
+                                       (chat_id, message_id))
+        return count
+
+    async def search(self, query: str, limit: int = 50, *, include_archived: bool = True,
+                     marks: tuple[str, str] = ("«", "»")) -> list[SearchHit]:
+        """Full-text search of message text, newest first.
+
+        Any input is safe: each word is searched literally as a word prefix and all words must
+        occur. The snippet wraps matches in `marks`. Raises StorageError.
+        """
+        match = fts_query(query)
+        if match is None or limit <= 0:
+            return []
+        where = "" if include_archived else "AND c.archived = 0"
+        rows = await self._fetchall(
+            f"SELECT {select_list('m', MESSAGE_COLUMNS, 'm_')}, {select_list('c', CHAT_COLUMNS, 'c_')}, "
+            "snippet(message_fts, 0, ?, ?, '…', 16) AS snippet "
+            "FROM message_fts JOIN message m ON m.id = message_fts.rowid JOIN chat c ON c.id = m.chat_id "
+            f"WHERE message_fts MATCH ? {where} ORDER BY m.created_at DESC, m.id DESC LIMIT ?",
+            (marks[0], marks[1], match, limit))
+        return [SearchHit(chat_from_row(r, "c_"), message_from_row(r, "m_"), r["snippet"]) for r in rows]
+
+    # ---- export ------------------------------------------------------------------------------
+
+    async def export_chat_markdown(self, chat_id: int) -> str:
+        """The chat as a Markdown document. Raises NotFoundError, StorageError."""
+        chat = await self._require_chat(chat_id)
+        return chat_markdown(chat, await self.list_messages(chat_id))
+
+    async def export_chat_json(self, chat_id: int) -> dict[str, Any]:
+        """The chat and its messages as JSON-ready data. Raises NotFoundError, StorageError."""
+        chat = await self._require_chat(chat_id)
+        return chat_dict(chat, await self.list_messages(chat_id))
+
+
+__all__ = ["Store", "StorageError", "NotFoundError"]

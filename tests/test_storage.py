@@ -1,0 +1,435 @@
+"""The storage layer on real SQLite files: schema upgrades, chats, streaming messages, search, jobs, export."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import storage.db as sdb
+import storage.migrations as migrations
+from storage import NotFoundError, StorageError, Store
+from storage.rows import fts_query
+
+
+@pytest.fixture
+async def store(tmp_path):
+    s = await Store.open(tmp_path / "baton.db")
+    yield s
+    await s.close()
+
+
+def user_version(path) -> int:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+# ---- schema and connection -------------------------------------------------------------------
+
+async def test_migrates_an_empty_file_and_reopens_idempotently(tmp_path):
+    path = tmp_path / "baton.db"
+    path.touch()  # version 0: an empty file
+    async with await Store.open(path) as s:
+        assert await s.schema_version() == migrations.LATEST >= 1
+        chat = await s.create_chat("kept")
+    assert user_version(path) == migrations.LATEST
+    with sqlite3.connect(path) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"chat", "message", "message_fts", "job", "job_item"} <= tables
+    async with await Store.open(path) as s:  # nothing re-applied, nothing lost
+        assert await s.schema_version() == migrations.LATEST
+        assert [c.id for c in await s.list_chats()] == [chat.id]
+
+
+async def test_missing_folders_are_created(tmp_path):
+    path = tmp_path / "a" / "b" / "baton.db"
+    async with await Store.open(path) as s:
+        await s.create_chat("x")
+    assert path.is_file()
+
+
+async def test_default_path_is_the_user_data_dir(tmp_path, monkeypatch):
+    if sys.platform != "linux":
+        pytest.skip("XDG_DATA_HOME is how platformdirs is redirected on Linux")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    async with await Store.open() as s:
+        assert s.path == str(tmp_path / "data" / "baton" / "baton.db")
+        await s.create_chat("x")
+    assert (tmp_path / "data" / "baton" / "baton.db").is_file()
+
+
+async def test_in_memory_store_for_tests():
+    async with await Store.open(":memory:") as s:
+        chat = await s.create_chat("scratch")
+        await s.add_message(chat.id, "user", "ephemeral words")
+        assert s.path == ":memory:" and len(await s.search("ephemeral")) == 1
+
+
+async def test_steps_apply_in_order_each_bumping_the_version(tmp_path, monkeypatch):
+    path = tmp_path / "baton.db"
+    async with await Store.open(path):
+        pass
+    seen = []
+
+    async def data_step(conn):
+        seen.append((await conn.execute_fetchall("PRAGMA user_version"))[0][0])
+
+    extra = migrations.STEPS + (
+        migrations.Step("add a column", ("ALTER TABLE chat ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0",)),
+        migrations.Step("python step", run=data_step),
+    )
+    monkeypatch.setattr(migrations, "STEPS", extra)
+    conn = await sdb.connect(str(path), 1.0)
+    try:
+        assert await migrations.check_compatible(conn, str(path), extra) == 1
+        assert await migrations.migrate(conn, extra) == 3
+        assert await migrations.migrate(conn, extra) == 3
+    finally:
+        await conn.close()
+    assert seen == [2]  # the python step ran once, inside its own step (version not yet bumped)
+    assert user_version(path) == 3
+    with sqlite3.connect(path) as conn:
+        assert "pinned" in [r[1] for r in conn.execute("PRAGMA table_info(chat)")]
+
+
+async def test_a_failing_step_is_rolled_back(tmp_path):
+    path = tmp_path / "baton.db"
+    async with await Store.open(path):
+        pass
+    bad = migrations.STEPS + (migrations.Step("broken", ("CREATE TABLE extra (x)", "THIS IS NOT SQL")),)
+    conn = await sdb.connect(str(path), 1.0)
+    try:
+        with pytest.raises(sqlite3.Error):
+            await migrations.migrate(conn, bad)
+    finally:
+        await conn.close()
+    assert user_version(path) == 1
+    with sqlite3.connect(path) as c:
+        assert c.execute("SELECT count(*) FROM sqlite_master WHERE name = 'extra'").fetchone()[0] == 0
+
+
+async def test_a_newer_schema_is_a_clear_error_and_left_alone(tmp_path):
+    path = tmp_path / "baton.db"
+    async with await Store.open(path):
+        pass
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {migrations.LATEST + 5}")
+    before = path.read_bytes()
+    with pytest.raises(StorageError, match="newer Baton") as info:
+        await Store.open(path)
+    assert str(path) in str(info.value) and info.value.path == str(path)
+    assert path.read_bytes() == before
+
+
+async def test_another_applications_database_is_refused(tmp_path):
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE notes (body TEXT)")
+    before = path.read_bytes()
+    with pytest.raises(StorageError, match="not a Baton history.*notes"):
+        await Store.open(path)
+    assert path.read_bytes() == before
+
+
+async def test_wal_and_foreign_keys_are_on(store):
+    assert store.journal_mode == "wal"
+    assert (await store._fetchone("PRAGMA journal_mode"))[0] == "wal"
+    assert (await store._fetchone("PRAGMA foreign_keys"))[0] == 1
+    assert (await store._fetchone("PRAGMA busy_timeout"))[0] == 5000
+
+
+async def test_closed_store_raises_storage_error(tmp_path):
+    s = await Store.open(tmp_path / "baton.db")
+    await s.close()
+    await s.close()  # idempotent
+    with pytest.raises(StorageError, match="closed"):
+        await s.list_chats()
+
+
+# ---- chats -----------------------------------------------------------------------------------
+
+async def test_chat_crud_and_ordering(store):
+    a = await store.create_chat("first", system_prompt="be brief", params={"temperature": 0.2})
+    b = await store.create_chat("second")
+    assert (a.title, a.system_prompt, a.params, a.archived) == ("first", "be brief", {"temperature": 0.2}, False)
+    assert b.params == {} and b.system_prompt is None
+    assert [c.id for c in await store.list_chats()] == [b.id, a.id]
+
+    await store.add_message(a.id, "user", "hello")  # a message bumps the chat to the top
+    assert [c.id for c in await store.list_chats()] == [a.id, b.id]
+
+    renamed = await store.rename_chat(b.id, "renamed")
+    assert renamed.title == "renamed" and (await store.get_chat(b.id)).title == "renamed"
+    updated = await store.update_chat_settings(a.id, "be verbose", {"top_p": 0.9})
+    assert (updated.system_prompt, updated.params) == ("be verbose", {"top_p": 0.9})
+
+    await store.archive_chat(a.id)
+    assert [c.id for c in await store.list_chats()] == [b.id]
+    assert {c.id for c in await store.list_chats(include_archived=True)} == {a.id, b.id}
+    assert (await store.get_chat(a.id)).archived
+    await store.archive_chat(a.id, archived=False)
+    assert {c.id for c in await store.list_chats()} == {a.id, b.id}
+
+    assert await store.get_chat(9999) is None
+    with pytest.raises(NotFoundError, match="chat 9999"):
+        await store.rename_chat(9999, "x")
+
+
+async def test_delete_chat_cascades_to_messages(store):
+    chat = await store.create_chat("doomed")
+    q = await store.add_message(chat.id, "user", "question")
+    await store.add_message(chat.id, "assistant", "answer", parent_id=q.id)
+    other = await store.create_chat("kept")
+    await store.add_message(other.id, "user", "stays")
+    assert await store.delete_chat(chat.id) is True
+    assert await store.delete_chat(chat.id) is False
+    assert await store.get_chat(chat.id) is None
+    assert await store.list_messages(chat.id) == []
+    assert await store.get_message(q.id) is None
+    assert [m.content for m in await store.list_messages(other.id)] == ["stays"]
+    with pytest.raises(NotFoundError):
+        await store.add_message(chat.id, "user", "into the void")
+
+
+# ---- messages --------------------------------------------------------------------------------
+
+async def test_streaming_lifecycle(store):
+    chat = await store.create_chat("stream")
+    user = await store.add_message(chat.id, "user", "Tell me about pelicans")
+    assert user.finish_reason is None and not user.streaming
+
+    answer = await store.start_assistant_message(chat.id, user.id, "smollm2")
+    assert answer.streaming and answer.content == "" and answer.parent_id == user.id
+    await store.update_message_text(answer.id, "Pelicans are")
+    await store.update_message_text(answer.id, "Pelicans are large water birds")
+    mid = await store.get_message(answer.id)
+    assert mid.content == "Pelicans are large water birds" and mid.streaming
+
+    done = await store.finish_message(answer.id, "Pelicans are large water birds with pouches.", "stop",
+                                      prompt_tokens=12, completion_tokens=9, ttft_ms=85.5, tokens_per_s=41.2)
+    assert not done.streaming
+    assert (done.finish_reason, done.prompt_tokens, done.completion_tokens, done.ttft_ms, done.tokens_per_s,
+            done.model) == ("stop", 12, 9, 85.5, 41.2, "smollm2")
+    assert done.updated_at > done.created_at
+
+    messages = await store.list_messages(chat.id)
+    assert [(m.role, m.content) for m in messages] == [
+        ("user", "Tell me about pelicans"), ("assistant", "Pelicans are large water birds with pouches.")]
+
+    with pytest.raises(ValueError, match="finish_reason"):
+        await store.finish_message(answer.id, "x", "exploded")
+    with pytest.raises(ValueError, match="role"):
+        await store.add_message(chat.id, "robot", "x")
+    with pytest.raises(NotFoundError):
+        await store.update_message_text(123456, "x")
+    with pytest.raises(NotFoundError):  # foreign keys are enforced
+        await store.add_message(chat.id, "user", "orphan", parent_id=123456)
+    assert len(await store.list_messages(chat.id)) == 2
+
+
+async def test_concurrent_writes_are_serialized(store):
+    chat = await store.create_chat("busy")
+    await asyncio.gather(*(store.add_message(chat.id, "user", f"m{i}") for i in range(30)))
+    assert sorted(m.content for m in await store.list_messages(chat.id)) == sorted(f"m{i}" for i in range(30))
+
+
+async def test_cancelled_writes_never_leave_a_transaction_open(store):
+    chat = await store.create_chat("cancel")
+    tasks = [asyncio.create_task(store.add_message(chat.id, "user", f"m{i}")) for i in range(20)]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    for t in tasks[::2]:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await store.add_message(chat.id, "user", "after")
+    stored = {m.content for m in await store.list_messages(chat.id)}
+    assert {f"m{i}" for i in range(1, 20, 2)} | {"after"} <= stored
+    other = sqlite3.connect(store.path, isolation_level=None, timeout=0.1)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # would be "locked" if the store still held a transaction
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+
+
+async def test_delete_messages_after_for_regenerate_and_edit(store):
+    chat = await store.create_chat("branching")
+    u1 = await store.add_message(chat.id, "user", "one")
+    a1 = await store.add_message(chat.id, "assistant", "uno", parent_id=u1.id)
+    u2 = await store.add_message(chat.id, "user", "two", parent_id=a1.id)
+    await store.add_message(chat.id, "assistant", "dos", parent_id=u2.id)
+    other = await store.create_chat("other")
+    o = await store.add_message(other.id, "user", "untouched")
+
+    assert await store.delete_messages_after(chat.id, u2.id) == 1  # regenerate the last answer
+    assert [m.content for m in await store.list_messages(chat.id)] == ["one", "uno", "two"]
+    assert await store.delete_messages_after(chat.id, u2.id, inclusive=True) == 1  # edit "two"
+    assert [m.content for m in await store.list_messages(chat.id)] == ["one", "uno"]
+    assert await store.get_message(o.id) is not None
+
+
+async def test_search_finds_user_and_streamed_assistant_text(store):
+    chat = await store.create_chat("birds")
+    user = await store.add_message(chat.id, "user", "What do flamingos eat?")
+    answer = await store.start_assistant_message(chat.id, user.id, "m")
+    await store.update_message_text(answer.id, "Flamingos eat shrimp")
+    await store.finish_message(answer.id, "Flamingos eat brine shrimp and algae.", "stop")
+
+    hits = await store.search("flamingos")
+    assert [h.message.id for h in hits] == [answer.id, user.id]  # newest first
+    hit_chat, hit_message, snippet = hits[0]
+    assert hit_chat.id == chat.id and hit_message.role == "assistant" and "«Flamingos»" in snippet
+    assert [h.message.id for h in await store.search("algae")] == [answer.id]   # text from finish
+    assert [h.message.id for h in await store.search("flam shri")] == [answer.id]  # prefixes, AND
+    assert await store.search("Shrimp") and await store.search("FLAMINGOS")
+    assert await store.search("penguins") == []
+    # the superseded streaming text is no longer indexed
+    await store.update_message_text(answer.id, "Replaced entirely")
+    assert await store.search("algae") == []
+    assert [h.message.id for h in await store.search("replaced")] == [answer.id]
+
+
+@pytest.mark.parametrize("query", ['foo"bar', "AND", "OR NOT", "NEAR(a b)", '"', "*", "a:b", "(", "-x",
+                                   "^start", "col:x", "'; DROP TABLE message; --", "", "   ", "…",
+                                   "x\x00y", "a\ud800"])
+async def test_search_is_safe_for_any_input(store, query):
+    chat = await store.create_chat("odd")
+    await store.add_message(chat.id, "user", 'foo"bar AND or not near a b start x col')
+    hits = await store.search(query)  # must not raise
+    assert isinstance(hits, list)
+    assert await store.search("foo") != []  # and the table is still there
+
+
+async def test_search_literal_operator_words_and_quotes(store):
+    chat = await store.create_chat("ops")
+    m = await store.add_message(chat.id, "user", 'say foo"bar AND stop')
+    assert [h.message.id for h in await store.search('foo"bar')] == [m.id]
+    assert [h.message.id for h in await store.search("AND")] == [m.id]
+
+
+def _fts_table() -> sqlite3.Connection:
+    conn = sqlite3.connect(":memory:")
+    for statement in migrations.STEPS[0].statements:
+        conn.execute(statement)
+    conn.execute("INSERT INTO chat (title, created_at, updated_at) VALUES ('t', '', '')")
+    return conn
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=40) | st.sampled_from(['0\x00', 'a\ud800b', '"\x00"']),
+       st.text(alphabet=st.characters(categories=["L", "Nd"]), min_size=1, max_size=12))
+def test_fts_query_never_raises_and_finds_literal_words(noise, word):
+    conn = _fts_table()
+    conn.execute("INSERT INTO message (chat_id, role, content, created_at, updated_at) "
+                 "VALUES (1, 'user', ?, '', '')", (f"before {word} after",))
+    query = fts_query(noise)
+    if query is not None:
+        conn.execute("SELECT count(*) FROM message_fts WHERE message_fts MATCH ?", (query,)).fetchall()
+    found = conn.execute("SELECT count(*) FROM message_fts WHERE message_fts MATCH ?", (fts_query(word),))
+    assert found.fetchone()[0] == 1
+
+
+async def test_search_forgets_deleted_messages_and_can_skip_archived(store):
+    chat = await store.create_chat("gone")
+    await store.add_message(chat.id, "user", "ephemeral zebra")
+    kept = await store.create_chat("kept")
+    k = await store.add_message(kept.id, "user", "permanent zebra")
+    await store.delete_chat(chat.id)
+    assert [h.message.id for h in await store.search("zebra")] == [k.id]
+    await store.delete_messages_after(kept.id, k.id, inclusive=True)
+    assert await store.search("zebra") == []
+
+    archived = await store.create_chat("old")
+    await store.add_message(archived.id, "user", "archived giraffe")
+    await store.archive_chat(archived.id)
+    assert len(await store.search("giraffe")) == 1
+    assert await store.search("giraffe", include_archived=False) == []
+
+
+# ---- jobs ------------------------------------------------------------------------------------
+
+async def test_jobs_resume_after_restart_without_rerunning_items(tmp_path):
+    path = tmp_path / "baton.db"
+    items = [{"custom_id": f"req-{i}", "body": {"messages": [{"role": "user", "content": f"q{i}"}]}}
+             for i in range(5)]
+    async with await Store.open(path) as s:
+        job = await s.create_job("batch", "nightly", items, spec={"model": "m"}, source_path="/in.jsonl")
+        assert (job.kind, job.status, job.total, job.done, job.spec, job.source_path) == (
+            "batch", "queued", 5, 0, {"model": "m"}, "/in.jsonl")
+        pending = await s.pending_items(job.id)
+        assert [(p.idx, p.custom_id, p.request) for p in pending] == [(i, f"req-{i}", items[i]) for i in range(5)]
+        await s.set_job_status(job.id, "running")
+        assert await s.complete_item(pending[0].id, {"text": "a0"}) is True
+        assert await s.complete_item(pending[0].id, {"text": "again"}) is False  # no duplicate, no overwrite
+        assert await s.fail_item(pending[1].id, "boom") is True
+        assert await s.complete_item(pending[1].id, {"x": 1}) is False
+        assert await s.complete_item(pending[3].id, ["a3"]) is True
+        assert await s.job_progress(job.id) == (2, 1, 5)
+        first_ids = [p.id for p in pending]
+    # "restart": the job was left running, so it comes back queued, with only unfinished items pending
+    async with await Store.open(path) as s:
+        job2 = await s.get_job(job.id)
+        assert job2.status == "queued" and (job2.done, job2.failed, job2.pending) == (2, 1, 2)
+        assert [p.idx for p in await s.pending_items(job.id)] == [2, 4]
+        assert [p.idx for p in await s.pending_items(job.id, limit=1)] == [2]
+        assert await s.job_progress(job.id) == (2, 1, 5)
+        everything = await s.list_items(job.id)
+        assert [i.id for i in everything] == first_ids
+        assert (everything[0].status, everything[0].result) == ("done", {"text": "a0"})
+        assert (everything[1].status, everything[1].error, everything[1].result) == ("failed", "boom", None)
+        assert everything[0].completed_at is not None and everything[2].completed_at is None
+        assert await s.retry_failed_items(job.id) == 1
+        assert [p.idx for p in await s.pending_items(job.id)] == [1, 2, 4]
+        with sqlite3.connect(path) as raw:  # the (job_id, idx) uniqueness is enforced by the schema
+            with pytest.raises(sqlite3.IntegrityError):
+                raw.execute("INSERT INTO job_item (job_id, idx, request) VALUES (?, 0, '{}')", (job.id,))
+
+
+async def test_job_listing_statuses_and_errors(store):
+    a = await store.create_job("batch", "a", [{"x": 1}])
+    b = await store.create_job("agent", "b", [], spec={"goal": "g"})
+    assert [j.id for j in await store.list_jobs()] == [b.id, a.id]
+    assert (await store.set_job_status(a.id, "paused")).status == "paused"
+    with pytest.raises(ValueError, match="status"):
+        await store.set_job_status(a.id, "exploded")
+    with pytest.raises(ValueError, match="kind"):
+        await store.create_job("cron", "c", [])
+    with pytest.raises(TypeError, match=r"items\[0\]"):
+        await store.create_job("batch", "c", ["not a dict"])
+    with pytest.raises(NotFoundError):
+        await store.set_job_status(999, "done")
+    with pytest.raises(NotFoundError):
+        await store.complete_item(999, {})
+    assert await store.get_job(999) is None
+    assert await store.delete_job(a.id) is True
+    assert await store.pending_items(a.id) == []
+    assert [j.id for j in await store.list_jobs()] == [b.id]
+
+
+# ---- export ----------------------------------------------------------------------------------
+
+async def test_export_markdown_and_json(store):
+    chat = await store.create_chat("Export me", system_prompt="You are terse.", params={"temperature": 0.7})
+    u = await store.add_message(chat.id, "user", "Hi there")
+    a = await store.start_assistant_message(chat.id, u.id, "smollm2")
+    await store.finish_message(a.id, "Hello!", "length", prompt_tokens=5, completion_tokens=2, ttft_ms=12,
+                               tokens_per_s=30.0)
+    md = await store.export_chat_markdown(chat.id)
+    assert md.startswith("# Export me\n")
+    assert "> You are terse." in md and "### User\n\nHi there" in md
+    assert "### Assistant (smollm2)\n\nHello!" in md
+    assert "5 prompt + 2 completion tokens" in md and "finish: length" in md
+
+    data = await store.export_chat_json(chat.id)
+    assert json.loads(json.dumps(data)) == data  # JSON-ready
+    assert (data["title"], data["system_prompt"], data["params"]) == ("Export me", "You are terse.",
+                                                                      {"temperature": 0.7})
+    assert [(m["role"], m["content"], m["finish_reason"]) for m in data["messages"]] == [
+        ("user", "Hi there", None), ("assistant", "Hello!", "length")]
+    with pytest.raises(NotFoundError):
+        await store.export_chat_json(424242)

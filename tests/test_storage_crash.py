@@ -1,0 +1,215 @@
+"""The storage layer when things go wrong: a killed app mid-stream, corrupt, foreign, locked or odd files."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from storage import StorageError, Store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Opens the store, stores a user message, streams part of an answer (a flush per chunk) and works
+# through half of a job, prints READY, then waits to be killed.
+CRASHING_APP = r"""
+import asyncio, sys
+from storage import Store
+
+async def main(path):
+    s = await Store.open(path)
+    chat = await s.create_chat("about to crash")
+    user = await s.add_message(chat.id, "user", "Explain quicksort please")
+    answer = await s.start_assistant_message(chat.id, user.id, "smollm2")
+    text = ""
+    for word in ["Quicksort", "partitions", "the", "array", "around", "a", "pivot"]:
+        text += word + " "
+        await s.update_message_text(answer.id, text)
+    job = await s.create_job("batch", "half done", [{"custom_id": str(i)} for i in range(4)])
+    await s.set_job_status(job.id, "running")
+    items = await s.pending_items(job.id)
+    await s.complete_item(items[0].id, {"ok": 0})
+    await s.fail_item(items[1].id, "bad request")
+    print("READY", chat.id, user.id, answer.id, job.id, flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def run_until_ready(path: Path) -> tuple[subprocess.Popen, list[int]]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", CRASHING_APP, str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    ready, _, _ = select.select([proc.stdout], [], [], 30)
+    line = proc.stdout.readline() if ready else ""
+    if not line.startswith("READY"):
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"the helper did not get ready: {line!r} {err}")
+    return proc, [int(x) for x in line.split()[1:]]
+
+
+async def test_killed_mid_stream_keeps_the_partial_answer(tmp_path):
+    path = tmp_path / "baton.db"
+    proc, (chat_id, user_id, answer_id, job_id) = run_until_ready(path)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=10) == -signal.SIGKILL
+    proc.stdout.close()
+    proc.stderr.close()
+
+    async with await Store.open(path) as s:
+        assert (s.recovered_messages, s.recovered_jobs) == (1, 1)
+        messages = await s.list_messages(chat_id)
+        assert [m.id for m in messages] == [user_id, answer_id]
+        user, answer = messages
+        assert (user.role, user.content) == ("user", "Explain quicksort please")
+        assert answer.content == "Quicksort partitions the array around a pivot "
+        assert answer.finish_reason == "interrupted" and not answer.streaming
+        assert [h.message.id for h in await s.search("pivot")] == [answer_id]
+        assert [c.id for c in await s.list_chats()] == [chat_id]
+        job = await s.get_job(job_id)
+        assert job.status == "queued" and (job.done, job.failed, job.total) == (1, 1, 4)
+        assert [i.idx for i in await s.pending_items(job_id)] == [2, 3]
+        # the recovered message can still be finished (e.g. "continue" in the app)
+        assert (await s.finish_message(answer_id, answer.content + "element.", "stop")).finish_reason == "stop"
+    async with await Store.open(path) as s:
+        assert s.recovered_messages == 0
+        assert (await s.get_message(answer_id)).finish_reason == "stop"
+
+
+# ---- files that are not usable databases -------------------------------------------------------
+
+def siblings(path: Path) -> set[str]:
+    return {p.name for p in path.parent.iterdir()}
+
+
+async def test_random_bytes_are_refused_and_left_untouched(tmp_path):
+    path = tmp_path / "baton.db"
+    junk = b"\x00not sqlite\xff" + os.urandom(8192)
+    path.write_bytes(junk)
+    with pytest.raises(StorageError, match="not an SQLite database") as info:
+        await Store.open(path)
+    assert str(path) in str(info.value)
+    assert path.read_bytes() == junk
+    assert siblings(path) == {"baton.db"}  # no new database, no journal beside it
+
+
+async def test_sqlite_header_with_garbage_is_refused_and_left_untouched(tmp_path):
+    path = tmp_path / "baton.db"
+    junk = b"SQLite format 3\x00" + b"\xee" * 8192
+    path.write_bytes(junk)
+    with pytest.raises(StorageError) as info:
+        await Store.open(path)
+    assert str(path) in str(info.value)
+    assert path.read_bytes() == junk
+
+
+async def test_corrupt_pages_surface_as_storage_error(tmp_path):
+    path = tmp_path / "baton.db"
+    async with await Store.open(path) as s:
+        chat = await s.create_chat("big")
+        for i in range(40):
+            await s.add_message(chat.id, "user", f"message {i} " + "lorem ipsum " * 200)
+    data = bytearray(path.read_bytes())
+    assert len(data) > 8 * 4096
+    data[4096:len(data)] = b"\xa5" * (len(data) - 4096)  # keep page 1 (header + schema), trash the rest
+    path.write_bytes(bytes(data))
+    with pytest.raises(StorageError, match=rf"{path.name}.*(corrupt|malformed|not a database)"):
+        s = await Store.open(path)
+        try:
+            await s.list_messages(chat.id)
+            await s.search("lorem")
+        finally:
+            await s.close()
+
+
+async def test_a_directory_is_refused(tmp_path):
+    folder = tmp_path / "baton.db"
+    folder.mkdir()
+    with pytest.raises(StorageError, match="is a directory") as info:
+        await Store.open(folder)
+    assert str(folder) in str(info.value)
+    assert list(folder.iterdir()) == []
+
+
+async def test_a_folder_that_cannot_be_created_is_refused(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StorageError, match="cannot create its folder"):
+        await Store.open(blocker / "baton.db")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores file permissions")
+async def test_unreadable_and_read_only_files_are_refused(tmp_path):
+    path = tmp_path / "baton.db"
+    async with await Store.open(path):
+        pass
+    path.chmod(0o000)
+    try:
+        with pytest.raises(StorageError, match="cannot read"):
+            await Store.open(path)
+        path.chmod(0o444)
+        with pytest.raises(StorageError, match="read-only"):
+            await Store.open(path)
+    finally:
+        path.chmod(0o644)
+
+
+# ---- locks held by another process ---------------------------------------------------------------
+
+async def test_open_fails_fast_when_another_process_holds_the_write_lock(tmp_path):
+    path = tmp_path / "baton.db"
+    async with await Store.open(path):
+        pass
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        start = time.monotonic()
+        with pytest.raises(StorageError, match="locked") as info:
+            await Store.open(path, busy_timeout=0.2)
+        assert time.monotonic() - start < 3
+        assert str(path) in str(info.value)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    async with await Store.open(path, busy_timeout=0.2) as s:  # usable once released
+        await s.create_chat("fine")
+
+
+async def test_open_fails_on_a_new_file_locked_exclusively(tmp_path):
+    path = tmp_path / "baton.db"
+    other = sqlite3.connect(path, isolation_level=None)  # rollback journal: the lock blocks readers too
+    other.execute("CREATE TABLE IF NOT EXISTS t (x)")
+    other.execute("DROP TABLE t")
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StorageError, match="locked"):
+            await Store.open(path, busy_timeout=0.2)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+async def test_a_write_blocked_by_another_process_raises_storage_error(tmp_path):
+    path = tmp_path / "baton.db"
+    async with await Store.open(path, busy_timeout=0.2) as s:
+        chat = await s.create_chat("contended")
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StorageError, match="locked"):
+                await s.add_message(chat.id, "user", "waiting")
+            assert [c.title for c in await s.list_chats()] == ["contended"]  # reads still work (WAL)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        await s.add_message(chat.id, "user", "after")  # the failed transaction left nothing behind
+        assert [m.content for m in await s.list_messages(chat.id)] == ["after"]
