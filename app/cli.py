@@ -1,14 +1,18 @@
 """The `baton` command line: `baton chat [QUESTION]` and `baton batch INPUT.jsonl -o OUTPUT.jsonl`.
 
 `baton` with no arguments prints the help (the TUI comes later). `baton chat` without a question holds a
-conversation over stdin (one user turn per line, Ctrl-D ends). Exit status: 0 success (a batch run that
-completed, even with failed lines), 1 a generation that failed in the engine, 2 bad usage (bad option value,
-unknown model, unreadable input), 130 interrupted. Errors are one `baton: error: ...` line on stderr.
+conversation over stdin (one user turn per line, Ctrl-D ends).
+
+Exit status: 0 success (a batch run that completed, even with failed lines); 1 a generation that failed in
+the engine, or stdout closed early; 2 bad usage (bad option value, unknown model, unreadable input or
+unwritable output); 130 interrupted. Errors are one `baton: error: ...` line on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
 import sys
 from importlib import metadata
@@ -50,16 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--model", default=DEFAULT_MODEL,
                        help="model: %(default)s (default), a local model folder, a local .gguf file, "
                             "or random:<preset> (random weights, e.g. random:tiny)")
-    group.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
-    group.add_argument("--dtype", default="auto", help="auto (default), float32, bfloat16 or float16")
-    group.add_argument("--max-batch-size", type=int, default=32, metavar="N",
+    group.add_argument("--device", default=EngineConfig.device, help="auto (default: CUDA when present), cpu, cuda or cuda:N")
+    group.add_argument("--dtype", default=EngineConfig.dtype, help="auto (default), float32, bfloat16 or float16")
+    group.add_argument("--max-batch-size", type=int, default=EngineConfig.max_batch_size, metavar="N",
                        help="most requests decoded together (default: %(default)s)")
 
-    chat = sub.add_parser("chat", parents=[engine], help="stream the answer to a question on stdout (no question: a conversation over stdin)",
+    chat = sub.add_parser("chat", parents=[engine],
+                          help="stream the answer to a question on stdout (no question: a conversation over stdin)",
                           description="Stream the answer to QUESTION to stdout (sent as chat messages). "
                                       "Without QUESTION: a conversation, one user turn per line of stdin, "
                                       "each answer streamed to stdout; Ctrl-D (end of input) ends it.")
-    chat.add_argument("question", nargs="?", help="the question (the user message)")
+    chat.add_argument("question", nargs="?", metavar="QUESTION", help="the question (the user message)")
     chat.add_argument("--system", metavar="PROMPT", help="system prompt sent before the question")
     chat.add_argument("--temperature", type=float, default=CHAT_TEMPERATURE, metavar="T",
                       help="sampling temperature, 0 for greedy (default: %(default)s)")
@@ -89,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     Args:
         argv: the arguments (without the program name); None reads `sys.argv[1:]`.
     Returns:
-        The exit status: 0 success, 1 generation failed, 2 bad usage, 130 interrupted.
+        The exit status: 0 success, 1 generation failed (or stdout closed early), 2 bad usage,
+        130 interrupted.
         Never raises for bad arguments or inputs: they are reported as one `baton: error: ...` line on stderr.
     """
     parser = build_parser()
@@ -108,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("baton: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (`baton chat ... | head`): stop quietly
+        with contextlib.suppress(OSError, ValueError):  # keep the exit-time flush from failing again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _option_message(exc: ValueError) -> str:

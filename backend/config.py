@@ -35,7 +35,7 @@ class SamplingParams:
 
     Attributes:
         max_tokens: most output tokens to generate (>= 1).
-        temperature: softmax temperature (>= 0); 0 selects greedy argmax decoding.
+        temperature: softmax temperature (>= 0); 0 (or anything below 1e-5) selects greedy argmax decoding.
         top_p: nucleus sampling mass in (0, 1]; 1 disables it.
         top_k: keep only the k most likely tokens; 0 or -1 disables it.
         seed: seed of this request's own `torch.Generator`, so a sampled output is reproducible
@@ -73,6 +73,7 @@ class SamplingParams:
         if self.seed is not None:
             _check(isinstance(self.seed, int) and not isinstance(self.seed, bool),
                    "seed", f"must be an integer or None, got {self.seed!r}")
+            _check(-(2**63) <= self.seed < 2**64, "seed", f"must fit in 64 bits, got {self.seed}")
         _check(isinstance(self.ignore_eos, bool), "ignore_eos", f"must be a boolean, got {self.ignore_eos!r}")
         stop = self.stop
         if stop is None:
@@ -88,11 +89,13 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        """True when decoding is argmax (temperature 0)."""
-        return self.temperature == 0
+        """True when decoding is argmax: temperature below 1e-5 (vLLM's `_SAMPLING_EPS`), where dividing the
+        logits by it would overflow float32."""
+        return self.temperature < GREEDY_EPS
 
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+GREEDY_EPS = 1e-5  # temperatures below this decode greedily
 
 
 @dataclass

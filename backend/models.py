@@ -148,6 +148,9 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
         ModelLoadError: unknown spec, missing package, missing or unreadable path.
     """
     start = time.perf_counter()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bars in the CLI or over the TUI
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if spec == DEFAULT_MODEL:

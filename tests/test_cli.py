@@ -1,4 +1,4 @@
-"""The `baton` command line (app/cli.py, app/headless.py) end to end.
+"""The `baton` command line (app/cli.py, app/headless.py, app/batch_runner.py) end to end.
 
 Most tests run `main([...])` in-process on `random:tiny` (random weights, loads in about 2 s); a few run the
 console script in a subprocess. `real_model` tests load the default SmolLM2-135M-Instruct.
@@ -6,6 +6,7 @@ console script in a subprocess. `real_model` tests load the default SmolLM2-135M
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from app import headless
+from app import batch_runner, headless
 from app.cli import main
 from backend import EngineConfig, SamplingParams
 
@@ -42,6 +43,14 @@ def one_error_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("baton: error: ") and "Traceback" not in err
+    return lines[0]
+
+
+def one_summary(err: str) -> str:
+    lines = [x for x in err.splitlines() if x.startswith("baton: batch: ")]
+    assert len(lines) == 1, err
+    m = re.search(r"(\d+) output tokens in ([\d.]+) s \(([\d.]+) tok/s", lines[0])
+    assert m and int(m.group(1)) > 0 and float(m.group(2)) > 0 and float(m.group(3)) > 0, lines[0]
     return lines[0]
 
 
@@ -103,6 +112,35 @@ def test_chat_writes_and_flushes_each_delta():
     assert rec.events[writes[-1]][1] == "\n"
 
 
+def test_chat_without_question_is_a_conversation_over_stdin(capsys, monkeypatch):
+    seen = []
+    real_stream = headless.stream_answer
+
+    async def spy(engine, messages, params, out):
+        seen.append([dict(m) for m in messages])
+        return await real_stream(engine, messages, params, out)
+
+    monkeypatch.setattr(headless, "stream_answer", spy)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("first question\n\n  \nsecond question\n"))
+    assert main(["chat", *TINY, "--system", "be brief", "--max-tokens", "4", "--temperature", "0"]) == 0
+    assert len(seen) == 2  # blank lines are skipped
+    assert seen[0] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "first question"}]
+    assert [m["role"] for m in seen[1]] == ["system", "user", "assistant", "user"]  # the history goes along
+    assert seen[1][3] == {"role": "user", "content": "second question"}
+    out = capsys.readouterr().out
+    assert out.startswith(seen[1][2]["content"] + "\n")  # the first answer, streamed; no "> " prompt off a tty
+
+
+def test_chat_into_a_closed_pipe_stops_quietly(capsys, monkeypatch):
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["chat", "hi", *TINY, "--max-tokens", "4", "--temperature", "0"]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args, option", [
     (["--temperature", "-1"], "--temperature: must be >= 0"),
     (["--max-tokens", "0"], "--max-tokens: must be >= 1"),
@@ -156,6 +194,7 @@ def test_batch_round_trip(tmp_path, capsys):
     assert captured.out == ""  # stdout stays clean
     summary = one_summary(captured.err)
     assert "5 ok, 6 failed" in summary and str(out) in summary
+    assert captured.err.strip() == summary  # no progress bar when stderr is not a terminal
 
     rows = read_jsonl(out)
     assert [r["custom_id"] for r in rows] == ["short", "long", "seeded-1", None, "n2", "seeded-2", "cold",
@@ -189,14 +228,6 @@ def test_batch_round_trip(tmp_path, capsys):
     assert not any(s in stopped["message"]["content"] for s in "aeo")
     assert stopped["finish_reason"] in ("stop", "length")
     assert bodies["stopped"]["usage"]["completion_tokens"] <= 12
-
-
-def one_summary(err: str) -> str:
-    lines = [x for x in err.splitlines() if x.startswith("baton: batch: ")]
-    assert len(lines) == 1, err
-    m = re.search(r"(\d+) output tokens in ([\d.]+) s \(([\d.]+) tok/s", lines[0])
-    assert m and int(m.group(1)) > 0 and float(m.group(2)) > 0 and float(m.group(3)) > 0, lines[0]
-    return lines[0]
 
 
 def test_batch_unreadable_input_exits_2(tmp_path, capsys):
@@ -233,8 +264,8 @@ def test_batch_crash_leaves_old_output_and_no_temp_file(tmp_path, monkeypatch, c
     def crash(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(headless, "start_engine", lambda config: FakeEngine())
-    monkeypatch.setattr(headless, "_run_entries", crash)
+    monkeypatch.setattr(batch_runner, "start_engine", lambda config: FakeEngine())
+    monkeypatch.setattr(batch_runner, "_run_entries", crash)
     with pytest.raises(RuntimeError, match="boom"):
         main(["batch", str(inp), "-o", str(out)])
     assert out.read_text() == "previous\n"
@@ -242,13 +273,26 @@ def test_batch_crash_leaves_old_output_and_no_temp_file(tmp_path, monkeypatch, c
 
 
 def test_batch_of_only_bad_lines_completes(tmp_path, capsys):
-    inp = write_lines(tmp_path / "in.jsonl", ["[]", "", request("x", stream=True)])
+    too_long = [{"role": "user", "content": "x " * 3000}]  # random:tiny has 2048 positions
+    inp = write_lines(tmp_path / "in.jsonl", ["[]", "", request("x", stream=True), request("y", messages=too_long)])
     out = tmp_path / "out.jsonl"
     assert main(["batch", str(inp), "-o", str(out), *TINY]) == 0
     rows = read_jsonl(out)
-    assert [(r["custom_id"], r["error"]["code"]) for r in rows] == [(None, "invalid_request"),
-                                                                    ("x", "unsupported_parameter")]
-    assert "0 ok, 2 failed" in capsys.readouterr().err
+    assert [(r["custom_id"], r["error"]["code"]) for r in rows] == [
+        (None, "invalid_request"), ("x", "unsupported_parameter"), ("y", "invalid_value")]
+    assert "context" in rows[2]["error"]["message"]
+    assert "0 ok, 3 failed" in capsys.readouterr().err
+
+
+def test_batch_progress_bar_goes_to_err(tmp_path, capsys):
+    inp = write_lines(tmp_path / "in.jsonl", [request(str(i), max_tokens=4, ignore_eos=True) for i in range(3)])
+    err = io.StringIO()
+    summary = batch_runner.run_batch(EngineConfig(model="random:tiny"), inp, tmp_path / "out.jsonl",
+                                     progress=True, err=err)
+    assert (summary.ok, summary.failed, summary.output_tokens) == (3, 0, 12)
+    text = err.getvalue()
+    assert "3/3" in text and "tok/s" in text and text.rstrip().endswith("out.jsonl")
+    assert capsys.readouterr().out == ""
 
 
 # ------------------------------------------------------------------------------------ subprocesses

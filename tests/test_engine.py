@@ -17,10 +17,18 @@ async def _collect(engine, prompt, params, **kw):
 
 @pytest.mark.parametrize("field,value", [("temperature", -0.5), ("top_p", 0.0), ("top_p", 1.5),
                                          ("top_k", -2), ("max_tokens", 0), ("seed", "x"),
-                                         ("stop", [""]), ("ignore_eos", "yes")])
+                                         ("stop", [""]), ("ignore_eos", "yes"), ("seed", 2**64)])
 def test_invalid_sampling_params_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"^{field}:"):
         SamplingParams(**{field: value})
+
+
+def test_tiny_temperature_decodes_greedily(make_engine):
+    engine = make_engine()
+    greedy = engine.generate_batch(["hello world"], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
+    tiny_t = engine.generate_batch(["hello world"], SamplingParams(max_tokens=8, temperature=1e-45, seed=1,
+                                                                    ignore_eos=True))
+    assert greedy[0].token_ids == tiny_t[0].token_ids
 
 
 def test_invalid_engine_config_names_the_field():
