@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from .attention import RowGroups, plan_row_groups
+
 _SEQ_SLACK = 128  # extra columns reserved on the right when the window is relaid out (tokens)
 _LEFT_SLACK = 32  # extra columns reserved on the left, for longer newcomers (tokens)
 
@@ -259,20 +261,21 @@ class RunningBatch:
         return RowKV(keys, values, n)
 
     # -------------------------------------------------------------------------------- decode step
-    def step_inputs(self) -> tuple[torch.Tensor, torch.Tensor, Cache]:
+    def step_inputs(self) -> tuple[torch.Tensor, torch.Tensor, Cache, RowGroups | None]:
         """Prepare one decode step over all rows.
 
         Returns:
             position_ids `[B, 1]` (each row's own next position: its cached length),
-            attention_mask `[B, 1, 1, S+1]` bool (True = attend; padding columns False), and the cache object
-            to pass as `past_key_values` (it writes the step's K/V in place at column `off+S`).
+            attention_mask `[B, 1, 1, S+1]` bool (True = attend; padding columns False), the cache object
+            to pass as `past_key_values` (it writes the step's K/V in place at column `off+S`), and the rows
+            grouped by length for ragged attention (None when one attention call over the window is as cheap).
         """
         if self.off + self.seq_len + 1 > self.cap_seq:
             self._relayout(self.cap_batch, _LEFT_SLACK, max(_SEQ_SLACK, self.seq_len // 2))
         S = self.seq_len
         cols = torch.arange(S + 1, device=self.device)
         mask = cols[None, :] >= (S - self._lengths_t)[:, None]  # [B, S+1]
-        return self._lengths_t[:, None], mask[:, None, None, :], self._cache
+        return self._lengths_t[:, None], mask[:, None, None, :], self._cache, plan_row_groups(self.lengths, self.device)
 
     def _write_step(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, col = self.size, self.off + self.seq_len

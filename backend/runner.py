@@ -3,7 +3,8 @@
 Two kinds of forward, kept apart as BATON prescribes (paper §4): a newcomer's prefill runs alone over
 `[1, prompt_len]` into a fresh transformers `DynamicCache`, and a decode step runs over `[B, 1]` (one new
 token per row) against the running batch's padded cache, with explicit per-row `position_ids` (RoPE
-positions must not count padding) and an explicit 4-D boolean attention mask (padding columns masked).
+positions must not count padding) and an explicit 4-D boolean attention mask (padding columns masked); when
+row lengths differ a lot, attention runs per group of similar rows (`attention.py`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from .attention import ATTN_IMPLEMENTATION, ROW_GROUPS_KWARG, register
 from .batch import RowKV, RunningBatch
 
 
@@ -30,6 +32,10 @@ class ModelRunner:
         self.kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.dtype = next(model.parameters()).dtype
+        # SDPA models switch to the `baton` attention: SDPA itself, plus ragged decode attention (attention.py).
+        self.ragged = cfg._attn_implementation in ("sdpa", ATTN_IMPLEMENTATION)
+        if self.ragged:
+            cfg._attn_implementation = register()
 
     def new_batch(self, max_batch_size: int) -> RunningBatch:
         """An empty running batch shaped for this model."""
@@ -62,8 +68,9 @@ class ModelRunner:
         Returns:
             next-token logits `[B, V]`.
         """
-        position_ids, mask, cache = batch.step_inputs()
+        position_ids, mask, cache, groups = batch.step_inputs()
+        extra = {ROW_GROUPS_KWARG: groups} if groups is not None and self.ragged else {}
         out = self.model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
-                         past_key_values=cache, use_cache=True)
+                         past_key_values=cache, use_cache=True, **extra)
         batch.finish_step()
         return out.logits[:, -1]

@@ -20,6 +20,16 @@ def real():
     return load_model(DEFAULT_MODEL, device="cpu")
 
 
+@pytest.fixture(params=["one-call", "ragged"])
+def attention_mode(request, monkeypatch):
+    """Run with the default grouping threshold (short rows: one SDPA call) and with ragged groups forced."""
+    if request.param == "ragged":
+        from backend import attention
+
+        monkeypatch.setattr(attention, "_MIN_SAVED_CELLS", 0)
+    return request.param
+
+
 @pytest.fixture
 def make_engine(tiny):
     """Start engines over an already loaded model; all are shut down after the test."""

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from backend import attention
 from backend.batch import RowKV
 from backend.runner import ModelRunner
 
@@ -21,9 +23,9 @@ ops = st.lists(st.tuples(st.sampled_from(["insert", "step", "step", "remove", "s
                min_size=4, max_size=24)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(schedule=ops)
-def test_random_schedules_match_solo_forwards(tiny, schedule):
+def test_random_schedules_match_solo_forwards(tiny, attention_mode, schedule):
     """Every row's decode logits equal a solo forward over its own tokens (max |diff| < 1e-4, fp32)."""
     runner = ModelRunner(tiny.model, tiny.device)
     batch = runner.new_batch(max_batch_size=5)
@@ -33,7 +35,7 @@ def test_random_schedules_match_solo_forwards(tiny, schedule):
         for op, n in schedule:
             rng = random.Random(n)
             if op == "insert" and batch.size < 5:
-                prompt = [rng.randrange(3, vocab) for _ in range(1 + n % 40)]
+                prompt = [rng.randrange(3, vocab) for _ in range(1 + (n % 40) * (1 + n % 3) ** 2)]
                 logits, kv = runner.prefill(prompt)
                 assert (logits - _solo_logits(tiny.model, prompt)).abs().max() < 1e-4
                 assert batch.insert(kv) == len(rows)
@@ -115,3 +117,15 @@ def test_insert_rejects_wrong_shapes_and_full_batch(tiny):
             raise AssertionError("overfull batch accepted")
         except RuntimeError as exc:
             assert "full" in str(exc)
+
+
+def test_row_groups_bound_padding_and_skip_small_batches(monkeypatch):
+    cpu = torch.device("cpu")
+    plan = attention.plan_row_groups([3000] + [200] * 31, cpu)
+    assert plan is not None
+    assert [(rows.tolist(), w) for rows, w in plan.groups] == [([0], 3001), (list(range(1, 32)), 201)]
+    assert attention.plan_row_groups([200] * 32, cpu) is None  # uniform lengths: one call
+    assert attention.plan_row_groups([50, 3], cpu) is None  # too little to save
+    monkeypatch.setattr(attention, "_MIN_SAVED_CELLS", 0)
+    plan = attention.plan_row_groups([50, 3, 20], cpu)
+    assert [w for _, w in plan.groups] == [51, 21, 4]

@@ -48,7 +48,7 @@ def _chat_ids(engine, q):
     return engine.tokenize([{"role": "user", "content": q}])
 
 
-async def test_greedy_matches_solo_generate_on_tiny_model(make_engine, tiny):
+async def test_greedy_matches_solo_generate_on_tiny_model(make_engine, tiny, attention_mode):
     """Rows join at different steps, leave at different lengths, and the batch (size 3 < 6) forces waits."""
     engine = make_engine(max_batch_size=3)
     prompts = [_chat_ids(engine, q) for q in QUESTIONS]
@@ -73,7 +73,7 @@ def test_generate_batch_greedy_matches_solo_with_many_rows(make_engine, tiny):
 
 
 @pytest.mark.real_model
-async def test_greedy_matches_solo_generate_on_default_model(make_engine, real):
+async def test_greedy_matches_solo_generate_on_default_model(make_engine, real, attention_mode):
     engine = make_engine(loaded=real, max_batch_size=2)
     prompts = [_chat_ids(engine, q) for q in QUESTIONS[:4]]
     lengths = [24, 10, 20, 14]
