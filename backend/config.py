@@ -114,6 +114,12 @@ class EngineConfig:
             always runs); bounds how long running rows wait for newcomers (their inter-token latency).
         seed: seed of the random-weight models and of the engine's shared sampling generator.
         attn_implementation: transformers attention backend (`sdpa` or `eager`).
+        kv_budget_bytes: most bytes the batch's padded KV window may take (bytes). None: on CPU
+            min(8 GiB, 40% of RAM); on CUDA the window plus the device's free memory (read with NVML).
+        memory_low_watermark: admit new or swapped-in rows while the window stays under this fraction of
+            the budget.
+        memory_high_watermark: swap out lowest-priority rows while the window is above this fraction.
+        max_preemptions: times one request may be preempted before it is left to finish (no starvation).
 
     Raises:
         ValueError: for any invalid field, with the field name first in the message.
@@ -127,6 +133,10 @@ class EngineConfig:
     max_prefill_tokens: int = 2048
     seed: int = 0
     attn_implementation: str = "sdpa"
+    kv_budget_bytes: int | None = None
+    memory_low_watermark: float = 0.80
+    memory_high_watermark: float = 0.95
+    max_preemptions: int = 3
 
     def __post_init__(self) -> None:
         _check(isinstance(self.model, str) and self.model.strip() != "", "model", "must be a non-empty string")
@@ -141,5 +151,12 @@ class EngineConfig:
                    "max_model_len", f"must be an integer >= 2 or None, got {self.max_model_len!r}")
         _check(isinstance(self.max_prefill_tokens, int) and self.max_prefill_tokens >= 1,
                "max_prefill_tokens", f"must be an integer >= 1, got {self.max_prefill_tokens!r}")
+        if self.kv_budget_bytes is not None:
+            _check(isinstance(self.kv_budget_bytes, int) and self.kv_budget_bytes > 0,
+                   "kv_budget_bytes", f"must be a positive integer or None, got {self.kv_budget_bytes!r}")
+        _check(0 < self.memory_low_watermark <= self.memory_high_watermark <= 1, "memory_low_watermark",
+               f"need 0 < low ({self.memory_low_watermark}) <= high ({self.memory_high_watermark}) <= 1")
+        _check(isinstance(self.max_preemptions, int) and self.max_preemptions >= 0,
+               "max_preemptions", f"must be an integer >= 0, got {self.max_preemptions!r}")
         _check(self.attn_implementation in ("sdpa", "eager"),
                "attn_implementation", f"must be 'sdpa' or 'eager', got {self.attn_implementation!r}")

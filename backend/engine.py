@@ -12,6 +12,7 @@ one request (bad input, a failed prefill, a broken consumer) fails that request 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import queue
 import threading
 import time
@@ -20,15 +21,17 @@ from collections import deque
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Sequence
 
+import psutil
 import torch
 
 from .config import EngineConfig, Priority, SamplingParams
 from .detokenizer import IncrementalDetokenizer
+from .memory import read_device_memory
 from .models import LoadedModel, load_model
 from .request import Request, RequestStatus, TokenOutput
 from .runner import ModelRunner
 from .sampler import SamplingTensors, draw_uniforms, sample
-from .scheduler import Scheduler
+from .scheduler import MemoryView, Scheduler
 from .stats import EngineStats, RowStats, StatsWindow
 
 Prompt = str | Sequence[int] | Sequence[dict]
@@ -113,7 +116,10 @@ class Engine:
         self._batch = self._runner.new_batch(cfg.max_batch_size)
         self._rows: list[Request] = []  # row i of the batch <-> self._rows[i]
         self._row_params: SamplingTensors | None = None
-        self._scheduler = Scheduler()
+        self._scheduler = Scheduler(cfg.max_preemptions)
+        self._start_counter = itertools.count()
+        ram = psutil.virtual_memory().total
+        self._cpu_kv_budget = min(8 * 2**30, int(0.4 * ram))
         self._window = StatsWindow()
         self._generator = torch.Generator().manual_seed(cfg.seed)
         self._stopped = False
@@ -275,6 +281,12 @@ class Engine:
         if len(ids) >= self.max_model_len:
             raise ValueError(f"prompt: {len(ids)} tokens leave no room in the context of "
                              f"{self.max_model_len} tokens (max_model_len)")
+        budget = self.config.kv_budget_bytes or (self._cpu_kv_budget if self._runner.device.type != "cuda" else None)
+        need = (len(ids) + params.max_tokens + 1) * self._batch.bytes_per_token
+        if budget is not None and need > budget:
+            raise ValueError(f"prompt: {len(ids)} prompt tokens + max_tokens {params.max_tokens} need "
+                             f"{need} bytes of KV cache, more than the KV budget of {budget} bytes "
+                             "(kv_budget_bytes); it could never run")
         rid = request_id or uuid.uuid4().hex
         gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
         req = Request(rid, ids, params, priority, emit, IncrementalDetokenizer(self.model.tokenizer, params.stop),
@@ -313,6 +325,7 @@ class Engine:
         if not self._drain_inbox(block=idle):
             return False
         self._admit()
+        self._relieve_memory_pressure()
         if self._rows:
             self._decode_step()
         self._publish_stats()
@@ -356,12 +369,73 @@ class Engine:
         self._finish(req, RequestStatus.FINISHED_ABORTED)
 
     def _admit(self) -> None:
-        free = self.config.max_batch_size - len(self._rows)
-        for req in self._scheduler.admit(free, self.config.max_prefill_tokens):
-            try:
-                self._prefill_and_embed(req)
-            except Exception as exc:  # a failed prefill or insert fails this request only
-                self._finish(req, RequestStatus.FINISHED_ERROR, error=f"prefill failed: {exc!r}")
+        """Admit queued work by priority: swap-ins and prefills while rows and memory allow, preempting
+        lower-priority rows for higher-priority work (BATON §4.3)."""
+        spent = 0
+        while (req := self._scheduler.peek()) is not None:
+            length = req.swapped.length if req.swapped is not None else req.num_prompt_tokens
+            if req.swapped is None and spent and spent + length > self.config.max_prefill_tokens:
+                break  # the rest waits for the next iteration: running rows are not held up further
+            if len(self._rows) < self.config.max_batch_size and self._memory_view().fits_after_insert(length):
+                self._scheduler.pop()
+                if req.swapped is not None:
+                    self._swap_in(req)
+                    continue
+                spent += length
+                try:
+                    self._prefill_and_embed(req)
+                except Exception as exc:  # a failed prefill or insert fails this request only
+                    self._finish(req, RequestStatus.FINISHED_ERROR, error=f"prefill failed: {exc!r}")
+                continue
+            victim = self._scheduler.choose_victim(self._rows, int(req.priority))
+            if victim is None:
+                break
+            self._swap_out(victim)
+
+    def _relieve_memory_pressure(self) -> None:
+        """Swap out rows (lowest priority, most recent first) while the next step would pass the high watermark."""
+        while self._memory_view().over_high_watermark():
+            victim = self._scheduler.choose_victim(self._rows, None)
+            if victim is None:
+                return
+            self._swap_out(victim)
+
+    def _swap_out(self, row: int) -> None:
+        """Preempt one row: copy its K/V to host memory (pinned on CUDA), free the row, requeue it."""
+        req = self._rows[row]
+        req.swapped = self._batch.extract(row, device="cpu", pin_memory=self._runner.device.type == "cuda")
+        self._remove_row(row)
+        req.status = RequestStatus.PREEMPTED
+        req.num_preemptions += 1
+        self._scheduler.requeue_swapped(req)
+        self._window.count("num_preemptions")
+        self._window.count("num_swap_outs")
+        self._window.count("num_swapped_out_bytes", req.swapped.nbytes)
+
+    def _swap_in(self, req: Request) -> None:
+        """Bring a preempted row back: its K/V bytes return unchanged, decoding resumes where it stopped."""
+        self._batch.insert(req.swapped)
+        self._window.count("num_swap_ins")
+        req.swapped = None
+        req.status = RequestStatus.RUNNING
+        self._rows.append(req)
+        self._row_params = None
+
+    def _memory_view(self) -> MemoryView:
+        b = self._batch
+        return MemoryView(len(self._rows), b.seq_len, b.bytes_per_token, self._kv_budget(),
+                          self.config.memory_low_watermark, self.config.memory_high_watermark)
+
+    def _kv_budget(self) -> int | None:
+        """Bytes the padded KV window may take now (see `EngineConfig.kv_budget_bytes`)."""
+        if self.config.kv_budget_bytes is not None:
+            return self.config.kv_budget_bytes
+        if self._runner.device.type != "cuda":
+            return self._cpu_kv_budget
+        mem = read_device_memory(self._runner.device)
+        used = mem.used_bytes - mem.torch_reserved_bytes + mem.torch_allocated_bytes  # other processes + live tensors
+        window = len(self._rows) * (self._batch.seq_len + 1) * self._batch.bytes_per_token
+        return max(self._batch.bytes_per_token, window + mem.total_bytes - used)
 
     def _prefill_and_embed(self, req: Request) -> None:
         """Prefill one newcomer alone, emit its first token, and embed its K/V as a new batch row."""
@@ -372,6 +446,7 @@ class Engine:
         token = int(sample(logits[None], st, u)[0])
         self._window.prefill(req.num_prompt_tokens, time.perf_counter() - t0)
         req.status = RequestStatus.RUNNING
+        req.start_seq = next(self._start_counter)
         if self._accept_token(req, token):
             return
         self._batch.insert(row_kv)
@@ -429,7 +504,7 @@ class Engine:
             self._window.generated(1)
             if finish is None:
                 self._emit(req, TokenOutput(req.request_id, token, text, None, req.num_prompt_tokens,
-                                            req.num_output_tokens))
+                                            req.num_output_tokens, engine_step=self._step_count()))
                 return req.status.is_finished  # the consumer went away while emitting
             self._finish(req, finish, token=token, text=text)
             return True
@@ -455,12 +530,15 @@ class Engine:
             status.value, "num_requests_finished")
         self._window.count(counter)
         out = TokenOutput(req.request_id, token, text, status.value, req.num_prompt_tokens,
-                          req.num_output_tokens, error)
+                          req.num_output_tokens, error, engine_step=self._step_count())
         self._forget(req)
         try:
             req.emit(out)
         except Exception:
             pass
+
+    def _step_count(self) -> int:
+        return self._window.counters["num_decode_steps"]
 
     def _forget(self, req: Request) -> None:
         with self._lock:
@@ -471,9 +549,16 @@ class Engine:
         b = self._batch
         rows = tuple(RowStats(r.request_id, r.priority.name.lower(), r.status.value, r.context_len,
                               r.num_output_tokens) for r in self._rows)
-        waiting = tuple(RowStats(r.request_id, r.priority.name.lower(), r.status.value, r.context_len, 0)
-                        for r in self._scheduler.waiting())
+        waiting_reqs = self._scheduler.waiting()
+        waiting = tuple(RowStats(r.request_id, r.priority.name.lower(), r.status.value, r.context_len,
+                                 r.num_output_tokens) for r in waiting_reqs)
+        window = b.size * b.seq_len * b.bytes_per_token
+        self._window.peak("peak_kv_window_bytes", window)
         self._stats = self._window.snapshot(rows=rows, waiting=waiting, kv_cache_bytes=b.capacity_bytes,
-                                            kv_used_bytes=b.used_bytes, padding_fraction=b.padding_fraction,
+                                            kv_used_bytes=b.used_bytes, kv_window_bytes=window,
+                                            kv_budget_bytes=self._kv_budget() or 0,
+                                            swapped_bytes=sum(r.swapped.nbytes for r in waiting_reqs
+                                                              if r.swapped is not None),
+                                            padding_fraction=b.padding_fraction,
                                             seq_len=b.seq_len, device=str(self._loaded.device),
                                             model=self._loaded.name)

@@ -9,12 +9,15 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from .config import Priority, SamplingParams
 from .detokenizer import IncrementalDetokenizer
+
+if TYPE_CHECKING:
+    from .batch import RowKV
 
 
 class RequestStatus(enum.Enum):
@@ -45,6 +48,7 @@ class TokenOutput:
         prompt_tokens: prompt length (tokens).
         completion_tokens: tokens generated so far.
         error: a message when `finish_reason == "error"`.
+        engine_step: decode steps the engine had run when this item was emitted (for latency accounting).
     """
 
     request_id: str
@@ -54,6 +58,7 @@ class TokenOutput:
     prompt_tokens: int
     completion_tokens: int
     error: str | None = None
+    engine_step: int = 0
 
     @property
     def finished(self) -> bool:
@@ -77,6 +82,9 @@ class Request:
     max_len: int  # context limit for this request (tokens)
     arrival: float = field(default_factory=time.perf_counter)
     seq: int = 0  # arrival order (FCFS tie-break)
+    start_seq: int = -1  # admission order (-1: never admitted); preemption takes the most recent
+    num_preemptions: int = 0
+    swapped: "RowKV | None" = None  # K/V in host memory while preempted
     status: RequestStatus = RequestStatus.WAITING
     output_ids: list[int] = field(default_factory=list)
     generator: torch.Generator | None = None

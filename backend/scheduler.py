@@ -1,24 +1,77 @@
-"""Admission order: which waiting requests are prefilled before the next decode step.
+"""Who runs next: priority classes, preemption choice, and the KV memory budget.
 
-Pure Python (no torch), so it is testable without a model. Priority classes are served strictly in order
-(`Priority.INTERACTIVE` < `AGENT` < `BATCH`) and first come, first served within a class. Each iteration
-admits prompts up to a prefill token budget (always at least one), which bounds how long the decoding rows
-wait for newcomers' prefills (the inter-token latency they see).
+Pure Python (no torch), so it is testable without a model (the nano-vllm habit). Rules:
+
+- Priority classes are served strictly in order (`Priority.INTERACTIVE` < `AGENT` < `BATCH`), first come,
+  first served within a class. A swapped-out (preempted) request comes back before new work of its own
+  class (BATON §4.3 preemptive scheduling; vLLM's `--scheduling-policy priority` orders the same way).
+- When the head of the queue cannot be admitted (batch at `max_batch_size`, or its K/V would not fit the
+  KV budget) and a running row has a strictly lower priority, the lowest-priority, most recently started row
+  is preempted (swapped out to host memory). A row preempted `max_preemptions` times is not chosen again,
+  so background work always finishes (bounded starvation).
+- Each iteration admits prompts up to a prefill token budget (always at least one), which bounds how long
+  decoding rows wait for newcomers' prefills.
+- Memory: the padded window the decode step touches costs `rows x (S + 1) x bytes_per_token`. New work is
+  admitted while the window after the insert stays under the low watermark of the budget; before a decode
+  step, rows are swapped out (lowest priority first) while the window would exceed the high watermark.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+from dataclasses import dataclass
 
 from .request import Request
 
 
-class Scheduler:
-    """The waiting queue, ordered by (priority, arrival)."""
+@dataclass(frozen=True)
+class MemoryView:
+    """What the scheduler needs to know about the batch's KV memory (all in bytes or tokens).
 
-    def __init__(self) -> None:
-        self._heap: list[tuple[int, int, Request]] = []
+    Attributes:
+        rows: live rows B.
+        seq_len: window length S (tokens).
+        bytes_per_token: K/V bytes of one token of one row (all layers).
+        budget_bytes: most bytes the window may take (None: unlimited).
+        low_watermark, high_watermark: fractions of the budget (admit below low, swap out above high).
+    """
+
+    rows: int
+    seq_len: int
+    bytes_per_token: int
+    budget_bytes: int | None
+    low_watermark: float
+    high_watermark: float
+
+    def window_bytes(self, rows: int, seq_len: int) -> int:
+        """Bytes of a `[rows, seq_len]` window (the decode step writes one more column: counted)."""
+        return rows * (seq_len + 1) * self.bytes_per_token
+
+    def fits_after_insert(self, length: int) -> bool:
+        """Would the window with one more row of `length` tokens stay under the low watermark?"""
+        if self.budget_bytes is None:
+            return True
+        after = self.window_bytes(self.rows + 1, max(self.seq_len, length))
+        return self.rows == 0 or after <= self.low_watermark * self.budget_bytes
+
+    def over_high_watermark(self) -> bool:
+        """Would the next decode step's window exceed the high watermark?"""
+        if self.budget_bytes is None or self.rows <= 1:
+            return False
+        return self.window_bytes(self.rows, self.seq_len) > self.high_watermark * self.budget_bytes
+
+
+class Scheduler:
+    """The waiting queue (new and swapped-out requests) and the preemption policy.
+
+    Args:
+        max_preemptions: times one request may be preempted before it is left to finish.
+    """
+
+    def __init__(self, max_preemptions: int = 3) -> None:
+        self.max_preemptions = max_preemptions
+        self._heap: list[tuple[int, int, int, Request]] = []
         self._counter = itertools.count()
         self._waiting: dict[str, Request] = {}
 
@@ -26,45 +79,60 @@ class Scheduler:
         return len(self._waiting)
 
     def add(self, req: Request) -> None:
-        """Queue a request (its `seq` is set to its arrival order)."""
+        """Queue a new request (its `seq` is set to its arrival order)."""
         req.seq = next(self._counter)
+        self._push(req)
+
+    def requeue_swapped(self, req: Request) -> None:
+        """Queue a preempted request; it keeps its arrival order and goes before new work of its class."""
+        self._push(req)
+
+    def _push(self, req: Request) -> None:
         self._waiting[req.request_id] = req
-        heapq.heappush(self._heap, (int(req.priority), req.seq, req))
+        swapped_first = 0 if req.swapped is not None else 1
+        heapq.heappush(self._heap, (int(req.priority), swapped_first, req.seq, req))
 
     def remove(self, request_id: str) -> Request | None:
         """Take a waiting request out of the queue (cancel). Returns it, or None when it is not waiting."""
-        return self._waiting.pop(request_id, None)  # its heap entry is dropped lazily by _peek
+        return self._waiting.pop(request_id, None)  # its heap entry is dropped lazily by peek
 
-    def _peek(self) -> Request | None:
+    def peek(self) -> Request | None:
+        """The request that would be admitted next, or None."""
         while self._heap:
-            req = self._heap[0][2]
+            req = self._heap[0][3]
             if self._waiting.get(req.request_id) is req:
                 return req
             heapq.heappop(self._heap)
         return None
 
-    def admit(self, free_rows: int, prefill_budget: int) -> list[Request]:
-        """Pop the requests to prefill now.
+    def pop(self) -> Request:
+        """Remove and return `peek()` (which must not be None)."""
+        req = self.peek()
+        assert req is not None, "pop from an empty queue"
+        heapq.heappop(self._heap)
+        del self._waiting[req.request_id]
+        return req
+
+    def choose_victim(self, running: list[Request], for_priority: int | None) -> int | None:
+        """The row to preempt: lowest priority, then most recently started; None when no row qualifies.
 
         Args:
-            free_rows: rows the batch can still take.
-            prefill_budget: prompt tokens allowed this iteration; the first request is admitted whatever
-                its length.
-        Returns:
-            Requests in admission order (highest priority, earliest arrival first).
+            running: the batch's requests in row order.
+            for_priority: only rows of strictly lower priority (higher value) qualify; None: any row
+                (memory pressure).
         """
-        admitted: list[Request] = []
-        spent = 0
-        while len(admitted) < free_rows:
-            req = self._peek()
-            if req is None or (admitted and spent + req.num_prompt_tokens > prefill_budget):
-                break
-            heapq.heappop(self._heap)
-            del self._waiting[req.request_id]
-            admitted.append(req)
-            spent += req.num_prompt_tokens
-        return admitted
+        best = None
+        for row, req in enumerate(running):
+            if req.num_preemptions >= self.max_preemptions:
+                continue
+            if for_priority is not None and int(req.priority) <= for_priority:
+                continue
+            key = (int(req.priority), req.start_seq)
+            if best is None or key > best[0]:
+                best = (key, row)
+        return None if best is None else best[1]
 
     def waiting(self) -> list[Request]:
-        """Waiting requests in admission order (a copy)."""
-        return sorted(self._waiting.values(), key=lambda r: (int(r.priority), r.seq))
+        """Waiting and swapped requests in admission order (a copy)."""
+        return sorted(self._waiting.values(),
+                      key=lambda r: (int(r.priority), 0 if r.swapped is not None else 1, r.seq))

@@ -32,13 +32,17 @@ class EngineStats:
         waiting: queued requests in admission order.
         kv_cache_bytes: bytes allocated for the batch's K/V buffers (bytes).
         kv_used_bytes: bytes of K/V holding live tokens (bytes).
+        kv_window_bytes: bytes of the padded `[B, S]` window a decode step reads (bytes).
+        kv_budget_bytes: the budget the window is kept under (bytes; see `EngineConfig.kv_budget_bytes`).
+        swapped_bytes: K/V of preempted requests held in host memory (bytes).
         padding_fraction: share of the batch's `[B, S]` cache window that is padding.
         seq_len: the batch's cache window length S (tokens).
         num_decode_steps: decode steps run since start.
         decode_steps_per_s, output_tokens_per_s: over the last few seconds (1/s, tokens/s).
         mean_decode_step_ms, mean_prefill_ms: over the last few seconds (ms).
         counters: `num_*` totals (requests received/finished/cancelled/failed, prefills, prompt tokens,
-            generated tokens, inserts, removes).
+            generated tokens, inserts, removes, preemptions, swap-outs, swap-ins, swapped-out bytes) and
+            `peak_kv_window_bytes`.
         device, model: what the engine runs on.
     """
 
@@ -46,6 +50,9 @@ class EngineStats:
     waiting: tuple[RowStats, ...] = ()
     kv_cache_bytes: int = 0
     kv_used_bytes: int = 0
+    kv_window_bytes: int = 0
+    kv_budget_bytes: int = 0
+    swapped_bytes: int = 0
     padding_fraction: float = 0.0
     seq_len: int = 0
     num_decode_steps: int = 0
@@ -63,7 +70,15 @@ class EngineStats:
 
     @property
     def queue_depth(self) -> int:
+        """Requests waiting to be admitted (new ones and swapped-out ones)."""
         return len(self.waiting)
+
+    def rows_by_state(self) -> dict[str, int]:
+        """Counts of requests by state: `running`, `waiting`, `swapped`."""
+        counts = {"running": len(self.rows), "waiting": 0, "swapped": 0}
+        for r in self.waiting:
+            counts[r.state] = counts.get(r.state, 0) + 1
+        return counts
 
     @classmethod
     def empty(cls) -> "EngineStats":
@@ -87,6 +102,10 @@ class StatsWindow:
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
+
+    def peak(self, name: str, value: int) -> None:
+        """Keep the largest value seen under `name`."""
+        self.counters[name] = max(self.counters[name], value)
 
     def prefill(self, prompt_tokens: int, seconds: float) -> None:
         self.counters["num_prefills"] += 1

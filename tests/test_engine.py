@@ -118,17 +118,18 @@ async def test_stats_report_rows_priorities_and_kv_bytes(make_engine):
     engine = make_engine(max_batch_size=2)
     params = SamplingParams(max_tokens=300, ignore_eos=True)
     streams = [engine.generate("one", params, Priority.INTERACTIVE, "a"),
-               engine.generate("two", params, Priority.BATCH, "b"),
+               engine.generate("two", params, Priority.AGENT, "b"),
                engine.generate("three", params, Priority.AGENT, "c")]
     await streams[0].__anext__()
     await streams[1].__anext__()
-    task = asyncio.create_task(streams[2].__anext__())  # queued: the batch holds 2 rows
+    task = asyncio.create_task(streams[2].__anext__())  # queued: 2 rows, and no lower-priority row to preempt
     await asyncio.sleep(0.2)
     stats = engine.stats()
-    assert {r.request_id: r.priority for r in stats.rows} == {"a": "interactive", "b": "batch"}
+    assert {r.request_id: r.priority for r in stats.rows} == {"a": "interactive", "b": "agent"}
     assert [r.request_id for r in stats.waiting] == ["c"] and stats.queue_depth == 1
+    assert stats.rows_by_state() == {"running": 2, "waiting": 1, "swapped": 0}
     assert all(r.state == "running" and r.generated >= 1 for r in stats.rows)
-    assert stats.kv_cache_bytes >= stats.kv_used_bytes > 0
+    assert stats.kv_window_bytes >= stats.kv_used_bytes > 0 and stats.kv_cache_bytes >= stats.kv_window_bytes
     assert stats.num_decode_steps > 0 and stats.output_tokens_per_s > 0
     for s in streams[:2]:
         await s.aclose()

@@ -1,0 +1,135 @@
+"""Preemptive priority scheduling: swap-out/swap-in fidelity, interactive latency, KV budget, starvation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from backend import Priority, SamplingParams
+from backend.config import SamplingParams as SP
+from backend.request import Request
+from backend.scheduler import MemoryView, Scheduler
+from conftest import solo_greedy
+
+
+class _Run:
+    """Consume one stream in the background, remembering every output."""
+
+    def __init__(self, engine, prompt, params, priority):
+        self.outs = []
+        self.started = asyncio.Event()
+        self.task = asyncio.create_task(self._go(engine, prompt, params, priority))
+
+    async def _go(self, engine, prompt, params, priority):
+        async for out in engine.generate(prompt, params, priority=priority):
+            self.outs.append(out)
+            if len(self.outs) >= 3:
+                self.started.set()
+        self.started.set()
+
+    @property
+    def tokens(self):
+        return [o.token_id for o in self.outs if o.token_id is not None]
+
+
+def _greedy(n):
+    return SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
+
+
+async def test_preempted_rows_swap_back_and_match_uninterrupted_runs(make_engine, tiny):
+    engine = make_engine(max_batch_size=2)
+    bg = [_Run(engine, p, _greedy(60), Priority.BATCH) for p in ("background one", "background two, longer")]
+    await asyncio.gather(*(r.started.wait() for r in bg))
+    fg = _Run(engine, "interactive question", _greedy(20), Priority.INTERACTIVE)
+    await asyncio.gather(*(r.task for r in [*bg, fg]))
+    counters = engine.stats().counters
+    assert counters["num_preemptions"] >= 1 and counters["num_swap_ins"] == counters["num_swap_outs"]
+    for run, prompt, n in ((bg[0], "background one", 60), (bg[1], "background two, longer", 60),
+                           (fg, "interactive question", 20)):
+        assert run.outs[-1].finish_reason == "length"
+        assert run.tokens == solo_greedy(tiny, engine.tokenize(prompt), n)
+
+
+async def test_interactive_first_token_within_one_decode_step_of_a_full_batch(make_engine):
+    engine = make_engine(max_batch_size=3)
+    bg = [_Run(engine, f"background job {i}", _greedy(400), Priority.BATCH) for i in range(3)]
+    await asyncio.gather(*(r.started.wait() for r in bg))
+    steps_at_submit = engine.stats().num_decode_steps
+    fg = [o async for o in engine.generate("urgent", _greedy(5), priority=Priority.INTERACTIVE)]
+    assert fg[0].token_id is not None
+    assert fg[0].engine_step - steps_at_submit <= 1  # its own prefill ran before the next decode step
+    assert engine.stats().counters["num_preemptions"] == 1
+    for r in bg:
+        r.task.cancel()
+    await asyncio.gather(*(r.task for r in bg), return_exceptions=True)
+
+
+async def test_small_kv_budget_is_respected_and_everything_completes(make_engine, tiny):
+    budget = 60 * 1024  # random:tiny: 512 bytes per token of one row -> about 117 row-tokens
+    engine = make_engine(max_batch_size=8, kv_budget_bytes=budget)
+    prompts = [f"request number {i}" for i in range(6)]
+    runs = [_Run(engine, p, _greedy(30), Priority.BATCH) for p in prompts]
+    await asyncio.gather(*(r.task for r in runs))
+    stats = engine.stats()
+    assert 0 < stats.counters["peak_kv_window_bytes"] <= budget
+    assert stats.kv_budget_bytes == budget
+    for run, prompt in zip(runs, prompts):
+        assert run.tokens == solo_greedy(tiny, engine.tokenize(prompt), 30)
+    with pytest.raises(ValueError, match="could never run"):
+        [o async for o in engine.generate("x" * 50, _greedy(200))]
+
+
+async def test_a_row_is_preempted_at_most_max_preemptions_times(make_engine, tiny):
+    engine = make_engine(max_batch_size=1, max_preemptions=1)
+    bg = _Run(engine, "long background work", _greedy(120), Priority.BATCH)
+    await bg.started.wait()
+    first = [o async for o in engine.generate("first", _greedy(5), priority=Priority.INTERACTIVE)]
+    await asyncio.sleep(0.05)  # the background row is back in the batch
+    second = [o async for o in engine.generate("second", _greedy(5), priority=Priority.INTERACTIVE)]
+    await bg.task
+    assert engine.stats().counters["num_preemptions"] == 1
+    assert second[0].engine_step >= bg.outs[-1].engine_step  # waited for the pinned row to finish
+    assert first[-1].finish_reason == second[-1].finish_reason == "length"
+    assert bg.tokens == solo_greedy(tiny, engine.tokenize("long background work"), 120)
+
+
+def _req(rid, priority, seq=0):
+    return Request(rid, [1, 2, 3], SP(), priority, lambda out: None, None, 100, seq=seq)
+
+
+def test_scheduler_orders_by_priority_then_swapped_then_arrival():
+    s = Scheduler()
+    new_batch, swapped_batch, agent = _req("new", Priority.BATCH), _req("old", Priority.BATCH), _req("a", Priority.AGENT)
+    s.add(new_batch)
+    s.add(swapped_batch)
+    swapped_batch.swapped = object()
+    s.remove("old")
+    s.requeue_swapped(swapped_batch)
+    s.add(agent)
+    assert [s.pop().request_id for _ in range(3)] == ["a", "old", "new"]
+
+
+def test_victim_is_lowest_priority_most_recent_and_never_pinned():
+    s = Scheduler(max_preemptions=2)
+    rows = [_req("i", Priority.INTERACTIVE), _req("b1", Priority.BATCH), _req("b2", Priority.BATCH),
+            _req("a", Priority.AGENT)]
+    for n, r in enumerate(rows):
+        r.start_seq = n
+    assert s.choose_victim(rows, int(Priority.INTERACTIVE)) == 2
+    assert s.choose_victim(rows, int(Priority.AGENT)) == 2
+    assert s.choose_victim(rows, int(Priority.BATCH)) is None
+    rows[2].num_preemptions = 2
+    assert s.choose_victim(rows, int(Priority.INTERACTIVE)) == 1
+    assert s.choose_victim(rows, None) == 1
+
+
+def test_memory_view_watermarks():
+    view = MemoryView(rows=2, seq_len=99, bytes_per_token=10, budget_bytes=4000, low_watermark=0.8,
+                      high_watermark=0.95)
+    assert view.window_bytes(2, 99) == 2000
+    assert view.fits_after_insert(50)  # 3 x 100 x 10 = 3000 <= 3200
+    assert not view.fits_after_insert(120)  # 3 x 121 x 10 = 3630 > 3200
+    assert not view.over_high_watermark()
+    assert MemoryView(4, 99, 10, 4000, 0.8, 0.95).over_high_watermark()  # 4000 > 3800
+    assert MemoryView(0, 0, 10, 1, 0.8, 0.95).fits_after_insert(10_000)  # an empty batch takes anything
