@@ -112,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     device = "cuda" if "no GPU" not in result["machine"] else "cpu"
     path = RESULTS / f"{result['date']}-{device}-core.json"
+    if path.exists():  # a partial re-run (e.g. --skip-load) updates the day's file
+        old = json.loads(path.read_text())
+        runs = {b["max_batch_size"]: b for b in old.get("batch", [])}
+        runs.update({b["max_batch_size"]: b for b in result.get("batch", [])})
+        result = {**old, **result, "batch": [runs[k] for k in sorted(runs)]}
     path.write_text(json.dumps(result, indent=2))
     print(f"wrote {path}")
     return 0
