@@ -1,0 +1,163 @@
+"""Reading job files: an OpenAI Batch JSONL file (a batch job) or an agent task (YAML or JSON).
+
+`load_job_file(path)` returns `(kind, name, items, spec)`, ready for `Store.create_job`:
+
+- **batch** (`.jsonl`): the `baton batch` input format (`app.openai_batch`). Each non-blank line is one item,
+  in file order: `{"custom_id", "line_no", "messages", "sampling"}` for a valid line, or
+  `{"custom_id", "line_no", "error": {"code", "message"}}` for a malformed one (it fails when the job runs;
+  the other lines still run). Spec: `{"format": "openai_batch"}`.
+- **agent** (`.yaml`, `.yml`, or `.json` with `"steps"`): `{"name", "system", "steps": [{"prompt"}, ...],
+  "params": {...}}`. One item per step: `{"custom_id": "stepN", "step": N, "prompt": template}`; a prompt
+  may use `{previous}` / `{stepN}` (see `app.jobs.templates`). Spec: `{"system", "params"}`, where `params`
+  holds the sampling parameters with the chat defaults filled in (temperature 0.7, top_p 1, max_tokens 512).
+
+Another extension is decided by content: a JSON/YAML mapping with `"steps"` is an agent task, lines of JSON
+objects a batch file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from backend import SamplingParams
+
+from .. import openai_batch
+from ..chat_settings import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+from .templates import check_template
+
+BATCH_FORMAT = "openai_batch"
+AGENT_FIELDS = ("name", "system", "steps", "params")
+PARAM_FIELDS = ("temperature", "top_p", "top_k", "max_tokens", "seed", "stop", "ignore_eos")
+AGENT_DEFAULTS: dict[str, Any] = {"temperature": DEFAULT_TEMPERATURE, "top_p": DEFAULT_TOP_P,
+                                  "max_tokens": DEFAULT_MAX_TOKENS}
+
+JobFile = tuple[str, str, list[dict[str, Any]], dict[str, Any]]
+
+
+def load_job_file(path: str | Path, name: str | None = None) -> JobFile:
+    """Read and check a job file.
+
+    Args:
+        path: the file (`.jsonl` batch; `.yaml`/`.yml`/`.json` agent task; others decided by content).
+        name: the job's name; None takes the agent task's `name`, else the file's stem.
+    Returns:
+        `(kind, name, items, spec)` with kind `"batch"` or `"agent"` (see the module docstring).
+    Raises:
+        ValueError: `<path>: <what is wrong>` when the file cannot be read, is empty, is not valid
+            JSON/YAML, has no valid structure, or (agent) has a bad field, parameter or step prompt.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the job file: {exc.strerror or exc}") from None
+    if name is not None and not name.strip():
+        raise ValueError("name: must not be empty")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            return _batch(data, name or path.stem)
+        if suffix in (".yaml", ".yml", ".json"):
+            return _agent(_parse_mapping(data, suffix), name, path.stem)
+        return _sniff(data, name, path.stem)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def _sniff(data: bytes, name: str | None, stem: str) -> JobFile:
+    try:
+        obj = _parse_mapping(data, ".yaml")
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict) and "steps" in obj:
+        return _agent(obj, name, stem)
+    lines = [x for x in data.splitlines() if x.strip()]
+    if lines and all(x.lstrip().startswith(b"{") for x in lines):
+        return _batch(data, name or stem)
+    raise ValueError("not a job file: use .jsonl for an OpenAI Batch file, .yaml/.yml/.json for an agent "
+                     "task with \"steps\"")
+
+
+def _batch(data: bytes, name: str) -> JobFile:
+    items: list[dict[str, Any]] = []
+    for entry in openai_batch.parse_input(data):
+        if isinstance(entry, openai_batch.LineError):
+            items.append({"custom_id": entry.custom_id, "line_no": entry.line_no,
+                          "error": {"code": entry.code, "message": entry.message}})
+        else:
+            items.append({"custom_id": entry.custom_id, "line_no": entry.line_no,
+                          "messages": entry.messages, "sampling": entry.sampling})
+    if not items:
+        raise ValueError("the batch file has no requests (every line is blank)")
+    return "batch", name, items, {"format": BATCH_FORMAT}
+
+
+def _parse_mapping(data: bytes, suffix: str) -> Any:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text: {exc}") from None
+    if suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON: {exc}") from None
+    import yaml  # only agent task files need it
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"not valid YAML: {exc}".replace("\n", " ")) from None
+
+
+def _agent(obj: Any, name: str | None, stem: str) -> JobFile:
+    if not isinstance(obj, dict):
+        raise ValueError(f"an agent task must be a mapping with \"steps\", got {type(obj).__name__}")
+    if "steps" not in obj:
+        raise ValueError("an agent task needs \"steps\" (a batch file must end in .jsonl)")
+    unknown = sorted(str(k) for k in set(obj) - set(AGENT_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(unknown)} (expected {', '.join(AGENT_FIELDS)})")
+    task_name = obj.get("name")
+    if task_name is not None and (not isinstance(task_name, str) or not task_name.strip()):
+        raise ValueError(f"name: must be a non-empty string, got {task_name!r}")
+    system = obj.get("system")
+    if system is not None and not isinstance(system, str):
+        raise ValueError(f"system: must be a string, got {system!r}")
+    items = [_step(i, step) for i, step in enumerate(_steps(obj["steps"]), start=1)]
+    spec = {"system": system if system and system.strip() else None, "params": _params(obj.get("params"))}
+    return "agent", name or task_name or stem, items, spec
+
+
+def _steps(steps: Any) -> list[Any]:
+    if not isinstance(steps, list) or not steps:
+        raise ValueError("steps: must be a non-empty list of {\"prompt\": ...} steps")
+    return steps
+
+
+def _step(number: int, step: Any) -> dict[str, Any]:
+    if not isinstance(step, dict) or set(step) != {"prompt"}:
+        raise ValueError(f"step {number}: must be a mapping with only a \"prompt\" field, got {step!r}")
+    prompt = step["prompt"]
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"step {number}: prompt must be a non-empty string, got {prompt!r}")
+    check_template(prompt, number)
+    return {"custom_id": f"step{number}", "step": number, "prompt": prompt}
+
+
+def _params(params: Any) -> dict[str, Any]:
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ValueError(f"params: must be a mapping, got {type(params).__name__}")
+    unknown = sorted(str(k) for k in set(params) - set(PARAM_FIELDS))
+    if unknown:
+        raise ValueError(f"params: unknown field(s) {', '.join(unknown)} (expected {', '.join(PARAM_FIELDS)})")
+    merged = {**AGENT_DEFAULTS, **params}
+    try:
+        SamplingParams(**merged)
+    except ValueError as exc:
+        raise ValueError(f"params.{exc}") from None
+    return merged
