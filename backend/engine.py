@@ -123,6 +123,7 @@ class Engine:
         self._window = StatsWindow()
         self._generator = torch.Generator().manual_seed(cfg.seed)
         self._stopped = False
+        self._final_outputs: list[tuple[Request, TokenOutput]] = []
         self._thread = threading.Thread(target=self._run, name="baton-engine", daemon=True)
         self._thread.start()
         return self
@@ -306,6 +307,7 @@ class Engine:
                         break
                 except Exception as exc:  # an engine bug must not kill the thread: fail the batch, go on
                     self._fail_rows(f"engine fault: {exc!r}")
+                    self._send_final_outputs()
             late = []  # requests that raced with the stop command
             while True:
                 try:
@@ -318,6 +320,8 @@ class Engine:
                 self._finish(req, RequestStatus.FINISHED_ABORTED, error="engine shut down")
             self._rows.clear()
             self._publish_stats()
+            self._send_final_outputs()
+        self._runner.close()
 
     def _iteration(self) -> bool:
         """One engine iteration. Returns False when asked to stop."""
@@ -329,6 +333,7 @@ class Engine:
         if self._rows:
             self._decode_step()
         self._publish_stats()
+        self._send_final_outputs()
         return True
 
     def _fail_rows(self, error: str) -> None:
@@ -444,7 +449,7 @@ class Engine:
         st = SamplingTensors.build([req.params], logits.device)
         u = None if st.all_greedy else draw_uniforms([req.generator], self._generator, logits.device)
         token = int(sample(logits[None], st, u)[0])
-        self._window.prefill(req.num_prompt_tokens, time.perf_counter() - t0)
+        self._window.prefill(req.num_prompt_tokens, time.perf_counter() - t0, rows_waiting=len(self._rows))
         req.status = RequestStatus.RUNNING
         req.start_seq = next(self._start_counter)
         if self._accept_token(req, token):
@@ -532,10 +537,15 @@ class Engine:
         out = TokenOutput(req.request_id, token, text, status.value, req.num_prompt_tokens,
                           req.num_output_tokens, error, engine_step=self._step_count())
         self._forget(req)
-        try:
-            req.emit(out)
-        except Exception:
-            pass
+        self._final_outputs.append((req, out))  # sent after this iteration's stats are published
+
+    def _send_final_outputs(self) -> None:
+        outputs, self._final_outputs = self._final_outputs, []
+        for req, out in outputs:
+            try:
+                req.emit(out)
+            except Exception:  # the consumer is gone; nothing left to tell it
+                pass
 
     def _step_count(self) -> int:
         return self._window.counters["num_decode_steps"]

@@ -33,9 +33,15 @@ class ModelRunner:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.dtype = next(model.parameters()).dtype
         # SDPA models switch to the `baton` attention: SDPA itself, plus ragged decode attention (attention.py).
+        self._original_attn = cfg._attn_implementation
         self.ragged = cfg._attn_implementation in ("sdpa", ATTN_IMPLEMENTATION)
         if self.ragged:
             cfg._attn_implementation = register()
+
+    def close(self) -> None:
+        """Give the model back as it came (its original attention implementation)."""
+        if self._original_attn != ATTN_IMPLEMENTATION:
+            self.model.config._attn_implementation = self._original_attn
 
     def new_batch(self, max_batch_size: int) -> RunningBatch:
         """An empty running batch shaped for this model."""

@@ -41,8 +41,10 @@ class EngineStats:
         decode_steps_per_s, output_tokens_per_s: over the last few seconds (1/s, tokens/s).
         mean_decode_step_ms, mean_prefill_ms: over the last few seconds (ms).
         counters: `num_*` totals (requests received/finished/cancelled/failed, prefills, prompt tokens,
-            generated tokens, inserts, removes, preemptions, swap-outs, swap-ins, swapped-out bytes) and
-            `peak_kv_window_bytes`.
+            generated tokens, inserts, removes, preemptions, swap-outs, swap-ins, swapped-out bytes),
+            `peak_kv_window_bytes`, and cumulative seconds: `prefill_seconds`, `decode_seconds`,
+            `decode_row_seconds` (step time x rows) and `idle_row_seconds` (prefill time x rows that waited
+            through it: BATON's idle decode-row time; idle fraction = idle / (idle + decode_row)).
         device, model: what the engine runs on.
     """
 
@@ -107,9 +109,12 @@ class StatsWindow:
         """Keep the largest value seen under `name`."""
         self.counters[name] = max(self.counters[name], value)
 
-    def prefill(self, prompt_tokens: int, seconds: float) -> None:
+    def prefill(self, prompt_tokens: int, seconds: float, rows_waiting: int = 0) -> None:
+        """One prefill of `prompt_tokens` that took `seconds` while `rows_waiting` decode rows sat idle."""
         self.counters["num_prefills"] += 1
         self.counters["num_prompt_tokens"] += prompt_tokens
+        self.counters["prefill_seconds"] += seconds
+        self.counters["idle_row_seconds"] += seconds * rows_waiting
         self._prefills.append((time.perf_counter(), seconds))
 
     def generated(self, n: int) -> None:
@@ -117,7 +122,10 @@ class StatsWindow:
         self._tokens.append((time.perf_counter(), n))
 
     def decode_step(self, rows: int, seconds: float) -> None:
+        """One decode step over `rows` rows that took `seconds`."""
         self.counters["num_decode_steps"] += 1
+        self.counters["decode_seconds"] += seconds
+        self.counters["decode_row_seconds"] += seconds * rows
         self._steps.append((time.perf_counter(), rows, seconds))
 
     def snapshot(self, **fields) -> EngineStats:
