@@ -50,6 +50,7 @@ async def _scenario(loaded, background: list, batch_size: int, bg_tokens: int, f
     config = EngineConfig(model=loaded.name, max_batch_size=batch_size, max_preemptions=max_preemptions)
     engine = Engine(config, loaded=loaded).start()
     try:
+        await asyncio.to_thread(engine.generate_batch, ["warm up"], SamplingParams(max_tokens=4))
         params = SamplingParams(max_tokens=bg_tokens, temperature=0, ignore_eos=True)
         tasks = [asyncio.create_task(_drain(engine.generate(p, params, priority=Priority.BATCH)))
                  for p in background]
