@@ -1,11 +1,14 @@
-"""The `baton` command line: `baton chat [QUESTION]` and `baton batch INPUT.jsonl -o OUTPUT.jsonl`.
+"""The `baton` command line: the TUI (`baton`, `baton tui`), `baton chat [QUESTION]` and
+`baton batch INPUT.jsonl -o OUTPUT.jsonl`.
 
-`baton` with no arguments prints the help (the TUI comes later). `baton chat` without a question holds a
-conversation over stdin (one user turn per line, Ctrl-D ends).
+`baton` with no command opens the Textual TUI (options `--model`, `--db`, `--theme`, `--device`, `--dtype`,
+`--max-batch-size`). `baton chat` without a question holds a conversation over stdin (one user turn per line,
+Ctrl-D ends).
 
 Exit status: 0 success (a batch run that completed, even with failed lines); 1 a generation that failed in
-the engine, or stdout closed early; 2 bad usage (bad option value, unknown model, unreadable input or
-unwritable output); 130 interrupted. Errors are one `baton: error: ...` line on stderr, never a traceback.
+the engine, or stdout closed early; 2 bad usage (bad option value, unknown model or theme, unreadable input or
+unwritable output, a history database that cannot be used); 130 interrupted. Errors are one
+`baton: error: ...` line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -38,17 +41,12 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of `baton` with its `chat` and `batch` subcommands.
+    """The argument parser of `baton` with its `tui`, `chat` and `batch` subcommands.
 
     Returns:
-        An `argparse.ArgumentParser`; parsed arguments carry `command` (None, "chat" or "batch").
+        An `argparse.ArgumentParser`; parsed arguments carry `command` (None, "tui", "chat" or "batch") and
+        `handler` (the function that runs it; the TUI's when there is no command).
     """
-    parser = argparse.ArgumentParser(
-        prog="baton", description="Baton: a local LLM chat app on an in-process batched inference engine.",
-        epilog="Run 'baton COMMAND --help' for a command's options.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
     engine = argparse.ArgumentParser(add_help=False)
     group = engine.add_argument_group("engine")
     group.add_argument("--model", default=DEFAULT_MODEL,
@@ -58,6 +56,23 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--dtype", default=EngineConfig.dtype, help="auto (default), float32, bfloat16 or float16")
     group.add_argument("--max-batch-size", type=int, default=EngineConfig.max_batch_size, metavar="N",
                        help="most requests decoded together (default: %(default)s)")
+
+    tui = argparse.ArgumentParser(add_help=False)
+    group = tui.add_argument_group("TUI")
+    group.add_argument("--db", metavar="PATH", help="chat history database (default: baton.db in the user data folder)")
+    group.add_argument("--theme", metavar="NAME", help="theme for this run (default: the one last chosen in the app)")
+
+    parser = argparse.ArgumentParser(
+        prog="baton", parents=[engine, tui],
+        description="Baton: a local LLM chat app on an in-process batched inference engine. "
+                    "Without a command it opens the chat TUI.",
+        epilog="Run 'baton COMMAND --help' for a command's options.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.set_defaults(handler=_tui)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("tui", parents=[engine, tui], help="open the chat TUI (the default)",
+                   description="Open the chat TUI: many chats at once, history in SQLite, a live engine panel."
+                   ).set_defaults(handler=_tui)
 
     chat = sub.add_parser("chat", parents=[engine],
                           help="stream the answer to a question on stdout (no question: a conversation over stdin)",
@@ -103,9 +118,6 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or an argparse usage error (already printed)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-    if args.command is None:
-        parser.print_help()
-        return 0
     try:
         return args.handler(args)
     except headless.UsageError as exc:
@@ -147,6 +159,15 @@ def _chat(args: argparse.Namespace) -> int:
         return headless.run_conversation(config, params, system=args.system)
     messages = headless.chat_messages(args.question, args.system)
     return headless.run_chat(config, messages, params)
+
+
+def _tui(args: argparse.Namespace) -> int:
+    config = _engine_config(args)
+    from .tui import run_tui, theme_names  # Textual is imported only for the TUI
+
+    if args.theme is not None and args.theme not in theme_names():
+        raise headless.UsageError(f"--theme: unknown theme {args.theme!r}; choose one of {', '.join(theme_names())}")
+    return run_tui(config, args.db, args.theme)
 
 
 def _batch(args: argparse.Namespace) -> int:

@@ -55,10 +55,31 @@ def one_summary(err: str) -> str:
 
 
 # --------------------------------------------------------------------------------------- top level
-def test_no_arguments_prints_help_and_exits_0(capsys):
+def test_no_arguments_opens_the_tui(monkeypatch):
+    import app.tui
+
+    calls = []
+    monkeypatch.setattr(app.tui, "run_tui", lambda config, db, theme: calls.append((config, db, theme)) or 0)
     assert main([]) == 0
+    assert main(["tui", "--model", "random:tiny", "--db", "x.db", "--theme", "nord", "--max-batch-size", "4"]) == 0
+    assert main(["--model", "random:tiny", "--device", "cpu", "--theme", "baton-dark"]) == 0
+    (default, none, no_theme), (tiny, db, theme), (cpu, _, dark) = calls
+    assert default == EngineConfig() and none is None and no_theme is None
+    assert (tiny.model, tiny.max_batch_size, db, theme) == ("random:tiny", 4, "x.db", "nord")
+    assert (cpu.model, cpu.device, dark) == ("random:tiny", "cpu", "baton-dark")
+
+
+def test_help_lists_the_commands(capsys):
+    assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: baton") and "chat" in out and "batch" in out
+    assert out.startswith("usage: baton") and "tui" in out and "chat" in out and "batch" in out and "--db" in out
+
+
+def test_tui_option_errors_exit_2(capsys):
+    assert main(["--theme", "no-such-theme"]) == 2
+    assert one_error_line(capsys.readouterr().err).startswith("baton: error: --theme: unknown theme 'no-such-theme'")
+    assert main(["--max-batch-size", "0"]) == 2
+    assert "--max-batch-size" in one_error_line(capsys.readouterr().err)
 
 
 def test_version(capsys):

@@ -1,0 +1,295 @@
+"""Generation sessions: every chat's answer runs as its own task, whatever chat the screen shows.
+
+`Sessions` is the TUI's controller between the store, the engine and the screen (no widgets here). For one
+turn it stores the user's message first, then streams the answer from `Engine.generate` at interactive
+priority, creating the assistant message at the first token, writing its text at least every
+`flush_interval` seconds, and finishing it with its stats (`finish_message`). It posts `app.messages` as it
+goes; the screen shows whichever chat it likes, and `live(chat_id)` gives the text streamed so far.
+
+Messages sent before the model is loaded wait (stored, marked queued) and start on `attach_engine`.
+Failures raise (after posting `GenerationFailed`) so the worker that ran the turn reports them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any, Callable, Coroutine
+
+from backend import Engine, Priority, TokenOutput
+from storage import Chat, NotFoundError, Store
+from storage import Message as StoredMessage
+
+from . import messages as m
+from .chat_settings import ChatSettings
+from .turn import LiveAnswer, StreamStats, prompt_messages
+
+DEFAULT_TITLE = "New chat"
+TITLE_LENGTH = 40
+
+Launch = Callable[[Coroutine[Any, Any, Any], str], object]
+
+
+class BusyError(RuntimeError):
+    """The chat is already answering (stop it first)."""
+
+
+class GenerationError(RuntimeError):
+    """The engine could not answer (bad prompt, engine fault, model not loaded)."""
+
+
+class Sessions:
+    """Runs chats' turns concurrently and keeps what each one has streamed.
+
+    Args:
+        store: the open history store.
+        post: called with each `app.messages` message (e.g. a screen's `post_message`).
+        launch: runs a coroutine as a background task named by its second argument (a Textual
+            `run_worker`, or `asyncio.create_task` in tests); exceptions are the launcher's to report.
+        flush_interval: most seconds between two writes of a streaming answer's text to the store.
+        post_interval: seconds over which streamed text is gathered into one `TokensStreamed` (a message per
+            token would flood the UI's queue ahead of the user's keys).
+    """
+
+    def __init__(self, store: Store, post: Callable[[Any], object], launch: Launch, flush_interval: float = 0.5,
+                 post_interval: float = 0.05):
+        self.store = store
+        self.engine: Engine | None = None
+        self.flush_interval = flush_interval
+        self.post_interval = post_interval
+        self._post = post
+        self._launch = launch
+        self.model_error: str | None = None  # why the model could not be loaded, if it could not
+        self._live: dict[int, LiveAnswer] = {}
+        self._titles: dict[str, str] = {}  # request id -> chat title, for the live panel
+
+    # ---------------------------------------------------------------------------------- queries
+    def live(self, chat_id: int) -> LiveAnswer | None:
+        """The chat's turn in flight, or None."""
+        return self._live.get(chat_id)
+
+    def busy_chats(self) -> set[int]:
+        """Chats with a turn in flight (storing, queued or generating)."""
+        return set(self._live)
+
+    def describe(self, request_id: str) -> tuple[str, str]:
+        """`(label, kind)` of an engine request for the live panel, e.g. `("chat: Trip to Rome", "chat")`."""
+        title = self._titles.get(request_id)
+        if title is None:
+            return (f"request {request_id[:8]}", "other")
+        return (f"chat: {title}", "chat")
+
+    def rename(self, chat_id: int, title: str) -> None:
+        """Follow a chat's new title (for `describe`)."""
+        gen = self._live.get(chat_id)
+        if gen is not None:
+            gen.title = title
+            if gen.request_id in self._titles:
+                self._titles[gen.request_id] = title
+
+    # ---------------------------------------------------------------------------------- actions
+    def send(self, chat: Chat, text: str) -> None:
+        """Store `text` as the user's message in `chat` and answer it. Raises BusyError."""
+        self._start(chat, self._store_user(chat, text))
+
+    def regenerate(self, chat: Chat) -> None:
+        """Delete the answer after the chat's last user message and answer it again. Raises BusyError."""
+        self._start(chat, self._drop_last_answer(chat))
+
+    def edit_and_resend(self, chat: Chat, message_id: int, text: str) -> None:
+        """Replace user message `message_id` (and everything after it) with `text`, then answer. Raises BusyError."""
+        self._start(chat, self._replace_from(chat, message_id, text))
+
+    def stop(self, chat_id: int) -> bool:
+        """Stop the chat's turn: the partial answer is kept and stored as `cancelled`. False if none ran."""
+        gen = self._live.get(chat_id)
+        if gen is None:
+            return False
+        gen.stop_requested = True
+        if gen.state == "queued":
+            self._live.pop(chat_id)
+            self._post(m.GenerationFinished(chat_id, None, "cancelled", None))
+        elif gen.state == "running" and self.engine is not None:
+            try:
+                self.engine.cancel(gen.request_id)
+            except KeyError:  # not submitted yet: the stream cancels it at its first output
+                pass
+        return True
+
+    def attach_engine(self, engine: Engine) -> None:
+        """Use a started engine from now on and start the turns that waited for it."""
+        self.engine = engine
+        for gen in [g for g in self._live.values() if g.state == "queued"]:
+            self._launch(self._generate(gen), f"answer chat {gen.chat_id}")
+
+    def model_failed(self, error: str) -> None:
+        """The model will not come: fail the turns that waited for it (their messages stay stored)."""
+        self.model_error = error
+        for gen in [g for g in self._live.values() if g.state == "queued"]:
+            self._live.pop(gen.chat_id)
+            self._post(m.GenerationFailed(gen.chat_id, None, f"the model is not loaded: {error}"))
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop every turn in flight and wait (up to `timeout` s) until their partial answers are stored."""
+        for chat_id in list(self._live):
+            self.stop(chat_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(g.state != "queued" for g in self._live.values()) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+
+    # ------------------------------------------------------------------------------- the turn
+    def _start(self, chat: Chat, prepare: Coroutine[Any, Any, None]) -> None:
+        if chat.id in self._live:
+            prepare.close()
+            raise BusyError(f"{chat.title!r} is still answering (Esc stops it)")
+        gen = self._live[chat.id] = LiveAnswer(chat.id, chat.title)
+        self._launch(self._turn(gen, prepare), f"answer chat {chat.id}")
+
+    async def _turn(self, gen: LiveAnswer, prepare: Coroutine[Any, Any, None]) -> None:
+        try:
+            await prepare
+        except BaseException:
+            self._live.pop(gen.chat_id, None)
+            self._post(m.GenerationFinished(gen.chat_id, None, "cancelled", None))
+            raise
+        if gen.stop_requested:
+            self._live.pop(gen.chat_id, None)
+            self._post(m.GenerationFinished(gen.chat_id, None, "cancelled", None))
+        elif self.engine is None and self.model_error is not None:
+            self._live.pop(gen.chat_id, None)
+            error = f"the model is not loaded: {self.model_error}"
+            self._post(m.GenerationFailed(gen.chat_id, None, error))
+            raise GenerationError(error)
+        elif self.engine is None:
+            gen.state = "queued"
+            self._post(m.GenerationQueued(gen.chat_id))
+        else:
+            await self._generate(gen)
+
+    async def _store_user(self, chat: Chat, text: str) -> None:
+        message = await self.store.add_message(chat.id, "user", text)
+        self._post(m.UserMessageStored(chat.id, message))
+        if chat.title == DEFAULT_TITLE:
+            await self._auto_title(chat, text)
+
+    async def _auto_title(self, chat: Chat, text: str) -> None:
+        """Name a fresh "New chat" after its first message."""
+        stored = await self.store.list_messages(chat.id)
+        if len(stored) == 1:
+            title = " ".join(text.split())[:TITLE_LENGTH] or DEFAULT_TITLE
+            renamed = await self.store.rename_chat(chat.id, title)
+            self.rename(chat.id, title)
+            self._post(m.ChatChanged(renamed))
+
+    async def _drop_last_answer(self, chat: Chat) -> None:
+        stored = await self.store.list_messages(chat.id)
+        users = [x for x in stored if x.role == "user"]
+        if not users:
+            raise GenerationError("nothing to regenerate: the chat has no message of yours yet")
+        await self.store.delete_messages_after(chat.id, users[-1].id)
+        self._post(m.MessagesDeleted(chat.id, users[-1].id, inclusive=False))
+
+    async def _replace_from(self, chat: Chat, message_id: int, text: str) -> None:
+        await self.store.delete_messages_after(chat.id, message_id, inclusive=True)
+        self._post(m.MessagesDeleted(chat.id, message_id, inclusive=True))
+        await self._store_user(chat, text)
+
+    async def _generate(self, gen: LiveAnswer) -> None:
+        """Stream one answer into the store and to the screen."""
+        gen.state = "running"
+        self._titles[gen.request_id] = gen.title
+        self._post(m.GenerationStarted(gen.chat_id, gen.request_id))
+        stream = StreamStats()
+        failure: BaseException | None = None
+        try:
+            await self._stream(gen, stream)
+        except asyncio.CancelledError:  # the app is closing: keep the partial answer
+            stream.finish_reason = "cancelled"
+            raise
+        except NotFoundError:  # the chat was deleted while it answered: nothing left to store
+            stream.finish_reason = "cancelled"
+        except Exception as exc:
+            failure = exc
+            raise
+        finally:
+            await self._finish(gen, stream, failure)
+
+    async def _stream(self, gen: LiveAnswer, stream: StreamStats) -> None:
+        engine = self.engine
+        if engine is None:
+            raise GenerationError("the model is not loaded")
+        chat = await self.store.get_chat(gen.chat_id)
+        if chat is None:
+            raise GenerationError(f"chat {gen.chat_id} was deleted")
+        settings = ChatSettings.from_chat(chat.system_prompt, chat.params)
+        stored = await self.store.list_messages(chat.id)
+        prompt = prompt_messages(settings.system_prompt, stored)
+        parent = next((x.id for x in reversed(stored) if x.role == "user"), None)
+        try:
+            params = settings.sampling_params()
+            stream.submitted = time.perf_counter()
+            outputs = engine.generate(prompt, params, Priority.INTERACTIVE, request_id=gen.request_id)
+            async with contextlib.aclosing(outputs):  # leaving early (an error) cancels the request
+                async for out in outputs:
+                    await self._take(gen, stream, out, chat.id, parent, engine)
+        except ValueError as exc:  # the engine rejected the prompt or the params
+            raise GenerationError(str(exc)) from exc
+        if stream.finish_reason == "error":
+            raise GenerationError(stream.error or "the engine failed")
+
+    async def _take(self, gen: LiveAnswer, stream: StreamStats, out: TokenOutput, chat_id: int,
+                    parent: int | None, engine: Engine) -> None:
+        """One engine output: keep its text, create or flush the stored answer, note how it ended."""
+        if gen.stop_requested and not stream.cancel_sent and not out.finished:
+            stream.cancel_sent = engine.cancel(gen.request_id) or True
+        stream.prompt_tokens, stream.completion_tokens = out.prompt_tokens, out.completion_tokens
+        if out.text:
+            gen.parts.append(out.text)
+            self._schedule_post(gen)
+        now = time.perf_counter()
+        if out.token_id is not None and stream.first_token is None:
+            stream.first_token = stream.last_flush = now
+            message = await self.store.start_assistant_message(chat_id, parent, engine.model.name, gen.text)
+            gen.message_id = message.id
+        elif gen.message_id is not None and now - stream.last_flush >= self.flush_interval:
+            stream.last_flush = now
+            await self.store.update_message_text(gen.message_id, gen.text)
+        if out.finished:
+            stream.finish_reason, stream.error = out.finish_reason, out.error
+
+    def _schedule_post(self, gen: LiveAnswer) -> None:
+        if gen.flush is None:
+            gen.flush = asyncio.get_running_loop().call_later(self.post_interval, self._post_text, gen)
+
+    def _post_text(self, gen: LiveAnswer) -> None:
+        """Post the text streamed since the last post, if any."""
+        if gen.flush is not None:
+            gen.flush.cancel()
+            gen.flush = None
+        text = gen.text
+        if len(text) > gen.posted:
+            self._post(m.TokensStreamed(gen.chat_id, gen.request_id, text[gen.posted:]))
+            gen.posted = len(text)
+
+    async def _finish(self, gen: LiveAnswer, stream: StreamStats, failure: BaseException | None) -> None:
+        """Store the final text and stats, forget the turn, and tell the screen."""
+        reason = "error" if failure is not None else (stream.finish_reason or "cancelled")
+        message: StoredMessage | None = None
+        try:
+            if gen.message_id is not None:
+                message = await asyncio.shield(self.store.finish_message(
+                    gen.message_id, gen.text, reason, stream.prompt_tokens, stream.completion_tokens,
+                    *stream.rates()))
+        except NotFoundError:  # the chat was deleted while it answered
+            message = None
+        finally:
+            self._post_text(gen)
+            self._live.pop(gen.chat_id, None)
+            self._titles.pop(gen.request_id, None)
+            if reason == "error":
+                self._post(m.GenerationFailed(gen.chat_id, gen.request_id, str(failure), message))
+            else:
+                self._post(m.GenerationFinished(gen.chat_id, gen.request_id, reason, message))
+

@@ -1,0 +1,163 @@
+"""The Textual app: opens the store, applies the saved theme, shows the chat screen, reports failed workers.
+
+The screens and widgets do the work (`app/screens/`, `app/widgets/`); `Sessions` runs the turns. This module
+only wires them together and owns what lives as long as the app: the store, the engine, the preferences.
+
+    run_tui(EngineConfig(model="random:tiny"), db_path="chats.db")   # what `baton` does
+    BatonApp(engine=started_engine, db_path=tmp / "chats.db")          # what tests do (run_test / Pilot)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import sys
+import warnings
+
+from textual import on
+from textual.app import App
+from textual.worker import Worker, WorkerState
+
+from backend import Engine, EngineConfig
+from storage import StorageError, Store
+from themes import register_themes
+
+from .messages import PanelToggled
+from .preferences import PreferencesWarning, load_preferences, save_preferences
+from .screens.chat import ChatScreen
+
+FAILURE_TITLES = {"generation": "Answer failed", "model": "Model failed to load", "store": "Storage error",
+                  "search": "Search failed"}
+
+
+class BatonApp(App[None]):
+    """Baton's TUI.
+
+    Args:
+        engine: an engine to use; started ones stay the caller's, an unstarted one is started (in a thread)
+            and shut down by the app. Default: `Engine(config)`.
+        config: the engine configuration when no engine is given (default `EngineConfig()`).
+        store: an open store (stays the caller's); else the app opens `db_path` and closes it at exit.
+        db_path: the history database (default `storage.default_db_path()`).
+        theme: a theme name for this run, overriding the saved one (not saved unless changed in the app).
+    """
+
+    CSS_PATH = "baton.tcss"
+    TITLE = "Baton"
+
+    def __init__(self, *, engine: Engine | None = None, config: EngineConfig | None = None,
+                 store: Store | None = None, db_path: str | os.PathLike[str] | None = None,
+                 theme: str | None = None) -> None:
+        super().__init__()
+        self.engine = engine if engine is not None else Engine(config or EngineConfig())
+        self._owns_engine = not self.engine.started
+        self.store = store
+        self._owns_store = store is None
+        self.db_path = db_path
+        with warnings.catch_warnings(record=True) as caught:  # shown as notifications, not under the TUI
+            warnings.simplefilter("always", PreferencesWarning)
+            self.preferences = load_preferences()
+        self._preference_warnings = [str(w.message) for w in caught if issubclass(w.category, PreferencesWarning)]
+        self._theme_override = theme
+        self._remember_theme = False
+        self.startup_error: str | None = None
+        self._chat_screen: ChatScreen | None = None
+
+    @property
+    def chat_screen(self) -> ChatScreen | None:
+        """The main screen, once shown."""
+        return self._chat_screen
+
+    async def on_mount(self) -> None:
+        """Register the themes and apply the saved one, open the store if needed, show the chat screen."""
+        register_themes(self)
+        for warning in self._preference_warnings:
+            self.notify(warning, title="Preferences", severity="warning")
+        self._apply_theme(self._theme_override or self.preferences.theme)
+        self._remember_theme = True
+        if self.store is None:
+            try:
+                self.store = await Store.open(self.db_path)
+            except StorageError as exc:
+                self.startup_error = str(exc)
+                self.exit(return_code=2, message=str(exc))
+                return
+        self._chat_screen = ChatScreen(self.store, self.engine, show_panel=self.preferences.show_panel,
+                                       panel_interval=self.preferences.panel_interval_s)
+        await self.push_screen(self._chat_screen)
+
+    def _apply_theme(self, name: str) -> None:
+        if name in self.available_themes:
+            self.theme = name
+        else:
+            self.notify(f"Unknown theme {name!r}: using {self.theme}", severity="warning")
+
+    def watch_theme(self, name: str) -> None:
+        """Remember a theme chosen in the app (e.g. the palette's "Change theme")."""
+        if self._remember_theme and name != self.preferences.theme:
+            self.save_preferences(theme=name)
+
+    def save_preferences(self, **changes: object) -> None:
+        """Change and save preferences; a file that cannot be written is reported, not fatal."""
+        self.preferences = dataclasses.replace(self.preferences, **changes)
+        try:
+            save_preferences(self.preferences)
+        except OSError as exc:
+            self.notify(f"Cannot save preferences: {exc}", severity="warning")
+
+    @on(PanelToggled)
+    def _panel_toggled(self, event: PanelToggled) -> None:
+        if event.shown != self.preferences.show_panel:
+            self.save_preferences(show_panel=event.shown)
+
+    @on(Worker.StateChanged)
+    def _worker_failed(self, event: Worker.StateChanged) -> None:
+        """The one place a failed worker (model load, storage, an answer) becomes a notification."""
+        if event.state == WorkerState.ERROR:
+            title = FAILURE_TITLES.get(event.worker.group, "Error")
+            self.notify(str(event.worker.error), title=title, severity="error", timeout=10)
+
+    async def on_unmount(self) -> None:
+        """Store what is streaming as cancelled, then stop the engine and close the store if they are ours."""
+        if self._chat_screen is not None:  # the screens are closed by now; their turns are not
+            await self._chat_screen.sessions.close()
+        if self._owns_engine:
+            await asyncio.to_thread(self.engine.shutdown)
+        if self._owns_store and self.store is not None:
+            await self.store.close()
+
+
+def run_tui(config: EngineConfig, db_path: str | os.PathLike[str] | None = None, theme: str | None = None) -> int:
+    """Run the TUI until the user quits. Returns the exit status.
+
+    The store is opened first: a database that cannot be used (corrupt, locked, not SQLite...) is one
+    `baton: error: <file>: <why>` line on stderr and status 2, before any screen is drawn.
+    """
+    async def main() -> int:
+        """Open the store, run the app, close the store."""
+        try:
+            store = await Store.open(db_path)
+        except StorageError as exc:
+            print(f"baton: error: {exc}", file=sys.stderr)
+            return 2
+        try:
+            app = BatonApp(config=config, store=store, theme=theme)
+            await app.run_async()
+        finally:
+            await store.close()
+        if app.return_code:
+            print(f"baton: error: {app.startup_error or 'the app failed'}", file=sys.stderr)
+        return app.return_code or 0
+
+    return asyncio.run(main())
+
+
+def theme_names() -> list[str]:
+    """Every theme `--theme` accepts (Textual's built-in ones and Baton's)."""
+    from textual.theme import BUILTIN_THEMES
+
+    from themes import BATON_THEMES
+
+    return sorted({*BUILTIN_THEMES, *(t.name for t in BATON_THEMES)})
+

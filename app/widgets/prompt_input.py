@@ -1,0 +1,66 @@
+"""The message box: Enter sends, Shift+Enter or Ctrl+J starts a new line; it can edit a sent message."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual import events
+from textual.message import Message
+from textual.widgets import TextArea
+
+PLACEHOLDER = "Message (Enter sends · Shift+Enter / Ctrl+J new line)"
+NEWLINE_KEYS = ("shift+enter", "ctrl+j")
+
+
+class PromptInput(TextArea):
+    """A multi-line prompt. Enter posts `Submitted` with the text (the screen clears it once accepted).
+
+    In edit mode (`begin_edit`) the submission names the message it replaces; Esc leaves edit mode.
+    """
+
+    @dataclass
+    class Submitted(Message):
+        """The user pressed Enter on a non-blank prompt."""
+
+        text: str
+        editing: int | None  # the id of the message being edited, or None for a new message
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id, soft_wrap=True, tab_behavior="focus", show_line_numbers=False,
+                         highlight_cursor_line=False, placeholder=PLACEHOLDER, compact=True)
+        self.editing: int | None = None
+
+    def begin_edit(self, message_id: int, text: str) -> None:
+        """Edit a sent message: load its text; the next submission replaces it."""
+        self.editing = message_id
+        self.load_text(text)
+        self.move_cursor(self.document.end)
+        self.border_subtitle = "editing a sent message: Enter resends it (later messages go) · Esc cancels"
+        self.add_class("-editing")
+        self.focus()
+
+    def end_edit(self) -> None:
+        """Leave edit mode and clear the text."""
+        self.editing = None
+        self.border_subtitle = ""
+        self.remove_class("-editing")
+        self.clear()
+
+    def action_submit(self) -> None:
+        """Send the prompt (what Enter does); blank prompts are ignored."""
+        if self.text.strip():
+            self.post_message(self.Submitted(self.text.strip(), self.editing))
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key == "enter":
+            event.stop()
+            event.prevent_default()
+            self.action_submit()
+        elif event.key in NEWLINE_KEYS:
+            event.stop()
+            event.prevent_default()
+            self.insert("\n")
+        elif event.key == "escape" and self.editing is not None:
+            event.stop()
+            event.prevent_default()
+            self.end_edit()

@@ -1,0 +1,183 @@
+"""The TUI's non-widget parts: the `Sessions` controller (no Textual app: a plain asyncio launcher and a list
+as the message sink), chat settings parsing, and the small formatting helpers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from app import messages as m
+from app.chat_settings import ChatSettings, parse_settings
+from app.screens.help import key_label
+from app.sessions import DEFAULT_TITLE, BusyError, Sessions
+from app.turn import prompt_messages
+from app.widgets.message_view import first_code_block, message_stats
+from storage import Store
+
+
+@pytest.fixture
+async def store(tmp_path):
+    store = await Store.open(tmp_path / "baton.db")
+    yield store
+    await store.close()
+
+
+def controller(store, engine=None):
+    """Sessions whose turns are plain tasks; returns (sessions, posted messages, tasks)."""
+    posted, tasks = [], []
+    sessions = Sessions(store, post=posted.append, launch=lambda coro, name: tasks.append(asyncio.create_task(coro)))
+    if engine is not None:
+        sessions.attach_engine(engine)
+    return sessions, posted, tasks
+
+
+async def finish(tasks) -> None:
+    while tasks:
+        await tasks.pop(0)
+
+
+async def test_a_turn_stores_the_user_message_first_then_the_answer_with_its_stats(make_engine, store):
+    sessions, posted, tasks = controller(store, make_engine())
+    chat = await store.create_chat(DEFAULT_TITLE, None, {"max_tokens": 40, "ignore_eos": True})
+    sessions.send(chat, "hello there")
+    with pytest.raises(BusyError):
+        sessions.send(chat, "again")  # one turn per chat at a time
+    await finish(tasks)
+    kinds = [type(x).__name__ for x in posted]
+    assert kinds[:2] == ["UserMessageStored", "ChatChanged"]  # stored before the engine saw it; auto-title
+    assert kinds.index("GenerationStarted") < kinds.index("TokensStreamed") and kinds[-1] == "GenerationFinished"
+    streamed = "".join(x.text for x in posted if isinstance(x, m.TokensStreamed))
+    user, answer = await store.list_messages(chat.id)
+    assert user.content == "hello there" and (await store.get_chat(chat.id)).title == "hello there"
+    assert answer.content == streamed and answer.finish_reason == "length" and answer.completion_tokens == 40
+    assert answer.ttft_ms > 0 and answer.tokens_per_s > 0 and answer.prompt_tokens > 0
+    assert posted[-1].message.id == answer.id and not sessions.busy_chats()
+    # tokens are gathered: far fewer messages than tokens
+    assert 1 <= kinds.count("TokensStreamed") < 40
+
+
+async def test_turns_sent_before_the_model_wait_and_start_when_it_comes(make_engine, store):
+    sessions, posted, tasks = controller(store)
+    chats = [await store.create_chat(f"chat {i}", None, {"max_tokens": 5}) for i in range(2)]
+    for chat in chats:
+        sessions.send(chat, "early")
+    await finish(tasks)
+    assert [type(x) for x in posted].count(m.GenerationQueued) == 2
+    assert sessions.busy_chats() == {c.id for c in chats} and sessions.live(chats[0].id).state == "queued"
+    sessions.attach_engine(make_engine())
+    await finish(tasks)
+    for chat in chats:
+        assert [x.role for x in await store.list_messages(chat.id)] == ["user", "assistant"]
+    assert not sessions.busy_chats()
+
+
+async def test_a_model_that_never_comes_fails_the_waiting_turns(store):
+    sessions, posted, tasks = controller(store)
+    chat = await store.create_chat("c", None, {})
+    sessions.send(chat, "early")
+    await finish(tasks)
+    sessions.model_failed("no such model")
+    assert isinstance(posted[-1], m.GenerationFailed) and "no such model" in posted[-1].error
+    assert not sessions.busy_chats() and [x.content for x in await store.list_messages(chat.id)] == ["early"]
+
+
+async def test_stop_keeps_the_partial_answer_as_cancelled(make_engine, store):
+    sessions, posted, tasks = controller(store, make_engine())
+    chat = await store.create_chat("c", None, {"max_tokens": 1900, "ignore_eos": True})
+    sessions.send(chat, "go on")
+    while not (live := sessions.live(chat.id)) or len(live.parts) < 10:
+        await asyncio.sleep(0.005)
+    assert sessions.stop(chat.id) and not sessions.stop(chat.id + 99)
+    await finish(tasks)
+    answer = (await store.list_messages(chat.id))[-1]
+    assert answer.finish_reason == "cancelled" and answer.content and answer.completion_tokens < 1900
+    assert posted[-1].finish_reason == "cancelled"
+
+
+async def test_an_opened_chat_gets_exactly_the_text_posted_so_far(make_engine, store):
+    sessions, posted, tasks = controller(store, make_engine())
+    chat = await store.create_chat("c", None, {"max_tokens": 600, "ignore_eos": True})
+    sessions.send(chat, "stream")
+    while not (live := sessions.live(chat.id)) or len(live.parts) < 50:
+        await asyncio.sleep(0.002)
+    snapshot = sessions.live(chat.id).snapshot()
+    before = sum(1 for x in posted if isinstance(x, m.TokensStreamed))
+    await finish(tasks)
+    later = "".join(x.text for x in [x for x in posted if isinstance(x, m.TokensStreamed)][before:])
+    assert snapshot.text + later == (await store.list_messages(chat.id))[-1].content
+
+
+async def test_describe_names_the_chat_of_a_request(make_engine, store):
+    sessions, _, tasks = controller(store, make_engine())
+    chat = await store.create_chat("Trip to Rome", None, {"max_tokens": 400, "ignore_eos": True})
+    sessions.send(chat, "plan it")
+    while not (live := sessions.live(chat.id)) or live.state != "running":
+        await asyncio.sleep(0.002)
+    assert sessions.describe(live.request_id) == ("chat: Trip to Rome", "chat")
+    assert sessions.describe("0123456789abcdef")[1] == "other"
+    sessions.stop(chat.id)
+    await finish(tasks)
+
+
+async def test_a_prompt_the_engine_rejects_fails_the_turn(make_engine, store):
+    sessions, posted, tasks = controller(store, make_engine())
+    chat = await store.create_chat("c", None, {})
+    sessions.send(chat, "x" * 5000)  # longer than random:tiny's 2,048-token context
+    with pytest.raises(Exception, match="prompt"):
+        await finish(tasks)
+    assert isinstance(posted[-1], m.GenerationFailed) and "prompt" in posted[-1].error
+    assert not sessions.busy_chats()
+
+
+# ----------------------------------------------------------------------------------- helpers
+def test_settings_round_trip_and_keep_other_params():
+    settings = ChatSettings.from_chat("Be brief.", {"temperature": 0.2, "seed": 7, "top_k": 40})
+    assert (settings.temperature, settings.seed, settings.max_tokens, settings.extra) == (0.2, 7, 512, {"top_k": 40})
+    assert settings.to_params() == {"top_k": 40, "temperature": 0.2, "top_p": 1.0, "max_tokens": 512, "seed": 7}
+    assert settings.sampling_params().top_k == 40
+
+
+@pytest.mark.parametrize("form, error", [
+    ({"temperature": "hot"}, "temperature: must be a number, got 'hot'"),
+    ({"temperature": "-0.5"}, "temperature: must be >= 0"),
+    ({"top_p": "0"}, "top_p: must be in (0, 1]"),
+    ({"max_tokens": "1.5"}, "max_tokens: must be an integer"),
+    ({"max_tokens": "0"}, "max_tokens: must be >= 1"),
+    ({"seed": "abc"}, "seed: must be an integer"),
+])
+def test_settings_form_errors_name_the_field(form, error):
+    full = {"system_prompt": "", "temperature": "1", "top_p": "1", "max_tokens": "64", "seed": "", **form}
+    with pytest.raises(ValueError) as info:
+        parse_settings(full)
+    assert str(info.value).startswith(error)
+
+
+def test_settings_form_parses_blank_seed_and_system_prompt():
+    s = parse_settings({"system_prompt": "  ", "temperature": "0", "top_p": "0.5", "max_tokens": "9", "seed": ""})
+    assert (s.system_prompt, s.temperature, s.top_p, s.max_tokens, s.seed) == (None, 0.0, 0.5, 9, None)
+
+
+def test_first_code_block_and_key_labels():
+    assert first_code_block("a\n```py\nx = 1\n```\nb\n```\ny\n```") == "x = 1\n"
+    assert first_code_block("~~~\nz\n~~~") == "z\n" and first_code_block("no code") is None
+    assert key_label("ctrl+n") == "Ctrl+N" and key_label("f1,question_mark") == "F1 / ?"
+
+
+def test_prompt_keeps_the_system_prompt_and_non_empty_turns(tmp_path):
+    class Msg:
+        def __init__(self, role, content):
+            self.role, self.content = role, content
+
+    stored = [Msg("user", "hi"), Msg("assistant", ""), Msg("assistant", "hello"), Msg("tool", "x")]
+    assert prompt_messages("sys", stored) == [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"},
+                                              {"role": "assistant", "content": "hello"}]
+    assert prompt_messages(None, stored)[0]["role"] == "user"
+
+
+async def test_message_stats_line(store):
+    chat = await store.create_chat("c")
+    user = await store.add_message(chat.id, "user", "q")
+    answer = await store.start_assistant_message(chat.id, user.id, "m")
+    done = await store.finish_message(answer.id, "a", "cancelled", 3, 42, 35.4, 51.25)
+    assert message_stats(done) == "42 tokens · TTFT 35 ms · 51.2 tok/s · stopped"

@@ -1,0 +1,525 @@
+"""The Textual TUI end to end: Pilot drives `BatonApp` on `random:tiny` with a real SQLite file.
+
+Every test gets its own `BATON_CONFIG_DIR` (preferences with the live panel closed) and database; the engine
+is the shared tiny model started per test (`make_engine`), so no test waits for a model load unless that is
+what it tests. `real_model` runs the default SmolLM2-135M-Instruct.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from textual.widgets import DataTable, Input
+
+from app.cli import main
+from app.messages import ModelLoaded
+from app.screens.confirm import ConfirmScreen
+from app.screens.help import HelpScreen
+from app.screens.search import SearchScreen
+from app.screens.settings import SettingsScreen
+from app.screens.text_prompt import TextPromptScreen
+from app.tui import BatonApp
+from app.widgets.chat_list import ChatList
+from app.widgets.chat_view import ChatView
+from app.widgets.live_panel import LivePanel
+from app.widgets.prompt_input import PromptInput
+from app.widgets.status_line import StatusLine
+from backend import DEFAULT_MODEL, Engine, EngineConfig
+from storage import Store
+from tui_support import SIZE, choose_chat, idle, new_chat, populate, ready, send, wait_for, write_preferences
+
+# random:tiny makes ~1,000 tokens/s alone on a CPU: long answers keep chats streaming side by side for
+# seconds. ignore_eos: always the full length. (Its context is 2,048 tokens.)
+LONG = {"max_tokens": 1500, "ignore_eos": True, "temperature": 0.7}
+
+
+@pytest.fixture(autouse=True)
+def config_dir(tmp_path, monkeypatch):
+    """Preferences in a throwaway folder, with the live panel closed."""
+    folder = tmp_path / "config"
+    write_preferences(folder, show_panel=False)
+    monkeypatch.setenv("BATON_CONFIG_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture
+def engine(make_engine):
+    return make_engine()
+
+
+@pytest.fixture
+async def store(tmp_path):
+    store = await Store.open(tmp_path / "baton.db")
+    yield store
+    await store.close()
+
+
+def record_notifications(app) -> list[tuple[str, str, str]]:
+    """Wrap `app.notify`; returns the list of (severity, title, message) it fills."""
+    notes: list[tuple[str, str, str]] = []
+    original = app.notify
+
+    def notify(message, *, title="", severity="information", **kwargs):
+        notes.append((severity, title, str(message)))
+        return original(message, title=title, severity=severity, **kwargs)
+
+    app.notify = notify
+    return notes
+
+
+def status_text(screen) -> str:
+    return str(screen.query_one(StatusLine).query_one("#status-text").render())
+
+
+# ----------------------------------------------------------------------------------- streaming
+async def test_two_chats_stream_at_the_same_time_and_both_answers_are_stored(engine, store, tmp_path):
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        chat_list = screen.query_one(ChatList)
+        a = await new_chat(pilot)
+        await store.update_chat_settings(a, None, LONG)
+        b = await new_chat(pilot)
+        await store.update_chat_settings(b, None, LONG)
+        await send(pilot, "second question")  # in B, which is open
+        await choose_chat(pilot, a)
+        await send(pilot, "first question")
+
+        def both_in_one_batch():
+            live = [screen.sessions.live(a), screen.sessions.live(b)]
+            rows = {row.request_id for row in engine.stats().rows}
+            return (chat_list.is_marked(a) and chat_list.is_marked(b) and all(live)
+                    and {g.request_id for g in live} <= rows)
+
+        await wait_for(pilot, both_in_one_batch, what="both chats answering in the same batch")
+        await idle(pilot)
+        assert not chat_list.is_marked(a) and not chat_list.is_marked(b)
+        assert {a, b} <= set(chat_list.chat_ids)
+
+    async with await Store.open(tmp_path / "baton.db") as check:
+        for chat_id, question in ((a, "first question"), (b, "second question")):
+            user, answer = await check.list_messages(chat_id)
+            assert (user.role, user.content) == ("user", question)
+            assert answer.role == "assistant" and answer.content
+            assert answer.finish_reason == "length" and answer.completion_tokens == LONG["max_tokens"]
+            assert answer.prompt_tokens > 0 and answer.ttft_ms > 0 and answer.tokens_per_s > 0
+            assert answer.model == "random:tiny"
+        assert (await check.get_chat(a)).title == "first question"  # a fresh chat is named after its first message
+
+
+async def test_a_hidden_chat_keeps_streaming_and_shows_its_text_when_opened_again(engine, store):
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        view = screen.query_one(ChatView)
+        a = await new_chat(pilot)
+        await store.update_chat_settings(a, None, {**LONG, "max_tokens": 1900})
+        await send(pilot, "a long answer please")
+        await wait_for(pilot, lambda: len(screen.sessions.live(a).parts) > 5, what="A streaming")
+        b = await new_chat(pilot, press=False)  # A is no longer shown...
+        shown_at = len(screen.sessions.live(a).parts)
+        await wait_for(pilot, lambda: len(screen.sessions.live(a).parts) > shown_at + 20, what="A streaming on")
+        await choose_chat(pilot, a)  # ...and opened again while it streams
+        await wait_for(pilot, lambda: view.answer is not None, what="A's answer shown")
+        live = screen.sessions.live(a)
+        assert live is not None and view.answer.text and live.text.startswith(view.answer.text)
+        await idle(pilot)
+        stored = (await store.list_messages(a))[-1]
+        assert view.chat_id == a and view.messages()[-1].text == stored.content
+        assert stored.completion_tokens == 1900 and b != a
+
+
+async def test_escape_stops_the_answer_and_keeps_the_partial_text(engine, store):
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        chat_id = await new_chat(pilot)
+        await store.update_chat_settings(chat_id, None, {"max_tokens": 1900, "ignore_eos": True})
+        await send(pilot, "never stop talking")
+        await wait_for(pilot, lambda: (g := screen.sessions.live(chat_id)) and g.message_id and len(g.text) > 20,
+                       what="some streamed text")
+        await pilot.press("escape")
+        await idle(pilot)
+        shown = screen.query_one(ChatView).messages()[-1]
+        answer = (await store.list_messages(chat_id))[-1]
+        assert answer.finish_reason == "cancelled"
+        assert answer.content and answer.content == shown.text
+        assert 0 < answer.completion_tokens < 1900
+        assert "stopped" in str(shown.query_one(".message-stats").render())
+
+
+async def test_quitting_mid_answer_stores_the_partial_answer_as_cancelled(engine, store):
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        chat_id = await new_chat(pilot)
+        await store.update_chat_settings(chat_id, None, {"max_tokens": 1900, "ignore_eos": True})
+        await send(pilot, "keep going")
+        await wait_for(pilot, lambda: (g := screen.sessions.live(chat_id)) and g.message_id and len(g.text) > 20,
+                       what="some streamed text")
+    answer = (await store.list_messages(chat_id))[-1]  # the app has closed
+    assert answer.finish_reason == "cancelled" and answer.content and 0 < answer.completion_tokens < 1900
+    assert not engine.stats().rows  # nothing left running in the engine
+
+
+async def test_regenerate_replaces_the_last_answer(engine, store):
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        chat_id = await new_chat(pilot)
+        await store.update_chat_settings(chat_id, None, {"max_tokens": 8, "temperature": 1.0})
+        await send(pilot, "hello", press=True)
+        await idle(pilot)
+        user, first = await store.list_messages(chat_id)
+        view = screen.query_one(ChatView)
+        old = view.messages()[-1]
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: view.messages()[-1] is not old and view.messages()[-1].message_id,
+                       what="a new answer")
+        await idle(pilot)
+        messages = await store.list_messages(chat_id)
+        assert [x.id for x in messages][0] == user.id and len(messages) == 2
+        assert messages[1].created_at > first.created_at and messages[1].finish_reason in ("stop", "length")
+        assert [v.message_id for v in view.messages()] == [user.id, messages[1].id]
+
+
+async def test_edit_and_resend_replaces_the_message_and_what_followed(engine, store):
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        chat_id = await new_chat(pilot)
+        await store.update_chat_settings(chat_id, None, {"max_tokens": 8})
+        await send(pilot, "first version", press=True)
+        await idle(pilot)
+        old_user, old_answer = await store.list_messages(chat_id)
+        screen.query_one(ChatView).messages()[0].focus()
+        await pilot.press("e")
+        prompt = screen.query_one(PromptInput)
+        assert prompt.editing == old_user.id and prompt.text == "first version" and prompt.has_focus
+        prompt.load_text("second version")
+        await pilot.press("enter")
+        view = screen.query_one(ChatView)
+        await wait_for(pilot, lambda: [v.text for v in view.messages()][:1] == ["second version"]
+                       and len(view.messages()) == 2 and view.messages()[-1].message_id, what="the resent turn")
+        await idle(pilot)
+        user, answer = await store.list_messages(chat_id)
+        assert user.content == "second version" and user.created_at > old_answer.created_at
+        assert answer.finish_reason in ("stop", "length") and prompt.editing is None
+        assert [v.message_id for v in view.messages()] == [user.id, answer.id]
+
+
+# --------------------------------------------------------------------------------- chat list
+async def test_rename_and_delete_with_confirmation(engine, store):
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        keep = await new_chat(pilot)
+        chat_id = await new_chat(pilot)
+        await pilot.press("f2")
+        dialog = await wait_for(pilot, lambda: isinstance(app.screen, TextPromptScreen) and app.screen)
+        dialog.query_one(Input).value = "Trip to Rome"
+        await pilot.press("enter")
+        view = screen.query_one(ChatView)
+        await wait_for(pilot, lambda: view.chat.title == "Trip to Rome", what="the new title")
+        assert (await store.get_chat(chat_id)).title == "Trip to Rome"
+
+        await pilot.press("f8")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("escape")  # cancelled: nothing happens
+        await wait_for(pilot, lambda: app.screen is screen)
+        assert await store.get_chat(chat_id) is not None
+
+        await pilot.press("f8")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.click("#confirm")
+        chat_list = screen.query_one(ChatList)
+        await wait_for(pilot, lambda: chat_id not in chat_list.chat_ids and view.chat_id == keep,
+                       what="the chat gone from the list")
+        assert await store.get_chat(chat_id) is None and await store.get_chat(keep) is not None
+
+
+async def test_deleting_a_chat_while_it_answers_stops_it_quietly(engine, store):
+    app = BatonApp(engine=engine, store=store)
+    notes = record_notifications(app)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        keep = await new_chat(pilot)
+        chat_id = await new_chat(pilot)
+        await store.update_chat_settings(chat_id, None, {"max_tokens": 1900, "ignore_eos": True})
+        await send(pilot, "a long one")
+        await wait_for(pilot, lambda: (g := screen.sessions.live(chat_id)) and g.message_id, what="the answer")
+        screen.action_delete_chat()
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#confirm"))
+        app.screen.action_confirm()
+        await idle(pilot)
+        await wait_for(pilot, lambda: screen.query_one(ChatView).chat_id == keep, what="another chat shown")
+        assert await store.get_chat(chat_id) is None and not engine.stats().rows
+    assert not [n for n in notes if n[0] == "error"]
+
+
+async def test_archive_hides_a_chat_until_archived_chats_are_shown(engine, store):
+    ids = await populate(store)
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        chat_list = screen.query_one(ChatList)
+        await wait_for(pilot, lambda: screen.query_one(ChatView).chat_id == ids["paris"])  # newest first
+        assert chat_list.chat_ids == [ids["paris"], ids["rome"]]
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: chat_list.chat_ids == [ids["rome"]], what="the archived chat hidden")
+        assert (await store.get_chat(ids["paris"])).archived
+        await pilot.press("f5")
+        await wait_for(pilot, lambda: len(chat_list.chat_ids) == 2, what="archived chats listed")
+        assert "(archived)" in str(chat_list.get_option(str(ids["paris"])).prompt)
+
+
+async def test_search_finds_a_message_and_opens_its_chat(engine, store):
+    ids = await populate(store)
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        view = screen.query_one(ChatView)
+        await wait_for(pilot, lambda: view.chat_id == ids["paris"])
+        await pilot.press("ctrl+f")
+        dialog = await wait_for(pilot, lambda: isinstance(app.screen, SearchScreen) and app.screen)
+        await pilot.press(*"colosseum")
+        await wait_for(pilot, lambda: dialog._hits, what="search results")
+        assert [hit.chat.id for hit in dialog._hits] == [ids["rome"]]
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: view.chat_id == ids["rome"], what="the hit's chat opened")
+        assert "Colosseum" in view.messages()[-1].text
+
+
+# ---------------------------------------------------------------------- settings, export, copy
+async def test_settings_are_validated_inline_and_stored_with_the_chat(engine, store):
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        chat_id = await new_chat(pilot)
+        await pilot.press("f3")
+        dialog = await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen) and app.screen)
+        error = dialog.query_one("#settings-error")
+        dialog.query_one("#temperature", Input).value = "warm"
+        await pilot.click("#save")
+        assert "temperature: must be a number" in str(error.render()) and app.screen is dialog
+        assert dialog.query_one("#temperature", Input).has_focus  # the bad field
+        dialog.query_one("#temperature", Input).value = "-1"
+        await pilot.press("enter")  # Enter in a field saves too
+        assert "temperature: must be >= 0" in str(error.render()) and app.screen is dialog
+        dialog.query_one("#temperature", Input).value = "0.2"
+        dialog.query_one("#top_p", Input).value = "0.9"
+        dialog.query_one("#max_tokens", Input).value = "64"
+        dialog.query_one("#seed", Input).value = "7"
+        dialog.query_one("#system_prompt").load_text("You are terse.")
+        await pilot.pause(0.3)  # a button ignores clicks while it shows the previous press
+        await pilot.click("#save")
+        await wait_for(pilot, lambda: app.screen is not dialog)
+        await wait_for(pilot, lambda: app.chat_screen.query_one(ChatView).chat.params.get("seed") == 7)
+        chat = await store.get_chat(chat_id)
+        assert chat.system_prompt == "You are terse."
+        assert chat.params == {"temperature": 0.2, "top_p": 0.9, "max_tokens": 64, "seed": 7}
+
+
+async def test_export_writes_markdown_and_json(engine, store, tmp_path):
+    ids = await populate(store)
+    app = BatonApp(engine=engine, store=store)
+    notes = record_notifications(app)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await wait_for(pilot, lambda: screen.query_one(ChatView).chat_id == ids["paris"])
+        await pilot.press("ctrl+s")
+        dialog = await wait_for(pilot, lambda: isinstance(app.screen, TextPromptScreen) and app.screen)
+        assert dialog.query_one(Input).value.endswith(f"baton-chat-{ids['paris']}-capital-of-france")
+        dialog.query_one(Input).value = str(tmp_path / "out" / "paris.md")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: (tmp_path / "out" / "paris.json").exists(), what="the export")
+    markdown = (tmp_path / "out" / "paris.md").read_text(encoding="utf-8")
+    data = json.loads((tmp_path / "out" / "paris.json").read_text(encoding="utf-8"))
+    assert "What is the capital of France?" in markdown and "Paris." in markdown
+    assert [m["content"] for m in data["messages"]] == ["What is the capital of France?", "Paris."]
+    assert any(title == "Chat exported" and "paris.md" in text for _, title, text in notes)
+
+
+async def test_copy_a_message_or_its_first_code_block(engine, store):
+    ids = await populate(store)
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        view = screen.query_one(ChatView)
+        await wait_for(pilot, lambda: view.chat_id == ids["paris"])
+        screen.query_one(ChatList).focus()
+        await pilot.press("down", "enter")
+        await wait_for(pilot, lambda: view.chat_id == ids["rome"])
+        answer = view.messages()[-1]
+        answer.focus()
+        await pilot.press("y")
+        assert app.clipboard == "print('ciao')\n"
+        await pilot.press("c")
+        assert app.clipboard == answer.text and answer.text.startswith("Day 1")
+        app.copy_to_clipboard("")
+        await screen.run_action("copy_last_code")  # the palette's "Copy code from last answer"
+        assert app.clipboard == "print('ciao')\n"
+
+
+# ------------------------------------------------------------------------------- live panel
+async def test_live_panel_shows_the_batch_rows_while_generating(engine, store, config_dir):
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=(160, 40)) as pilot:
+        screen = await ready(pilot)
+        chat_id = await new_chat(pilot)
+        await store.update_chat_settings(chat_id, None, LONG)
+        await pilot.press("ctrl+b")
+        panel = await wait_for(pilot, lambda: screen.query(LivePanel).first() if screen.query(LivePanel) else None)
+        table = panel.query_one("#rows", DataTable)
+        await send(pilot, "count to a thousand")
+        await wait_for(pilot, lambda: table.row_count > 0, what="a batch row in the panel")
+        label = str(table.get_row_at(0)[0])
+        assert label.startswith("chat: count to")  # described by the chat's title
+        assert json.loads((config_dir / "preferences.json").read_text())["show_panel"] is True
+        await idle(pilot)
+        await pilot.press("ctrl+b")
+        await wait_for(pilot, lambda: not screen.query(LivePanel))
+        assert json.loads((config_dir / "preferences.json").read_text())["show_panel"] is False
+
+
+# ------------------------------------------------------------------------------------ themes
+async def test_theme_choice_is_remembered_between_runs(engine, store, config_dir):
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert app.theme == "baton-dark"
+        app.theme = "nord"  # what the palette's "Change theme" does
+        await pilot.pause()
+    assert json.loads((config_dir / "preferences.json").read_text())["theme"] == "nord"
+
+    again = BatonApp(engine=engine, store=store)
+    async with again.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert again.theme == "nord"
+
+    once = BatonApp(engine=engine, store=store, theme="dracula")  # --theme: this run only
+    async with once.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert once.theme == "dracula"
+    assert json.loads((config_dir / "preferences.json").read_text())["theme"] == "nord"
+
+
+async def test_unreadable_preferences_are_a_warning_and_defaults(engine, store, config_dir):
+    (config_dir / "preferences.json").write_text("{not json", encoding="utf-8")
+    app = BatonApp(engine=engine, store=store)
+    notes = record_notifications(app)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert app.theme == "baton-dark"
+    assert any(sev == "warning" and title == "Preferences" for sev, title, _ in notes)
+
+
+# ------------------------------------------------------------------------- model and startup
+async def test_messages_sent_while_the_model_loads_wait_and_are_answered(store):
+    app = BatonApp(config=EngineConfig(model="random:tiny", device="cpu"), store=store)
+    status_before_load = []
+
+    def hook(message):
+        if isinstance(message, ModelLoaded) and not status_before_load:
+            status_before_load.append(status_text(app.chat_screen))
+
+    async with app.run_test(size=SIZE, message_hook=hook) as pilot:
+        await wait_for(pilot, lambda: app.chat_screen is not None and app.chat_screen.is_mounted)
+        screen = app.chat_screen
+        chat_id = await new_chat(pilot)
+        await store.update_chat_settings(chat_id, None, {"max_tokens": 8})
+        await send(pilot, "are you there?")
+        if screen.sessions.engine is None:  # usually: the model takes about 2 s
+            await wait_for(pilot, lambda: screen.query_one(ChatView).answer is not None)
+            assert "waiting for the model" in str(screen.query_one(ChatView).answer.query_one(".message-stats").render())
+        await wait_for(pilot, lambda: screen.sessions.engine is not None, what="the model")
+        await idle(pilot)
+        assert status_before_load[0].startswith("Loading random:tiny…")
+        assert status_text(screen) == "random:tiny · cpu"
+        user, answer = await store.list_messages(chat_id)
+        assert user.content == "are you there?" and answer.finish_reason in ("stop", "length")
+    assert not app.engine.started  # the app shut down the engine it started
+
+
+async def test_a_model_that_fails_to_load_is_reported_and_messages_are_kept(store):
+    app = BatonApp(config=EngineConfig(model="random:no-such-preset", device="cpu"), store=store)
+    notes = record_notifications(app)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.chat_screen is not None and app.chat_screen.is_mounted)
+        screen = app.chat_screen
+        await wait_for(pilot, lambda: "failed" in status_text(screen), what="the failure in the status line")
+        assert "Model failed to load" in status_text(screen) and "no-such-preset" in status_text(screen)
+        assert any(sev == "error" and title == "Model failed to load" for sev, title, _ in notes)
+        chat_id = await new_chat(pilot)
+        await send(pilot, "still there?", press=True)
+        view = screen.query_one(ChatView)
+        await wait_for(pilot, lambda: len(view.messages()) == 2 and not screen.sessions.busy_chats())
+        assert "failed: the model is not loaded" in str(view.messages()[-1].query_one(".message-stats").render())
+    assert [m.content for m in await store.list_messages(chat_id)] == ["still there?"]  # kept, never lost
+
+
+def test_an_unusable_database_is_one_error_line_and_exit_2(tmp_path, capsys):
+    db = tmp_path / "history.db"
+    db.write_bytes(b"this is not a database\n" * 10)
+    assert main(["--db", str(db), "--model", "random:tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"baton: error: {db}") and "not an SQLite database" in err[0]
+    assert db.read_bytes() == b"this is not a database\n" * 10
+
+
+async def test_help_screen_lists_the_keys(engine, store):
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("f1")
+        dialog = await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen) and app.screen)
+        keys = {keys for keys, _ in dialog.rows()}
+        for key in ("Ctrl+N", "Esc", "Ctrl+R", "Ctrl+F", "Ctrl+B", "F2", "F3", "F4", "F5", "F8", "Ctrl+S",
+                    "Shift+Enter / Ctrl+J", "F1 / ?"):
+            assert key in keys, key
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, HelpScreen))
+
+
+async def test_command_palette_runs_the_chat_actions(engine, store):
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        first = await new_chat(pilot)
+        await pilot.press("ctrl+p")
+        await pilot.press(*"new chat")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen.query_one(ChatView).chat_id not in (None, first), what="a new chat")
+
+
+async def test_regenerate_in_an_empty_chat_is_a_notification(engine, store):
+    app = BatonApp(engine=engine, store=store)
+    notes = record_notifications(app)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await new_chat(pilot)
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: any(sev == "error" for sev, _, _ in notes), what="the notification")
+        assert "nothing to regenerate" in [text for sev, _, text in notes if sev == "error"][0]
+        assert not screen.query_one(ChatView).messages() and not screen.sessions.busy_chats()
+
+
+# --------------------------------------------------------------------------------- real model
+@pytest.mark.real_model
+async def test_real_model_answers_the_capital_of_france(real, store):
+    engine = Engine(EngineConfig(model=DEFAULT_MODEL, device="cpu"), loaded=real).start()
+    try:
+        app = BatonApp(engine=engine, store=store)
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot)
+            chat_id = await new_chat(pilot)
+            await store.update_chat_settings(chat_id, None, {"temperature": 0, "max_tokens": 48})
+            await send(pilot, "What is the capital of France?")
+            await idle(pilot, timeout=120)
+        answer = (await store.list_messages(chat_id))[-1]
+        assert answer.finish_reason in ("stop", "length") and "Paris" in answer.content
+    finally:
+        engine.shutdown()
+
