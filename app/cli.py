@@ -23,6 +23,7 @@ from importlib import metadata
 from backend import DEFAULT_MODEL, EngineConfig, SamplingParams
 
 from . import batch_runner, headless
+from .jobs_cli import add_jobs_subparser
 from .openai_batch import DEFAULT_MAX_TOKENS
 
 CHAT_TEMPERATURE = 0.7
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("-o", "--output", metavar="OUTPUT.jsonl", required=True,
                        help="output file (written atomically; replaced if it exists)")
     batch.set_defaults(handler=_batch)
+    add_jobs_subparser(sub, engine)
     return parser
 
 

@@ -368,3 +368,15 @@ def test_real_model_batch_round_trip(tmp_path):
     assert rows[1]["response"] is None and rows[1]["error"]["code"] == "invalid_json_line"
     count = rows[2]["response"]["body"]
     assert count["usage"]["completion_tokens"] == 8 and count["choices"][0]["finish_reason"] == "length"
+
+
+def test_jobs_command_is_wired_into_baton(tmp_path, capsys):
+    from app.cli import main as baton_main
+
+    db = str(tmp_path / "jobs.db")
+    job = tmp_path / "job.jsonl"
+    job.write_text('{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", '
+                   '"body": {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}}\n')
+    assert baton_main(["jobs", "submit", str(job), "--db", db]) == 0
+    assert baton_main(["jobs", "list", "--db", db]) == 0
+    assert "queued" in capsys.readouterr().out
