@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,8 +70,9 @@ class JobsMixin(StoreBase):
         if status not in JOB_STATUSES:
             raise ValueError(f"status: must be one of {', '.join(JOB_STATUSES)}, not {status!r}")
         async with self._write():
-            count, _ = await self._run("UPDATE job SET status = ?, updated_at = ? WHERE id = ?",
-                                       (status, now(), job_id))
+            owner = os.getpid() if status == "running" else None  # see Store._recover
+            count, _ = await self._run("UPDATE job SET status = ?, owner_pid = ?, updated_at = ? WHERE id = ?",
+                                       (status, owner, now(), job_id))
         if count == 0:
             raise NotFoundError(f"{self._path}: job {job_id} does not exist", self._path)
         return await self._require_job(job_id)

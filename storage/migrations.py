@@ -103,6 +103,8 @@ _INITIAL = (
 #: The upgrade steps, in order: STEPS[0] takes version 0 (an empty file) to version 1.
 STEPS: tuple[Step, ...] = (
     Step("initial schema: chats, messages + FTS5, jobs", _INITIAL),
+    Step("job.owner_pid: the process running a job, so opening the store recovers only orphaned jobs",
+         ("ALTER TABLE job ADD COLUMN owner_pid INTEGER",)),
 )
 LATEST = len(STEPS)
 

@@ -70,8 +70,12 @@ class Store(JobsMixin):
             self.recovered_messages, _ = await self._run(
                 "UPDATE message SET finish_reason = 'interrupted', updated_at = ? "
                 "WHERE role = 'assistant' AND finish_reason IS NULL", (stamp,))
-            self.recovered_jobs, _ = await self._run(
-                "UPDATE job SET status = 'queued', updated_at = ? WHERE status = 'running'", (stamp,))
+            orphans = [row[0] for row in await self._fetchall(
+                "SELECT id, owner_pid FROM job WHERE status = 'running'") if not _process_alive(row[1])]
+            for job_id in orphans:  # a job whose runner is still alive (another Baton process) is left alone
+                await self._run("UPDATE job SET status = 'queued', owner_pid = NULL, updated_at = ? WHERE id = ?",
+                                (stamp, job_id))
+            self.recovered_jobs = len(orphans)
 
     async def close(self) -> None:
         """Close the connection (idempotent). Raises StorageError if SQLite fails to close."""
@@ -286,3 +290,18 @@ class Store(JobsMixin):
 
 
 __all__ = ["Store", "StorageError", "NotFoundError"]
+
+
+def _process_alive(pid: int | None) -> bool:
+    """Is `pid` a live process other than a dead runner? None (no owner recorded) counts as dead."""
+    if pid is None:
+        return False
+    if pid == os.getpid():
+        return False  # this process is only opening the store: it runs nothing yet
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

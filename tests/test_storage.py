@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import asyncio
 import json
 import sqlite3
@@ -83,16 +85,17 @@ async def test_steps_apply_in_order_each_bumping_the_version(tmp_path, monkeypat
         migrations.Step("add a column", ("ALTER TABLE chat ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0",)),
         migrations.Step("python step", run=data_step),
     )
+    base = migrations.LATEST
     monkeypatch.setattr(migrations, "STEPS", extra)
     conn = await sdb.connect(str(path), 1.0)
     try:
-        assert await migrations.check_compatible(conn, str(path), extra) == 1
-        assert await migrations.migrate(conn, extra) == 3
-        assert await migrations.migrate(conn, extra) == 3
+        assert await migrations.check_compatible(conn, str(path), extra) == base
+        assert await migrations.migrate(conn, extra) == base + 2
+        assert await migrations.migrate(conn, extra) == base + 2
     finally:
         await conn.close()
-    assert seen == [2]  # the python step ran once, inside its own step (version not yet bumped)
-    assert user_version(path) == 3
+    assert seen == [base + 1]  # the python step ran once, inside its own step (version not yet bumped)
+    assert user_version(path) == base + 2
     with sqlite3.connect(path) as conn:
         assert "pinned" in [r[1] for r in conn.execute("PRAGMA table_info(chat)")]
 
@@ -108,7 +111,7 @@ async def test_a_failing_step_is_rolled_back(tmp_path):
             await migrations.migrate(conn, bad)
     finally:
         await conn.close()
-    assert user_version(path) == 1
+    assert user_version(path) == migrations.LATEST
     with sqlite3.connect(path) as c:
         assert c.execute("SELECT count(*) FROM sqlite_master WHERE name = 'extra'").fetchone()[0] == 0
 
@@ -433,3 +436,20 @@ async def test_export_markdown_and_json(store):
         ("user", "Hi there", None), ("assistant", "Hello!", "length")]
     with pytest.raises(NotFoundError):
         await store.export_chat_json(424242)
+
+
+async def test_a_version_1_database_gains_the_job_owner_column(tmp_path):
+    path = tmp_path / "old.db"
+    conn = await sdb.connect(str(path), 1.0)
+    try:
+        assert await migrations.migrate(conn, migrations.STEPS[:1]) == 1
+        await conn.execute("INSERT INTO job (kind, name, status, spec, created_at, updated_at) "
+                           "VALUES ('batch', 'old job', 'queued', '{}', '2026-01-01', '2026-01-01')")
+        await conn.commit()
+    finally:
+        await conn.close()
+    async with await Store.open(path) as store:
+        assert await store.schema_version() == migrations.LATEST >= 2
+        assert [j.name for j in await store.list_jobs()] == ["old job"]
+        await store.set_job_status(1, "running")
+        assert (await store._fetchone("SELECT owner_pid FROM job WHERE id = 1"))[0] == os.getpid()

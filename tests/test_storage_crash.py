@@ -213,3 +213,33 @@ async def test_a_write_blocked_by_another_process_raises_storage_error(tmp_path)
             other.close()
         await s.add_message(chat.id, "user", "after")  # the failed transaction left nothing behind
         assert [m.content for m in await s.list_messages(chat.id)] == ["after"]
+
+
+async def test_reopening_leaves_a_job_of_a_live_runner_alone(tmp_path):
+    """Only jobs whose runner process is gone go back to 'queued' when another process opens the store."""
+    import subprocess
+    import sys
+
+    from storage import Store
+
+    path = tmp_path / "jobs.db"
+    store = await Store.open(path)
+    live = await store.create_job("batch", "live", [{"custom_id": "a"}])
+    dead = await store.create_job("batch", "dead", [{"custom_id": "b"}])
+    await store.set_job_status(live.id, "running")
+    await store.set_job_status(dead.id, "running")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    try:
+        await store._run("UPDATE job SET owner_pid = ? WHERE id = ?", (sleeper.pid, live.id))  # a live runner
+        await store._run("UPDATE job SET owner_pid = ? WHERE id = ?", (gone.pid, dead.id))  # a killed one
+        await store._conn.commit()
+        await store.close()
+        again = await Store.open(path)
+        assert (await again.get_job(live.id)).status == "running"
+        assert (await again.get_job(dead.id)).status == "queued"
+        assert again.recovered_jobs == 1
+        await again.close()
+    finally:
+        sleeper.kill()
