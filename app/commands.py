@@ -16,6 +16,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("Search history", "Full-text search over every message", "search"),
     ("Chat settings", "System prompt, temperature, top-p, max tokens, seed", "settings"),
     ("Export chat", "Write the open chat to Markdown and JSON files", "export_chat"),
+    ("Background jobs", "Jobs and their progress: submit a file, pause, resume, cancel", "jobs"),
     ("Toggle live panel", "Show what the GPU and the batch are doing", "toggle_panel"),
     ("Stop generation", "Stop the open chat's answer (the partial answer is kept)", "stop"),
     ("Regenerate last answer", "Answer the last message again", "regenerate"),

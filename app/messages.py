@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from storage import Chat, SearchHit
     from storage import Message as StoredMessage
 
+    from .jobs.progress import JobProgress
     from .sessions import LiveAnswer
 
 
@@ -164,3 +165,12 @@ class PanelToggled(Message):
     """The live panel was shown or hidden (the app remembers it)."""
 
     shown: bool
+
+
+# ------------------------------------------------------------------------------------------ jobs
+@dataclass
+class JobProgressed(Message):
+    """A background job running in the app moved on (an item finished, its status changed, or a periodic
+    update while it runs)."""
+
+    progress: JobProgress

@@ -23,12 +23,14 @@ from backend import Engine, EngineConfig
 from storage import StorageError, Store
 from themes import register_themes
 
-from .messages import PanelToggled
+from .jobs import JobRunner
+from .messages import JobProgressed, ModelLoaded, PanelToggled
 from .preferences import PreferencesWarning, load_preferences, save_preferences
 from .screens.chat import ChatScreen
+from .screens.jobs import JobsScreen
 
 FAILURE_TITLES = {"generation": "Answer failed", "model": "Model failed to load", "store": "Storage error",
-                  "search": "Search failed"}
+                  "search": "Search failed", "jobs": "Background jobs failed"}
 
 
 class BatonApp(App[None]):
@@ -63,6 +65,8 @@ class BatonApp(App[None]):
         self._remember_theme = False
         self.startup_error: str | None = None
         self._chat_screen: ChatScreen | None = None
+        self.job_runner: JobRunner | None = None  # runs the stored job queue once the engine is ready
+        self._jobs_worker: Worker | None = None
 
     @property
     def chat_screen(self) -> ChatScreen | None:
@@ -111,6 +115,32 @@ class BatonApp(App[None]):
         if event.shown != self.preferences.show_panel:
             self.save_preferences(show_panel=event.shown)
 
+    @on(ModelLoaded)
+    def _start_jobs(self, event: ModelLoaded) -> None:
+        """The engine is ready: run queued background jobs (and those submitted later) while the app is open."""
+        if self.job_runner is not None or self.store is None:
+            return
+        self.job_runner = JobRunner(self.store, event.engine, on_progress=lambda p: self.post_message(JobProgressed(p)))
+        self._jobs_worker = self.run_worker(self.job_runner.run_queued(watch=True), name="background jobs",
+                                            group="jobs", exit_on_error=False)
+
+    @on(JobProgressed)
+    def _job_progressed(self, event: JobProgressed) -> None:
+        """Hand a job's progress to the jobs screen, when it is open."""
+        for screen in self.screen_stack:
+            if isinstance(screen, JobsScreen):
+                screen.show_progress(event.progress)
+
+    async def stop_jobs(self) -> None:
+        """Stop the job runner: jobs it runs go back to `queued` (their finished items are kept)."""
+        worker, self._jobs_worker = self._jobs_worker, None
+        if worker is not None:  # Textual may have cancelled it already: wait for its clean-up all the same
+            worker.cancel()
+            try:
+                await asyncio.wait_for(worker.wait(), timeout=10)
+            except Exception:  # WorkerCancelled (expected), or a runner that failed (already notified)
+                pass
+
     @on(Worker.StateChanged)
     def _worker_failed(self, event: Worker.StateChanged) -> None:
         """The one place a failed worker (model load, storage, an answer) becomes a notification."""
@@ -119,7 +149,9 @@ class BatonApp(App[None]):
             self.notify(str(event.worker.error), title=title, severity="error", timeout=10)
 
     async def on_unmount(self) -> None:
-        """Store what is streaming as cancelled, then stop the engine and close the store if they are ours."""
+        """Store what is streaming as cancelled, stop the job runner, then stop the engine and close the store
+        if they are ours."""
+        await self.stop_jobs()
         if self._chat_screen is not None:  # the screens are closed by now; their turns are not
             await self._chat_screen.sessions.close()
         if self._owns_engine:

@@ -116,7 +116,7 @@ async def _run_step(store: Store, run: JobRun, item: JobItem, chat_id: int, hist
     user = await store.add_message(chat_id, "user", prompt)
     try:
         last, text, message_id = await _stream(store, run, chat_id, user.id,
-                                               history + [{"role": "user", "content": prompt}], params)
+                                               history + [{"role": "user", "content": prompt}], params, item.idx)
     except ValueError as exc:  # the engine rejected the prompt (e.g. longer than the context)
         return await _fail(store, run, item, f"step {step}: {exc}")
     if last.finish_reason in ("stop", "length"):
@@ -132,7 +132,7 @@ async def _run_step(store: Store, run: JobRun, item: JobItem, chat_id: int, hist
 
 
 async def _stream(store: Store, run: JobRun, chat_id: int, parent_id: int, messages: list[dict[str, str]],
-                  params: SamplingParams) -> tuple[TokenOutput, str, int | None]:
+                  params: SamplingParams, idx: int = 0) -> tuple[TokenOutput, str, int | None]:
     """Generate one answer at AGENT priority into an assistant message of the chat (created at the first
     token, flushed every `FLUSH_S`, finished with its stats). Returns (last output, text, message id or None).
 
@@ -141,7 +141,7 @@ async def _stream(store: Store, run: JobRun, chat_id: int, parent_id: int, messa
     """
     request_id, parts, last = uuid.uuid4().hex, [], None
     message_id, submitted, first, flushed = None, time.perf_counter(), None, 0.0
-    run.in_flight.add(request_id)
+    run.submitted(request_id, idx)
     try:
         async for out in run.engine.generate(messages, params, priority=Priority.AGENT, request_id=request_id):
             parts.append(out.text)
@@ -157,7 +157,7 @@ async def _stream(store: Store, run: JobRun, chat_id: int, parent_id: int, messa
                 flushed = time.perf_counter()
                 await store.update_message_text(message_id, "".join(parts))
     finally:
-        run.in_flight.discard(request_id)
+        run.ended(request_id)
     text = "".join(parts)
     if message_id is not None:
         await store.finish_message(message_id, text, last.finish_reason, last.prompt_tokens, last.completion_tokens,

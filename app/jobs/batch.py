@@ -55,7 +55,7 @@ async def run_item(store: Store, run: JobRun, item: JobItem) -> None:
     request_id = uuid.uuid4().hex
     parts: list[str] = []
     last = None
-    run.in_flight.add(request_id)
+    run.submitted(request_id, item.idx)
     try:
         async for out in run.engine.generate(request["messages"], params, priority=Priority.BATCH,
                                              request_id=request_id):
@@ -67,7 +67,7 @@ async def run_item(store: Store, run: JobRun, item: JobItem) -> None:
         await _fail(store, run, item, "invalid_value", f"line {line}: {exc}")
         return
     finally:
-        run.in_flight.discard(request_id)
+        run.ended(request_id)
     if last.finish_reason in ("stop", "length"):
         result = openai_batch.success_line(item.custom_id, request_id, run.engine.model.name, "".join(parts),
                                            last.finish_reason, last.prompt_tokens, last.completion_tokens)

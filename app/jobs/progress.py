@@ -68,6 +68,7 @@ class JobRun:
         stop: None while running; once asked to stop, `"paused"` or `"cancelled"` (the job status set by
             pause / cancel) or `"interrupted"` (the run itself is ending: cancelled task, a store failure).
         in_flight: engine request ids submitted and not finished.
+        item_of: request id -> the index (`JobItem.idx`) of the item it runs, for requests in flight.
     """
 
     job: Job
@@ -76,6 +77,7 @@ class JobRun:
     failed: int = 0
     stop: str | None = None
     in_flight: set[str] = field(default_factory=set)
+    item_of: dict[str, int] = field(default_factory=dict)
     output_tokens: int = 0
     finished_here: int = 0
     started: float = field(default_factory=time.perf_counter)
@@ -97,6 +99,16 @@ class JobRun:
                 self.engine.cancel(request_id)
             except KeyError:  # not submitted yet, or already forgotten by the engine
                 pass
+
+    def submitted(self, request_id: str, idx: int) -> None:
+        """Note a request sent to the engine for item `idx`."""
+        self.in_flight.add(request_id)
+        self.item_of[request_id] = idx
+
+    def ended(self, request_id: str) -> None:
+        """Note a request that is no longer in flight."""
+        self.in_flight.discard(request_id)
+        self.item_of.pop(request_id, None)
 
     def token(self) -> None:
         """Count one output token."""

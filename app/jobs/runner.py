@@ -56,6 +56,15 @@ class JobRunner:
         run = self._runs.get(job_id)
         return None if run is None else run.snapshot("running")
 
+    def describe(self, request_id: str) -> tuple[str, str] | None:
+        """`("job: <name> #<item idx>", "job")` for an engine request a job running here has in flight, else
+        None (a live panel's row label; a dictionary lookup per running job)."""
+        for run in list(self._runs.values()):
+            idx = run.item_of.get(request_id)
+            if idx is not None:
+                return f"job: {run.job.name} #{idx}", "job"
+        return None
+
     async def run_queued(self, watch: bool = False, poll_s: float = 1.0) -> list[int]:
         """Run queued jobs one at a time in creation order (re-reading the queue after each).
 

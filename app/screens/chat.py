@@ -37,6 +37,7 @@ from ..widgets.prompt_input import PromptInput
 from ..widgets.status_line import StatusLine
 from .confirm import ConfirmScreen
 from .help import HelpScreen
+from .jobs import JobsScreen
 from .search import SearchScreen
 from .settings import SettingsScreen
 from .text_prompt import TextPromptScreen
@@ -66,6 +67,7 @@ class ChatScreen(Screen):
                 "max tokens, seed"),
         Binding("f4", "archive_chat", "Archive", show=False, tooltip="Archive / unarchive the open chat"),
         Binding("f5", "toggle_archived", "Show archived", show=False, tooltip="List archived chats too (or not)"),
+        Binding("f9", "jobs", "Jobs", tooltip="Background jobs: progress, submit, pause / resume / cancel"),
         Binding("f8", "delete_chat", "Delete", show=False, tooltip="Delete the open chat (asks first)"),
         Binding("ctrl+s", "export_chat", "Export", show=False, tooltip="Export the open chat to Markdown + JSON"),
         Binding("ctrl+l", "focus_chats", "Chat list", show=False, tooltip="Focus the chat list"),
@@ -203,8 +205,22 @@ class ChatScreen(Screen):
         self.query_one("#body").mount(LivePanel(
             stats=lambda: sessions.engine.stats() if sessions.engine else None,
             memory=lambda: read_device_memory(sessions.engine.model.device) if sessions.engine else None,
-            describe=sessions.describe, interval=self._panel_interval,
+            describe=self._describe, interval=self._panel_interval,
             max_batch_size=self._engine.config.max_batch_size, id="live-panel"))
+
+    def _describe(self, request_id: str) -> tuple[str, str]:
+        """A live panel row's label: a background job's item, else a chat's answer."""
+        runner = getattr(self.app, "job_runner", None)
+        return (runner.describe(request_id) if runner is not None else None) or self.sessions.describe(request_id)
+
+    def action_jobs(self) -> None:
+        """Show the background jobs."""
+        self.app.push_screen(JobsScreen(self.store))
+
+    def show_chat(self, chat_id: int) -> None:
+        """List (and highlight) a chat and open it, e.g. an agent task's transcript."""
+        self._run(self.library.load(self.show_archived, select=chat_id))
+        self._run(self.library.open(chat_id))
 
     def action_stop(self) -> None:
         """Stop the open chat's answer."""

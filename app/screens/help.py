@@ -17,6 +17,9 @@ PROMPT_KEYS = [("Enter", "Send the message"), ("Shift+Enter / Ctrl+J", "New line
                ("Esc", "Leave edit mode (else: stop the answer)")]
 MESSAGE_KEYS = [("Tab / click", "Focus a message"), ("C", "Copy the message"),
                 ("Y", "Copy its first code block"), ("E", "Edit one of yours and resend it (later messages go)")]
+JOB_KEYS = [("S", "Submit a job file (.jsonl batch, .json/.yaml agent task)"), ("P / R", "Pause / resume the job"),
+            ("X", "Cancel the job (asks first)"), ("Enter", "Open an agent task's transcript chat"),
+            ("Esc / F9", "Back to the chats")]
 APP_KEYS = [("Ctrl+P", "Command palette: every action, and Change theme"), ("Ctrl+Q", "Quit")]
 
 INTRO = ("Many chats can answer at the same time: send in one, switch to another (they keep streaming), "
@@ -61,7 +64,7 @@ class HelpScreen(ModalScreen[None]):
     def for_bindings(cls, bindings: Iterable[Binding | tuple]) -> HelpScreen:
         """The help for a screen with these bindings (its chat keys), then the prompt, message and app keys."""
         return cls([("Chats", binding_rows(bindings)), ("Prompt", PROMPT_KEYS), ("Messages", MESSAGE_KEYS),
-                    ("Everywhere", APP_KEYS)])
+                    ("Jobs screen (F9)", JOB_KEYS), ("Everywhere", APP_KEYS)])
 
     def compose(self) -> ComposeResult:
         """An introduction, then one key table per section."""

@@ -1,0 +1,282 @@
+"""The jobs screen (F9): every background job with its progress; pause, resume, cancel, submit, open a transcript.
+
+The app's `JobRunner` (`app.tui`) runs the queue while the TUI is open; this screen only shows the store's jobs
+(read every `REFRESH_S`) merged with the runner's live `JobProgress` (`app.messages.JobProgressed`), and
+changes job statuses through the runner (or `app.jobs.control` before the model is loaded).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen, Screen
+from textual.widgets import DataTable, DirectoryTree, Footer, Label, ProgressBar, Static
+
+from storage import Job, Store
+
+from ..jobs import JobProgress, control
+
+COLUMNS = (("id", "id"), ("kind", "kind"), ("name", "name"), ("status", "status"), ("done/failed/total", "items"),
+           ("tok/s", "rate"), ("ETA", "eta"))
+JOB_FILE_SUFFIXES = (".jsonl", ".json", ".yaml", ".yml")
+REFRESH_S = 1.0
+
+
+def job_cells(job: Job, live: JobProgress | None) -> tuple[Text, ...]:
+    """The table cells of a job; `live` (a running job's progress) overrides the stored counts."""
+    p = live if live is not None else JobProgress.of(job)
+    rate = f"{p.tokens_per_s:.1f}" if p.status == "running" else "–"
+    eta = f"{p.eta_s:.0f} s" if p.eta_s is not None and p.status == "running" else "–"
+    return (Text(str(job.id), justify="right"), Text(job.kind), Text(job.name), Text(p.status),
+            Text(f"{p.done}/{p.failed}/{p.total}", justify="right"), Text(rate, justify="right"),
+            Text(eta, justify="right"))
+
+
+class JobFilePicker(ModalScreen[Path | None]):
+    """Choose a job file (`.jsonl` batch, `.json`/`.yaml` agent task) in a directory tree; Esc cancels."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, root: str | Path = ".") -> None:
+        super().__init__(classes="dialog-screen")
+        self._root = Path(root)
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog", id="job-file-dialog") as box:
+            box.border_title = "Submit a job file"
+            box.border_subtitle = "Enter picks · Esc cancels"
+            yield JobFileTree(self._root, id="job-files")
+
+    def on_mount(self) -> None:
+        self.query_one(JobFileTree).focus()
+
+    @on(DirectoryTree.FileSelected)
+    def _chosen(self, event: DirectoryTree.FileSelected) -> None:
+        self.dismiss(Path(event.path))
+
+    def action_cancel(self) -> None:
+        """Close without a file."""
+        self.dismiss(None)
+
+
+class JobFileTree(DirectoryTree):
+    """A directory tree showing folders and job files only (hidden entries left out)."""
+
+    def filter_paths(self, paths: Iterable[Path]) -> Iterable[Path]:
+        return [p for p in paths if not p.name.startswith(".")
+                and (p.is_dir() or p.suffix.lower() in JOB_FILE_SUFFIXES)]
+
+
+class JobsScreen(Screen):
+    """Every job: a table (id, kind, name, status, items, tok/s, ETA) and a progress bar per job.
+
+    Args:
+        store: the open store holding the jobs.
+    """
+
+    DEFAULT_CSS = """
+    JobsScreen #jobs-table { height: 1fr; border: round $primary 60%; }
+    JobsScreen #job-bars { height: auto; max-height: 40%; border: round $primary 60%; }
+    JobsScreen .job-bar { height: 1; }
+    JobsScreen .job-bar Label { width: 32; }
+    JobsScreen .job-bar ProgressBar { width: 1fr; }
+    JobsScreen #jobs-empty { color: $text-muted; padding: 0 1; }
+    JobFilePicker #job-file-dialog { width: 80%; height: 80%; }
+    JobFilePicker #job-files { height: 1fr; }
+    """
+
+    BINDINGS = [
+        Binding("escape,f9", "close", "Back", tooltip="Back to the chats"),
+        Binding("s", "submit", "Submit", tooltip="Submit a job file (.jsonl batch, .json/.yaml agent task)"),
+        Binding("p", "pause", "Pause", tooltip="Pause the selected job"),
+        Binding("r", "resume", "Resume", tooltip="Resume the selected job (a failed one retries its failures)"),
+        Binding("x", "cancel_job", "Cancel job", tooltip="Cancel the selected job (asks first)"),
+        Binding("enter", "open_transcript", "Transcript", show=False,
+                tooltip="Open an agent task's transcript chat"),
+    ]
+
+    def __init__(self, store: Store) -> None:
+        super().__init__()
+        self.store = store
+        self.jobs: dict[int, Job] = {}
+        self.live: dict[int, JobProgress] = {}
+
+    def compose(self) -> ComposeResult:
+        table: DataTable = DataTable(id="jobs-table", cursor_type="row", zebra_stripes=True)
+        table.border_title = "Background jobs"
+        yield table
+        with VerticalScroll(id="job-bars") as bars:
+            bars.border_title = "Progress"
+            yield Static("No jobs yet: press s to submit a job file", id="jobs-empty")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#jobs-table", DataTable)
+        for header, key in COLUMNS:
+            table.add_column(header, key=key)
+        table.focus()
+        self.reload()
+        self.set_interval(REFRESH_S, self.reload)
+
+    # ------------------------------------------------------------------------------ data
+    def reload(self) -> None:
+        """Read the jobs from the store again (in a worker)."""
+        self.run_worker(self._reload(), name="read jobs", group="store", exclusive=True, exit_on_error=False)
+
+    async def _reload(self) -> None:
+        jobs = await self.store.list_jobs()
+        runner = self.app.job_runner
+        for job in jobs:  # the runner's counts are ahead of the store's (rates, ETA)
+            live = runner.progress(job.id) if runner is not None else None
+            if live is not None:
+                self.live[job.id] = live
+            elif job.status != "running":
+                self.live.pop(job.id, None)
+        self.show_jobs(jobs)
+
+    def show_progress(self, progress: JobProgress) -> None:
+        """Show a running job's latest progress (from the app's `JobProgressed`)."""
+        self.live[progress.job_id] = progress
+        job = self.jobs.get(progress.job_id)
+        if job is None:
+            self.reload()
+        else:
+            self._show_job(job)
+
+    def show_jobs(self, jobs: list[Job]) -> None:
+        """Show these jobs (newest first), keeping the selected one selected."""
+        table = self.query_one("#jobs-table", DataTable)
+        selected = self.selected_job_id()
+        new = [j.id for j in jobs]
+        self.jobs = {j.id: j for j in jobs}
+        if new != [key.value for key in table.rows]:
+            table.clear()
+            for job in jobs:
+                table.add_row(*job_cells(job, self.live.get(job.id)), key=str(job.id))
+            if selected in new:
+                table.move_cursor(row=new.index(selected))
+            self._rebuild_bars(jobs)
+        for job in jobs:
+            self._show_job(job)
+
+    def _rebuild_bars(self, jobs: list[Job]) -> None:
+        box = self.query_one("#job-bars", VerticalScroll)
+        self.query_one("#jobs-empty").display = not jobs
+        box.query(".job-bar").remove()
+        box.mount_all(Horizontal(Label(f"#{j.id} {j.name}", markup=False),
+                                 ProgressBar(total=max(1, j.total), show_eta=False, id=f"job-bar-{j.id}"),
+                                 classes="job-bar") for j in jobs)
+
+    def _show_job(self, job: Job) -> None:
+        live = self.live.get(job.id)
+        if live is not None and job.status != "running" and live.status == "running":
+            live = None  # the store has moved on (finished, paused elsewhere)
+        table = self.query_one("#jobs-table", DataTable)
+        key = str(job.id)
+        if key not in table.rows:
+            return
+        for (_, column), cell in zip(COLUMNS, job_cells(job, live)):
+            if table.get_cell(key, column) != cell:
+                table.update_cell(key, column, cell)
+        p = live or JobProgress.of(job)
+        for bar in self.query(f"#job-bar-{job.id}").results(ProgressBar):
+            bar.update(total=max(1, p.total), progress=p.done + p.failed if p.total else 1)
+
+    def selected_job_id(self) -> int | None:
+        """The job under the table's cursor."""
+        table = self.query_one("#jobs-table", DataTable)
+        if not table.row_count:
+            return None
+        return int(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+
+    def select_job(self, job_id: int) -> None:
+        """Put the table's cursor on a job."""
+        table = self.query_one("#jobs-table", DataTable)
+        table.move_cursor(row=table.get_row_index(str(job_id)))
+
+    def _selected(self) -> Job | None:
+        job = self.jobs.get(self.selected_job_id() or -1)
+        if job is None:
+            self.notify("No job selected: press s to submit a job file", severity="warning")
+        return job
+
+    # ------------------------------------------------------------------------------ actions
+    def action_close(self) -> None:
+        """Back to the chats."""
+        self.dismiss()
+
+    def action_submit(self) -> None:
+        """Pick a job file and submit it."""
+        self.app.push_screen(JobFilePicker(Path.cwd()), lambda path: path and self.submit_file(path))
+
+    def submit_file(self, path: str | Path) -> None:
+        """Store a job file as a queued job (the runner picks it up); a bad file is a notification."""
+        self.run_worker(self._submit(Path(path)), name="submit job", group="store", exit_on_error=False)
+
+    async def _submit(self, path: Path) -> None:
+        try:
+            job = await control.submit_job(self.store, path)
+        except ValueError as exc:
+            self.notify(str(exc), title="Cannot submit the job", severity="error", timeout=10)
+            return
+        self.notify(f"job {job.id} “{job.name}”: {job.total} items queued", title="Job submitted")
+        await self._reload()
+        self.select_job(job.id)
+
+    def action_pause(self) -> None:
+        """Pause the selected job."""
+        if job := self._selected():
+            runner = self.app.job_runner
+            self._change(runner.pause(job.id) if runner else control.pause_job(self.store, job.id))
+
+    def action_resume(self) -> None:
+        """Resume the selected job."""
+        if job := self._selected():
+            runner = self.app.job_runner
+            self._change(runner.resume(job.id) if runner else control.resume_job(self.store, job.id))
+
+    def action_cancel_job(self) -> None:
+        """Cancel the selected job, after a confirmation."""
+        from .confirm import ConfirmScreen
+
+        if job := self._selected():
+            question = f"Cancel job {job.id} “{job.name}”? Its pending items will never run."
+            self.app.push_screen(ConfirmScreen(question, "Cancel job"), lambda yes: yes and self.cancel(job.id))
+
+    def cancel(self, job_id: int) -> None:
+        """Cancel a job (no question asked)."""
+        runner = self.app.job_runner
+        self._change(runner.cancel(job_id) if runner else control.cancel_job(self.store, job_id))
+
+    def _change(self, change) -> None:
+        async def work() -> None:
+            try:
+                await change
+            except ValueError as exc:  # e.g. pausing a done job
+                self.notify(str(exc), severity="warning")
+            await self._reload()
+        self.run_worker(work(), name="change job", group="store", exit_on_error=False)
+
+    @on(DataTable.RowSelected, "#jobs-table")
+    def _row_chosen(self) -> None:
+        self.action_open_transcript()
+
+    def action_open_transcript(self) -> None:
+        """Open the selected agent task's transcript chat on the chat screen."""
+        if (job := self._selected()) is None:
+            return
+        chat_id = job.spec.get("chat_id")
+        if job.kind != "agent" or chat_id is None:
+            self.notify(f"job {job.id} is a batch job: its results are exported with `baton jobs export "
+                        f"{job.id}`", severity="warning")
+            return
+        chat_screen = self.app.chat_screen
+        self.dismiss()
+        if chat_screen is not None:
+            chat_screen.show_chat(chat_id)

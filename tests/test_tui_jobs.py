@@ -1,0 +1,188 @@
+"""Background jobs in the TUI: the app runs the job queue while it is open; the jobs screen (F9) shows every
+job with a progress bar, submits files, pauses / resumes / cancels, and opens an agent task's transcript; the
+live panel labels job rows. Pilot drives `BatonApp` on `random:tiny` with a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from textual.widgets import DataTable, DirectoryTree, ProgressBar
+
+from app.jobs import submit_job
+from app.screens.confirm import ConfirmScreen
+from app.screens.jobs import JobFilePicker, JobsScreen
+from app.tui import BatonApp
+from app.widgets.live_panel import LivePanel
+from storage import Store
+from tui_support import SIZE, ready, wait_for, write_preferences
+
+URL = "/v1/chat/completions"
+LONG = 1500  # tokens per item (ignore_eos): random:tiny makes ~1,000 tokens/s on a CPU, so a job runs for seconds
+
+
+@pytest.fixture(autouse=True)
+def config_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "config"
+    write_preferences(folder, show_panel=False)
+    monkeypatch.setenv("BATON_CONFIG_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture
+def engine(make_engine):
+    return make_engine(max_batch_size=4)
+
+
+@pytest.fixture
+async def store(tmp_path):
+    store = await Store.open(tmp_path / "baton.db")
+    yield store
+    await store.close()
+
+
+def batch_file(path, n: int, max_tokens: int = 8):
+    lines = [json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": URL,
+                         "body": {"messages": [{"role": "user", "content": f"hello {i}"}],
+                                  "max_tokens": max_tokens, "ignore_eos": True}}) for i in range(n)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+async def open_jobs(pilot) -> JobsScreen:
+    await pilot.press("f9")
+    screen = await wait_for(pilot, lambda: isinstance(pilot.app.screen, JobsScreen) and pilot.app.screen,
+                            what="the jobs screen")
+    await wait_for(pilot, lambda: screen.query_one("#jobs-table", DataTable).row_count == len(screen.jobs)
+                   and screen.jobs, what="the jobs table")
+    return screen
+
+
+async def stored_status(store, job_id: int) -> str:
+    return (await store.get_job(job_id)).status
+
+
+async def wait_status(pilot, store, job_id: int, status: str, timeout: float = 20.0) -> None:
+    last = None
+    for _ in range(int(timeout / 0.05)):
+        last = await stored_status(store, job_id)
+        if last == status:
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"job {job_id} stayed {last}, expected {status}")
+
+
+async def test_a_submitted_batch_job_runs_to_done_while_the_tui_is_open(engine, store, tmp_path):
+    job = await submit_job(store, batch_file(tmp_path / "small.jsonl", 3))
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        screen = await open_jobs(pilot)
+        await wait_status(pilot, store, job.id, "done")
+        table = screen.query_one("#jobs-table", DataTable)
+        await wait_for(pilot, lambda: str(table.get_cell(str(job.id), "status")) == "done", what="done shown")
+        assert str(table.get_cell(str(job.id), "items")) == "3/0/3"
+        bar = screen.query_one(f"#job-bar-{job.id}", ProgressBar)
+        await wait_for(pilot, lambda: bar.percentage == 1, what="a full progress bar")
+        items = await store.list_items(job.id)
+        assert [i.status for i in items] == ["done"] * 3
+
+
+async def test_submit_from_the_picker_and_a_bad_file_is_a_notification(engine, store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    good = batch_file(tmp_path / "good.jsonl", 2)
+    bad = tmp_path / "bad.json"  # an agent task that is not JSON
+    bad.write_text("not json\n", encoding="utf-8")
+    app = BatonApp(engine=engine, store=store)
+    notes = []
+    original = app.notify
+    app.notify = lambda message, **kw: (notes.append((kw.get("severity"), str(message))), original(message, **kw))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("f9")
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, JobsScreen) and app.screen, what="jobs")
+        await pilot.press("s")
+        picker = await wait_for(pilot, lambda: isinstance(app.screen, JobFilePicker) and app.screen, what="picker")
+        tree = picker.query_one(DirectoryTree)
+        await wait_for(pilot, lambda: tree.root.children, what="the tree")
+        shown = {node.data.path.name for node in tree.root.children}
+        assert {"good.jsonl", "bad.json"} <= shown and "baton.db" not in shown
+        picker.dismiss(bad)
+        await wait_for(pilot, lambda: any(s == "error" for s, _ in notes), what="an error notification")
+        assert await store.list_jobs() == []
+        assert "bad.json: not valid JSON" in next(msg for s, msg in notes if s == "error")
+        assert app.screen is screen
+        screen.submit_file(good)
+        jobs = await wait_for(pilot, lambda: screen.jobs, what="the job listed")
+        (job_id,) = jobs
+        await wait_status(pilot, store, job_id, "done")
+
+
+async def test_pause_resume_and_cancel_change_the_stored_status(engine, store, tmp_path):
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("f9")
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, JobsScreen) and app.screen, what="jobs")
+        long = await submit_job(store, batch_file(tmp_path / "long.jsonl", 12, max_tokens=LONG))  # ~5 s of work
+        await wait_status(pilot, store, long.id, "running")
+        await wait_for(pilot, lambda: long.id in screen.jobs, what="the job listed")
+        screen.select_job(long.id)
+        await pilot.press("p")
+        await wait_status(pilot, store, long.id, "paused")
+        await wait_for(pilot, lambda: str(screen.query_one(DataTable).get_cell(str(long.id), "status")) == "paused",
+                       what="paused shown")
+        assert (await store.get_job(long.id)).pending > 0
+        screen.select_job(long.id)
+        await pilot.press("r")
+        await wait_status(pilot, store, long.id, "running")  # the runner picks it up again
+        screen.select_job(long.id)
+        await pilot.press("x")
+        confirm = await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="confirm")
+        confirm.action_confirm()
+        await wait_status(pilot, store, long.id, "cancelled")
+        screen.select_job(long.id)
+        await pilot.press("p")  # a cancelled job cannot be paused: a warning, nothing changes
+        await pilot.pause(0.2)
+        assert await stored_status(store, long.id) == "cancelled"
+        assert (await store.get_job(long.id)).pending > 0
+
+
+async def test_an_agent_task_transcript_opens_as_a_chat(engine, store, tmp_path):
+    task = tmp_path / "task.json"
+    task.write_text(json.dumps({"name": "colours", "params": {"temperature": 0, "max_tokens": 6, "ignore_eos": True},
+                                "steps": [{"prompt": "Name a colour."}, {"prompt": "Why {previous}?"}]}))
+    job = await submit_job(store, task)
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await ready(pilot)
+        screen = await open_jobs(pilot)
+        await wait_status(pilot, store, job.id, "done")
+        screen.select_job(job.id)
+        screen.query_one(DataTable).focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.screen is chat, what="back on the chat screen")
+        await wait_for(pilot, lambda: chat.pane.chat is not None and chat.pane.chat.id == job.spec["chat_id"],
+                       what="the transcript chat")
+
+
+async def test_the_live_panel_labels_job_rows_with_batch_priority(engine, store, tmp_path):
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await ready(pilot)
+        await pilot.press("ctrl+b")
+        panel = await wait_for(pilot, lambda: chat.query(LivePanel).first() if chat.query(LivePanel) else None,
+                               what="the live panel")
+        job = await submit_job(store, batch_file(tmp_path / "long.jsonl", 12, max_tokens=LONG))  # ~5 s of work
+        table = panel.query_one("#rows", DataTable)
+
+        def job_rows():
+            panel.refresh_now()
+            return [key for key in table.rows if str(table.get_cell(key, "request")).startswith("job: long #")]
+
+        rows = await wait_for(pilot, job_rows, what="job rows in the panel")
+        assert {str(table.get_cell(k, "priority")) for k in rows} == {"batch"}
+        assert {str(table.get_cell(k, "kind")) for k in rows} == {"job"}
+    # quitting stops the runner cleanly: the job goes back to the queue, its finished items kept
+    job = await store.get_job(job.id)
+    assert job.status == "queued" and job.pending > 0
