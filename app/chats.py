@@ -52,10 +52,13 @@ class ChatLibrary:
         live = self.sessions.live(chat_id)
         self._post(m.ChatOpened(chat, stored, None if live is None else live.snapshot()))
 
-    async def create(self) -> None:
-        """Store a new empty chat with the default settings; posts `ChatCreated`."""
+    async def create(self, first_message: str | None = None) -> None:
+        """Store a new chat with the default settings, posts `ChatCreated`, and sends `first_message` in it
+        when given. Raises StorageError."""
         chat = await self.store.create_chat(DEFAULT_TITLE, None, ChatSettings().to_params())
         self._post(m.ChatCreated(chat))
+        if first_message:
+            self.sessions.send(chat, first_message)
 
     async def rename(self, chat_id: int, title: str) -> None:
         """Set a chat's title; posts `ChatChanged`."""

@@ -65,6 +65,13 @@ class ChatCreated(Message):
 
 
 @dataclass
+class NewChatRequested(Message):
+    """The person sent a message with no chat open: start a chat with it."""
+
+    first_message: str
+
+
+@dataclass
 class ChatChanged(Message):
     """A chat's title, settings or archived flag was stored."""
 

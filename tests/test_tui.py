@@ -27,7 +27,8 @@ from app.widgets.prompt_input import PromptInput
 from app.widgets.status_line import StatusLine
 from backend import DEFAULT_MODEL, Engine, EngineConfig
 from storage import Store
-from tui_support import SIZE, choose_chat, idle, new_chat, populate, ready, send, wait_for, write_preferences
+from tui_support import (SIZE, choose_chat, idle, new_chat, open_chat_id, populate, ready, send, wait_for,
+                         write_preferences)
 
 # random:tiny makes ~1,000 tokens/s alone on a CPU: long answers keep chats streaming side by side for
 # seconds. ignore_eos: always the full length. (Its context is 2,048 tokens.)
@@ -354,9 +355,10 @@ async def test_copy_a_message_or_its_first_code_block(engine, store):
         answer = view.messages()[-1]
         answer.focus()
         await pilot.press("y")
-        assert app.clipboard == "print('ciao')\n"
+        await wait_for(pilot, lambda: app.clipboard == "print('ciao')\n", what="the code block copied")
         await pilot.press("c")
-        assert app.clipboard == answer.text and answer.text.startswith("Day 1")
+        await wait_for(pilot, lambda: app.clipboard == answer.text, what="the message copied")
+        assert answer.text.startswith("Day 1")
         app.copy_to_clipboard("")
         await screen.run_action("copy_last_code")  # the palette's "Copy code from last answer"
         assert app.clipboard == "print('ciao')\n"
@@ -523,3 +525,26 @@ async def test_real_model_answers_the_capital_of_france(real, store):
     finally:
         engine.shutdown()
 
+
+
+async def test_typing_with_no_chat_open_starts_a_chat_and_answers(engine, store):
+    """A first-time user types a question into the empty screen and presses Enter: a chat is made for it."""
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert await store.list_chats() == []
+        await send(pilot, "hello there")
+        await wait_for(pilot, lambda: open_chat_id(pilot) is not None, what="the new chat opened")
+        chat_id = open_chat_id(pilot)
+
+        async def answered():
+            msgs = await store.list_messages(chat_id)
+            return len(msgs) >= 2 and msgs[-1].finish_reason is not None
+
+        for _ in range(200):
+            if await answered():
+                break
+            await pilot.pause(0.05)
+        msgs = await store.list_messages(chat_id)
+        assert [m.role for m in msgs] == ["user", "assistant"] and msgs[0].content == "hello there"
+        assert msgs[-1].finish_reason in ("stop", "length")

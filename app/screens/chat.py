@@ -268,6 +268,10 @@ class ChatScreen(Screen):
     def _opened(self, event: m.ChatOpened) -> None:
         self.query_one(ChatList).highlight_chat(event.chat.id)
 
+    @on(m.NewChatRequested)
+    def _new_chat_with_message(self, event: m.NewChatRequested) -> None:
+        self._run(self.library.create(event.first_message))
+
     @on(m.ChatCreated)
     def _created(self, event: m.ChatCreated) -> None:
         self._run(self.library.load(self.show_archived, select=event.chat.id))

@@ -140,8 +140,10 @@ class ChatPane(Vertical):
     def _submitted(self, event: PromptInput.Submitted) -> None:
         event.stop()
         chat = self.chat
-        if chat is None:
-            self.notify("No chat is open: Ctrl+N starts one", severity="warning")
+        if chat is None:  # typing into the empty screen starts a chat, as a person expects
+            if event.editing is None:
+                self.post_message(m.NewChatRequested(event.text))
+                self.query_one(PromptInput).end_edit()
             return
         try:
             if event.editing is None:

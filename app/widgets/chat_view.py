@@ -13,7 +13,7 @@ from .message_view import MessageView
 
 EMPTY_HINT = ("Nothing here yet. Type below: Enter sends, Shift+Enter (or Ctrl+J) starts a new line.\n"
               "Ctrl+N starts another chat; chats answer at the same time.")
-NO_CHAT_HINT = "No chat open. Ctrl+N starts one; pick one on the left with Enter."
+NO_CHAT_HINT = "No chat open. Type below to start one (or Ctrl+N); pick one on the left with Enter."
 
 
 class ChatView(VerticalScroll):
