@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from backend import DEFAULT_MODEL, EngineConfig
+from backend import EngineConfig
 
 from . import headless, jobs, openai_batch
 from .batch_runner import _atomic_output
@@ -238,36 +238,11 @@ def _engine_config(args: argparse.Namespace) -> EngineConfig:
         raise headless.UsageError(text) from exc
 
 
-def engine_options() -> argparse.ArgumentParser:
-    """A parent parser with the engine options (the same as `app.cli`'s), for `main`."""
-    engine = argparse.ArgumentParser(add_help=False)
-    group = engine.add_argument_group("engine")
-    group.add_argument("--model", default=DEFAULT_MODEL, help="model (default: %(default)s), a local folder or "
-                                                               ".gguf file, or random:<preset>")
-    group.add_argument("--device", default=EngineConfig.device, help="auto (default), cpu, cuda or cuda:N")
-    group.add_argument("--dtype", default=EngineConfig.dtype, help="auto (default), float32, bfloat16 or float16")
-    group.add_argument("--max-batch-size", type=int, default=EngineConfig.max_batch_size, metavar="N",
-                       help="most requests decoded together (default: %(default)s)")
-    return engine
-
-
 def main(argv: list[str] | None = None) -> int:
-    """`baton` with only the `jobs` command (until it is hooked into `app.cli`); exit status as `app.cli.main`:
-    0 success, 2 bad usage (one `baton: error: ...` line on stderr), 130 interrupted."""
-    parser = argparse.ArgumentParser(prog="baton")
-    add_jobs_subparser(parser.add_subparsers(dest="command", metavar="COMMAND", required=True), engine_options())
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help or an argparse usage error (already printed)
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-    try:
-        return args.handler(args)
-    except headless.UsageError as exc:
-        print(f"baton: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("baton: interrupted", file=sys.stderr)
-        return 130
+    """`python -m app.jobs_cli jobs ...`: the same as `baton jobs ...` (`app.cli.main`, same exit status)."""
+    from .cli import main as baton_main  # app.cli imports this module: import it at call time
+
+    return baton_main(argv)
 
 
 if __name__ == "__main__":

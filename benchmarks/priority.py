@@ -20,7 +20,6 @@ import asyncio
 import datetime as dt
 import json
 import time
-from pathlib import Path
 
 from backend import Engine, EngineConfig, Priority, SamplingParams, load_model
 

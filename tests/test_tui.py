@@ -27,21 +27,12 @@ from app.widgets.prompt_input import PromptInput
 from app.widgets.status_line import StatusLine
 from backend import DEFAULT_MODEL, Engine, EngineConfig
 from storage import Store
-from tui_support import (SIZE, choose_chat, idle, new_chat, open_chat_id, populate, ready, send, wait_for,
-                         write_preferences)
+from tui_support import (SIZE, choose_chat, config_dir, idle, new_chat, open_chat_id, populate, ready, send,  # noqa: F401
+                         wait_for)
 
 # random:tiny makes ~1,000 tokens/s alone on a CPU: long answers keep chats streaming side by side for
 # seconds. ignore_eos: always the full length. (Its context is 2,048 tokens.)
 LONG = {"max_tokens": 1500, "ignore_eos": True, "temperature": 0.7}
-
-
-@pytest.fixture(autouse=True)
-def config_dir(tmp_path, monkeypatch):
-    """Preferences in a throwaway folder, with the live panel closed."""
-    folder = tmp_path / "config"
-    write_preferences(folder, show_panel=False)
-    monkeypatch.setenv("BATON_CONFIG_DIR", str(folder))
-    return folder
 
 
 @pytest.fixture

@@ -15,18 +15,10 @@ from app.screens.jobs import JobFilePicker, JobsScreen
 from app.tui import BatonApp
 from app.widgets.live_panel import LivePanel
 from storage import Store
-from tui_support import SIZE, ready, wait_for, write_preferences
+from tui_support import SIZE, config_dir, ready, wait_for  # noqa: F401 (config_dir: autouse fixture)
 
 URL = "/v1/chat/completions"
 LONG = 1500  # tokens per item (ignore_eos): random:tiny makes ~1,000 tokens/s on a CPU, so a job runs for seconds
-
-
-@pytest.fixture(autouse=True)
-def config_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "config"
-    write_preferences(folder, show_panel=False)
-    monkeypatch.setenv("BATON_CONFIG_DIR", str(folder))
-    return folder
 
 
 @pytest.fixture

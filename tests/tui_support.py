@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import asyncio
 import json
 import time
@@ -120,3 +122,12 @@ async def populate(store: Store) -> dict[str, int]:
 def run(coro):
     """Run a coroutine to completion from synchronous test code."""
     return asyncio.run(coro)
+
+
+@pytest.fixture(autouse=True)
+def config_dir(tmp_path, monkeypatch):
+    """Preferences in a throwaway folder, with the live panel closed (autouse where imported)."""
+    folder = tmp_path / "config"
+    write_preferences(folder, show_panel=False)
+    monkeypatch.setenv("BATON_CONFIG_DIR", str(folder))
+    return folder
