@@ -120,6 +120,7 @@ class Engine:
         self._start_counter = itertools.count()
         ram = psutil.virtual_memory().total
         self._cpu_kv_budget = min(8 * 2**30, int(0.4 * ram))
+        self._budget: int | None = None  # this iteration's KV budget (bytes), set by _iteration
         self._window = StatsWindow()
         self._generator = torch.Generator().manual_seed(cfg.seed)
         self._stopped = False
@@ -282,7 +283,7 @@ class Engine:
         if len(ids) >= self.max_model_len:
             raise ValueError(f"prompt: {len(ids)} tokens leave no room in the context of "
                              f"{self.max_model_len} tokens (max_model_len)")
-        budget = self.config.kv_budget_bytes or (self._cpu_kv_budget if self._runner.device.type != "cuda" else None)
+        budget = self._fixed_kv_budget()
         need = (len(ids) + params.max_tokens + 1) * self._batch.bytes_per_token
         if budget is not None and need > budget:
             raise ValueError(f"prompt: {len(ids)} prompt tokens + max_tokens {params.max_tokens} need "
@@ -328,6 +329,7 @@ class Engine:
         idle = not self._rows and not len(self._scheduler)
         if not self._drain_inbox(block=idle):
             return False
+        self._budget = self._kv_budget()  # one device-memory reading per iteration
         self._admit()
         self._relieve_memory_pressure()
         if self._rows:
@@ -428,15 +430,20 @@ class Engine:
 
     def _memory_view(self) -> MemoryView:
         b = self._batch
-        return MemoryView(len(self._rows), b.seq_len, b.bytes_per_token, self._kv_budget(),
+        return MemoryView(len(self._rows), b.seq_len, b.bytes_per_token, self._budget,
                           self.config.memory_low_watermark, self.config.memory_high_watermark)
+
+    def _fixed_kv_budget(self) -> int | None:
+        """The configured budget, or the CPU default; None on CUDA, where the budget follows free memory."""
+        if self.config.kv_budget_bytes is not None:
+            return self.config.kv_budget_bytes
+        return self._cpu_kv_budget if self._runner.device.type != "cuda" else None
 
     def _kv_budget(self) -> int | None:
         """Bytes the padded KV window may take now (see `EngineConfig.kv_budget_bytes`)."""
-        if self.config.kv_budget_bytes is not None:
-            return self.config.kv_budget_bytes
-        if self._runner.device.type != "cuda":
-            return self._cpu_kv_budget
+        fixed = self._fixed_kv_budget()
+        if fixed is not None:
+            return fixed
         mem = read_device_memory(self._runner.device)
         used = mem.used_bytes - mem.torch_reserved_bytes + mem.torch_allocated_bytes  # other processes + live tensors
         window = len(self._rows) * (self._batch.seq_len + 1) * self._batch.bytes_per_token
@@ -566,7 +573,7 @@ class Engine:
         self._window.peak("peak_kv_window_bytes", window)
         self._stats = self._window.snapshot(rows=rows, waiting=waiting, kv_cache_bytes=b.capacity_bytes,
                                             kv_used_bytes=b.used_bytes, kv_window_bytes=window,
-                                            kv_budget_bytes=self._kv_budget() or 0,
+                                            kv_budget_bytes=self._budget or 0,
                                             swapped_bytes=sum(r.swapped.nbytes for r in waiting_reqs
                                                               if r.swapped is not None),
                                             padding_fraction=b.padding_fraction,

@@ -87,10 +87,14 @@ class Scheduler:
         """Queue a preempted request; it keeps its arrival order and goes before new work of its class."""
         self._push(req)
 
+    @staticmethod
+    def _order(req: Request) -> tuple[int, int, int]:
+        """Admission order: priority class, then swapped-out before new, then arrival."""
+        return int(req.priority), 0 if req.swapped is not None else 1, req.seq
+
     def _push(self, req: Request) -> None:
         self._waiting[req.request_id] = req
-        swapped_first = 0 if req.swapped is not None else 1
-        heapq.heappush(self._heap, (int(req.priority), swapped_first, req.seq, req))
+        heapq.heappush(self._heap, (*self._order(req), req))
 
     def remove(self, request_id: str) -> Request | None:
         """Take a waiting request out of the queue (cancel). Returns it, or None when it is not waiting."""
@@ -134,5 +138,4 @@ class Scheduler:
 
     def waiting(self) -> list[Request]:
         """Waiting and swapped requests in admission order (a copy)."""
-        return sorted(self._waiting.values(),
-                      key=lambda r: (int(r.priority), 0 if r.swapped is not None else 1, r.seq))
+        return sorted(self._waiting.values(), key=self._order)
