@@ -339,10 +339,13 @@ async def test_copy_a_message_or_its_first_code_block(engine, store):
     async with app.run_test(size=SIZE) as pilot:
         screen = await ready(pilot)
         view = screen.query_one(ChatView)
-        await wait_for(pilot, lambda: view.chat_id == ids["paris"])
-        screen.query_one(ChatList).focus()
+        await wait_for(pilot, lambda: view.chat_id == ids["paris"], what="the newest chat open")
+        chat_list = screen.query_one(ChatList)
+        chat_list.focus()
+        await wait_for(pilot, lambda: chat_list.has_focus and chat_list.chat_ids == [ids["paris"], ids["rome"]]
+                       and chat_list.highlighted == 0, what="the chat list loaded and focused")
         await pilot.press("down", "enter")
-        await wait_for(pilot, lambda: view.chat_id == ids["rome"])
+        await wait_for(pilot, lambda: view.chat_id == ids["rome"] and view.messages(), what="the Rome chat open")
         answer = view.messages()[-1]
         answer.focus()
         await pilot.press("y")
