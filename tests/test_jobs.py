@@ -39,6 +39,12 @@ AGENT = {"name": "chain", "system": "You are terse.",
                    {"prompt": "First: {step1} / then: {previous}"}]}
 
 
+# A job acted on mid-run (pause, cancel, shutdown) must still be running when the test acts: the first item
+# finishes after ~0.1 s on random:tiny, and pairs of 150-token items keep coming for far longer than that.
+MANY = 200  # items in a job that is cancelled or stopped (the rest never run)
+N_PAUSED = 24  # items in the job that is paused and then finished
+
+
 @pytest.fixture
 async def store(tmp_path):
     async with await Store.open(tmp_path / "jobs.db") as s:
@@ -168,14 +174,14 @@ async def test_batch_job_runs_every_item_once_and_exports_in_order(tmp_path, sto
 
 async def test_pause_stops_in_flight_requests_and_resume_finishes_each_item_once(tmp_path, store, make_engine):
     engine = make_engine(max_batch_size=2)
-    job = await submit_job(store, batch_file(tmp_path / "reqs.jsonl", 8, max_tokens=150))
+    job = await submit_job(store, batch_file(tmp_path / "reqs.jsonl", N_PAUSED, max_tokens=150))
     recorder = Recorder(engine)
     runner = JobRunner(store, engine)
     task = asyncio.create_task(runner.run_job(job.id))
     await wait_for(lambda: _done_at_least(store, job.id, 1))
     assert (await runner.pause(job.id)).status == "paused"
     paused = await task
-    assert paused.status == "paused" and 1 <= paused.done < 8 and paused.failed == 0
+    assert paused.status == "paused" and 1 <= paused.done < N_PAUSED and paused.failed == 0
     before = {i.idx: (i.completed_at, i.result) for i in await store.list_items(job.id) if i.status == "done"}
     await wait_for(lambda: _engine_idle(engine))  # the cancelled requests left the engine
     assert await runner.run_queued() == []  # a paused job is not picked up
@@ -183,13 +189,13 @@ async def test_pause_stops_in_flight_requests_and_resume_finishes_each_item_once
     assert (await runner.resume(job.id)).status == "queued"
     assert await runner.run_queued() == [job.id]
     job = await store.get_job(job.id)
-    assert (job.status, job.done, job.failed) == ("done", 8, 0)
+    assert (job.status, job.done, job.failed) == ("done", N_PAUSED, 0)
     items = await store.list_items(job.id)
     assert all(i.result["response"]["body"]["usage"]["completion_tokens"] == 150 for i in items)
-    assert len({i.result["response"]["request_id"] for i in items}) == 8
+    assert len({i.result["response"]["request_id"] for i in items}) == N_PAUSED
     assert {i.idx: (i.completed_at, i.result) for i in items if i.idx in before} == before  # untouched
     assert len(before) == paused.done
-    assert len(recorder.priorities) == 8 + (8 - paused.done)  # all at once, then only the ones left pending
+    assert len(recorder.priorities) == N_PAUSED + (N_PAUSED - paused.done)  # all at once, then only the ones left pending
 
 
 async def _done_at_least(store: Store, job_id: int, n: int) -> bool:
@@ -203,13 +209,13 @@ async def _engine_idle(engine) -> bool:
 
 async def test_cancel_keeps_results_and_pending_items_never_run(tmp_path, store, make_engine):
     engine = make_engine(max_batch_size=2)
-    job = await submit_job(store, batch_file(tmp_path / "reqs.jsonl", 6, max_tokens=150))
+    job = await submit_job(store, batch_file(tmp_path / "reqs.jsonl", MANY, max_tokens=150))
     runner = JobRunner(store, engine)
     task = asyncio.create_task(runner.run_job(job.id))
     await wait_for(lambda: _done_at_least(store, job.id, 1))
     await runner.cancel(job.id)
     job = await task
-    assert job.status == "cancelled" and 1 <= job.done < 6 and job.failed == 0
+    assert job.status == "cancelled" and 1 <= job.done < MANY and job.failed == 0
     assert await runner.run_queued() == []
     with pytest.raises(ValueError, match="only a paused or failed job can be resumed"):
         await runner.resume(job.id)
@@ -218,29 +224,29 @@ async def test_cancel_keeps_results_and_pending_items_never_run(tmp_path, store,
     out = tmp_path / "out.jsonl"
     assert await asyncio.to_thread(main, ["jobs", "export", str(job.id), "-o", str(out), "--db", store.path]) == 0
     codes = [None if x["error"] is None else x["error"]["code"] for x in map(json.loads, out.read_text().splitlines())]
-    assert codes.count(None) == job.done and codes.count("not_run") == 6 - job.done
+    assert codes.count(None) == job.done and codes.count("not_run") == MANY - job.done
 
 
 async def test_a_pause_from_another_connection_stops_the_run(tmp_path, store, make_engine):
     """What `baton jobs pause ID` does while `baton jobs run` works in another process."""
     engine = make_engine(max_batch_size=2)
-    job = await submit_job(store, batch_file(tmp_path / "reqs.jsonl", 6, max_tokens=150))
+    job = await submit_job(store, batch_file(tmp_path / "reqs.jsonl", MANY, max_tokens=150))
     runner = JobRunner(store, engine, poll_s=0.05)
     task = asyncio.create_task(runner.run_job(job.id))
     await wait_for(lambda: _done_at_least(store, job.id, 1))
     assert await asyncio.to_thread(main, ["jobs", "pause", str(job.id), "--db", store.path]) == 0
     paused = await asyncio.wait_for(task, 10)
-    assert paused.status == "paused" and paused.done < 6
+    assert paused.status == "paused" and paused.done < MANY
 
 
 async def test_engine_shutdown_mid_job_leaves_items_pending_and_the_job_queued(tmp_path, store, make_engine):
     engine = make_engine(max_batch_size=2)
-    job = await submit_job(store, batch_file(tmp_path / "reqs.jsonl", 6, max_tokens=150))
+    job = await submit_job(store, batch_file(tmp_path / "reqs.jsonl", MANY, max_tokens=150))
     task = asyncio.create_task(JobRunner(store, engine).run_job(job.id))
     await wait_for(lambda: _done_at_least(store, job.id, 1))
     await asyncio.to_thread(engine.shutdown)
     job = await task
-    assert job.status == "queued" and job.failed == 0 and 1 <= job.done < 6
+    assert job.status == "queued" and job.failed == 0 and 1 <= job.done < MANY
     with pytest.raises(RuntimeError, match="engine is not running"):
         await JobRunner(store, engine).run_queued()
 

@@ -18,7 +18,8 @@ from storage import Store
 from tui_support import SIZE, config_dir, ready, wait_for  # noqa: F401 (config_dir: autouse fixture)
 
 URL = "/v1/chat/completions"
-LONG = 1500  # tokens per item (ignore_eos): random:tiny makes ~1,000 tokens/s on a CPU, so a job runs for seconds
+LONG = 1500  # tokens per item (ignore_eos)
+MANY = 400  # items in a job that must still be running when the test acts on it: minutes of work on any CPU
 
 
 @pytest.fixture
@@ -116,7 +117,7 @@ async def test_pause_resume_and_cancel_change_the_stored_status(engine, store, t
         await ready(pilot)
         await pilot.press("f9")
         screen = await wait_for(pilot, lambda: isinstance(app.screen, JobsScreen) and app.screen, what="jobs")
-        long = await submit_job(store, batch_file(tmp_path / "long.jsonl", 12, max_tokens=LONG))  # ~5 s of work
+        long = await submit_job(store, batch_file(tmp_path / "long.jsonl", MANY, max_tokens=LONG))
         await wait_status(pilot, store, long.id, "running")
         await wait_for(pilot, lambda: long.id in screen.jobs, what="the job listed")
         screen.select_job(long.id)
@@ -165,7 +166,7 @@ async def test_the_live_panel_labels_job_rows_with_batch_priority(engine, store,
         await pilot.press("ctrl+b")
         panel = await wait_for(pilot, lambda: chat.query(LivePanel).first() if chat.query(LivePanel) else None,
                                what="the live panel")
-        job = await submit_job(store, batch_file(tmp_path / "long.jsonl", 12, max_tokens=LONG))  # ~5 s of work
+        job = await submit_job(store, batch_file(tmp_path / "long.jsonl", MANY, max_tokens=LONG))
         table = panel.query_one("#rows", DataTable)
 
         def job_rows():
