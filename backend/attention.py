@@ -11,9 +11,15 @@ the group's own spread. Results are scattered back in row order. Masked columns 
 attention, so skipping them changes only float summation order (the batch tests bound logit differences at
 1e-4 against solo forwards).
 
+The same attention function runs packed prefills: several newcomers' prompts concatenated into one
+`[1, sum(L)]` forward (so the linear layers run one larger matrix multiply instead of one per prompt), with a
+causal SDPA call per prompt over its own keys only, so no prompt attends to another and no padding is
+computed (the "selective batching" of Orca, Yu et al. OSDI '22, applied to prefill only: decoding rows still
+never share a forward with a prompt, as BATON §4 prescribes).
+
 It plugs into transformers through `AttentionInterface` (transformers docs, "Attention interface"): the model
 runs with `attn_implementation="baton"`, which is plain SDPA except during a decode step that passes
-`baton_row_groups=...` to the forward.
+`baton_row_groups=...` or a packed prefill that passes `baton_segments=...` to the forward.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from transformers.masking_utils import sdpa_mask
 
 ATTN_IMPLEMENTATION = "baton"
 ROW_GROUPS_KWARG = "baton_row_groups"
+SEGMENTS_KWARG = "baton_segments"
 _MIN_SAVED_CELLS = 16_384  # below this many row x column cells saved, one SDPA call is cheaper
 
 
@@ -40,6 +47,17 @@ class RowGroups:
     """
 
     groups: tuple[tuple[torch.Tensor, int], ...]
+
+
+@dataclass(frozen=True)
+class PackedSegments:
+    """Prompts packed into one prefill forward.
+
+    Attributes:
+        spans: `(start, length)` per prompt, in tokens along the packed sequence (contiguous, in order).
+    """
+
+    spans: tuple[tuple[int, int], ...]
 
 
 def plan_row_groups(lengths: list[int], device: torch.device) -> RowGroups | None:
@@ -80,6 +98,9 @@ def baton_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: t
     Returns:
         attention output `[B, q_len, heads, head_dim]` and None (no attention weights).
     """
+    segments: PackedSegments | None = kwargs.pop(SEGMENTS_KWARG, None)
+    if segments is not None:
+        return _packed_prefill_attention(module, query, key, value, segments, **kwargs)
     groups: RowGroups | None = kwargs.pop(ROW_GROUPS_KWARG, None)
     if groups is None or query.shape[2] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
@@ -96,6 +117,23 @@ def baton_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: t
             q = query.index_select(0, rows)
         o, _ = sdpa_attention_forward(module, q, k, v, m, **kwargs)
         out.index_copy_(0, rows, o)
+    return out, None
+
+
+def _packed_prefill_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                              segments: PackedSegments, **kwargs) -> tuple[torch.Tensor, None]:
+    """Causal attention of each packed prompt over its own keys.
+
+    query `[1, heads, N, head_dim]`, key/value `[1, kv_heads, N, head_dim]` (the forward's own K/V: a fresh
+    cache). Returns `[1, N, heads, head_dim]`.
+    """
+    kwargs.pop("is_causal", None)
+    _, H, N, D = query.shape
+    out = query.new_empty(1, N, H, D)
+    for s, L in segments.spans:
+        o, _ = sdpa_attention_forward(module, query[:, :, s:s + L], key[:, :, s:s + L], value[:, :, s:s + L], None,
+                                      is_causal=True, **kwargs)
+        out[:, s:s + L] = o
     return out, None
 
 

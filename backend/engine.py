@@ -1,7 +1,8 @@
 """The engine: one thread owns the model, the running batch and every tensor.
 
 Loop (BATON, arXiv 2410.18701 §4): drain the inbox (new requests, cancels) -> admit waiting requests by
-priority -> prefill each newcomer alone and embed its K/V into the batch -> one decode step for all rows ->
+priority -> prefill the newcomers apart from the decoding rows (one packed forward for those admitted together)
+and embed each one's K/V into the batch -> one decode step for all rows ->
 sample -> emit tokens -> retire finished rows at once (and trim all-padding columns).
 
 Callers on any thread talk to it through a thread-safe inbox; results come back through each request's
@@ -197,6 +198,7 @@ class Engine:
         start = time.perf_counter()
         results: list[CompletionResult | None] = [None] * len(prompts)
         pending: dict[str, int] = {}
+        reqs: list[Request] = []
         for i, (prompt, p) in enumerate(zip(prompts, params)):
             try:
                 req = self._make_request(prompt, p, priority, None, outputs.put)
@@ -204,7 +206,8 @@ class Engine:
                 results[i] = CompletionResult(f"rejected-{i}", "", [], "error", 0, 0, str(exc), None, 0.0)
                 continue
             pending[req.request_id] = i
-            self._inbox.put(("add", req))
+            reqs.append(req)
+        self._inbox.put(("add_many", reqs))  # one command: the engine sees them all in the same iteration
         acc: dict[str, tuple[list[str], list[int], list[float | None]]] = {
             rid: ([], [], [None]) for rid in pending}
         while pending:
@@ -315,8 +318,8 @@ class Engine:
                     cmd, arg = self._inbox.get_nowait()
                 except queue.Empty:
                     break
-                if cmd == "add":
-                    late.append(arg)
+                if cmd in ("add", "add_many"):
+                    late.extend([arg] if cmd == "add" else arg)
             for req in [*self._rows, *self._scheduler.waiting(), *late]:
                 self._finish(req, RequestStatus.FINISHED_ABORTED, error="engine shut down")
             self._rows.clear()
@@ -355,9 +358,10 @@ class Engine:
         while True:
             if cmd == "stop":
                 return False
-            if cmd == "add":
-                self._scheduler.add(arg)
-                self._window.count("num_requests_received")
+            if cmd in ("add", "add_many"):
+                for req in [arg] if cmd == "add" else arg:
+                    self._scheduler.add(req)
+                    self._window.count("num_requests_received")
             elif cmd == "cancel":
                 self._cancel(arg)
             try:
@@ -377,27 +381,36 @@ class Engine:
 
     def _admit(self) -> None:
         """Admit queued work by priority: swap-ins and prefills while rows and memory allow, preempting
-        lower-priority rows for higher-priority work (BATON §4.3)."""
+        lower-priority rows for higher-priority work (BATON §4.3).
+
+        Consecutive newcomers of one priority class are prefilled together in one packed forward
+        (`ModelRunner.prefill_packed`); a higher class never waits for a lower one's prompts.
+        """
         spent = 0
+        group: list[Request] = []  # newcomers admitted but not yet prefilled
         while (req := self._scheduler.peek()) is not None:
             length = req.swapped.length if req.swapped is not None else req.num_prompt_tokens
             if req.swapped is None and spent and spent + length > self.config.max_prefill_tokens:
                 break  # the rest waits for the next iteration: running rows are not held up further
-            if len(self._rows) < self.config.max_batch_size and self._memory_view().fits_after_insert(length):
+            if group and req.priority != group[0].priority:
+                group = self._prefill_group(group)
+            if (len(self._rows) + len(group) < self.config.max_batch_size
+                    and self._memory_view(group).fits_after_insert(length)):
                 self._scheduler.pop()
                 if req.swapped is not None:
                     self._swap_in(req)
-                    continue
-                spent += length
-                try:
-                    self._prefill_and_embed(req)
-                except Exception as exc:  # a failed prefill or insert fails this request only
-                    self._finish(req, RequestStatus.FINISHED_ERROR, error=f"prefill failed: {exc!r}")
+                else:
+                    spent += length
+                    group.append(req)
+                continue
+            if group:  # room may have been the group's: prefill it, then see again
+                group = self._prefill_group(group)
                 continue
             victim = self._scheduler.choose_victim(self._rows, int(req.priority))
             if victim is None:
                 break
             self._swap_out(victim)
+        self._prefill_group(group)
 
     def _relieve_memory_pressure(self) -> None:
         """Swap out rows (lowest priority, most recent first) while the next step would pass the high watermark."""
@@ -428,9 +441,11 @@ class Engine:
         self._rows.append(req)
         self._row_params = None
 
-    def _memory_view(self) -> MemoryView:
+    def _memory_view(self, pending: Sequence[Request] = ()) -> MemoryView:
+        """The batch's memory as the scheduler sees it, with `pending` newcomers counted as rows already."""
         b = self._batch
-        return MemoryView(len(self._rows), b.seq_len, b.bytes_per_token, self._budget,
+        seq_len = max([b.seq_len, *(r.num_prompt_tokens for r in pending)])
+        return MemoryView(len(self._rows) + len(pending), seq_len, b.bytes_per_token, self._budget,
                           self.config.memory_low_watermark, self.config.memory_high_watermark)
 
     def _fixed_kv_budget(self) -> int | None:
@@ -449,22 +464,42 @@ class Engine:
         window = len(self._rows) * (self._batch.seq_len + 1) * self._batch.bytes_per_token
         return max(self._batch.bytes_per_token, window + mem.total_bytes - used)
 
-    def _prefill_and_embed(self, req: Request) -> None:
-        """Prefill one newcomer alone, emit its first token, and embed its K/V as a new batch row."""
+    def _prefill_group(self, group: list[Request]) -> list[Request]:
+        """Prefill newcomers (together, in one packed forward), emit their first tokens, and embed their
+        K/V as new batch rows. When the shared forward fails, each prompt is retried alone so that only
+        the faulty request fails. Returns an empty list (the caller's next group)."""
+        if not group:
+            return []
         t0 = time.perf_counter()
-        logits, row_kv = self._runner.prefill(req.prompt_ids)  # [V], per layer [1, H, L, D]
-        st = SamplingTensors.build([req.params], logits.device)
-        u = None if st.all_greedy else draw_uniforms([req.generator], self._generator, logits.device)
-        token = int(sample(logits[None], st, u)[0])
-        self._window.prefill(req.num_prompt_tokens, time.perf_counter() - t0, rows_waiting=len(self._rows))
-        req.status = RequestStatus.RUNNING
-        req.start_seq = next(self._start_counter)
-        if self._accept_token(req, token):
-            return
-        self._batch.insert(row_kv)
-        self._window.count("num_inserts")
-        self._rows.append(req)
-        self._row_params = None
+        try:
+            logits, row_kvs = self._runner.prefill_packed([r.prompt_ids for r in group])  # [n, V], per layer [1, H, L, D]
+            st = SamplingTensors.build([r.params for r in group], logits.device)
+            u = None if st.all_greedy else draw_uniforms([r.generator for r in group], self._generator,
+                                                         logits.device)
+            tokens = sample(logits, st, u).tolist()
+        except Exception as exc:  # nothing was emitted yet: retry one by one, or fail this request only
+            if len(group) == 1:
+                self._finish(group[0], RequestStatus.FINISHED_ERROR, error=f"prefill failed: {exc!r}")
+            else:
+                for req in group:
+                    self._prefill_group([req])
+            return []
+        self._window.prefill(sum(r.num_prompt_tokens for r in group), time.perf_counter() - t0,
+                             rows_waiting=len(self._rows), requests=len(group))
+        for req, token, row_kv in zip(group, tokens, row_kvs):
+            req.status = RequestStatus.RUNNING
+            req.start_seq = next(self._start_counter)
+            if self._accept_token(req, token):
+                continue
+            try:
+                self._batch.insert(row_kv)
+            except Exception as exc:  # e.g. out of device memory: this request only
+                self._finish(req, RequestStatus.FINISHED_ERROR, error=f"inserting its K/V failed: {exc!r}")
+                continue
+            self._window.count("num_inserts")
+            self._rows.append(req)
+            self._row_params = None
+        return []
 
     def _decode_step(self) -> None:
         t0 = time.perf_counter()

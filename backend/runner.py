@@ -1,7 +1,9 @@
 """The model runner: the only place that calls the model's forward.
 
 Two kinds of forward, kept apart as BATON prescribes (paper §4): a newcomer's prefill runs alone over
-`[1, prompt_len]` into a fresh transformers `DynamicCache`, and a decode step runs over `[B, 1]` (one new
+`[1, prompt_len]` into a fresh transformers `DynamicCache` (several newcomers admitted together are packed
+into one `[1, sum(prompt_len)]` forward with per-prompt causal attention, see `attention.py`; no decoding
+row takes part and no padding is computed), and a decode step runs over `[B, 1]` (one new
 token per row) against the running batch's padded cache, with explicit per-row `position_ids` (RoPE
 positions must not count padding) and an explicit 4-D boolean attention mask (padding columns masked); when
 row lengths differ a lot, attention runs per group of similar rows (`attention.py`).
@@ -12,7 +14,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from .attention import ATTN_IMPLEMENTATION, ROW_GROUPS_KWARG, register
+from .attention import ATTN_IMPLEMENTATION, ROW_GROUPS_KWARG, SEGMENTS_KWARG, PackedSegments, register
 from .batch import RowKV, RunningBatch
 
 
@@ -64,6 +66,36 @@ class ModelRunner:
         keys = [layer.keys for layer in cache.layers]
         values = [layer.values for layer in cache.layers]
         return out.logits[0, -1].float(), RowKV(keys, values, L)
+
+    @torch.inference_mode()
+    def prefill_packed(self, prompts: list[list[int]]) -> tuple[torch.Tensor, list[RowKV]]:
+        """Prefill several prompts in one packed forward, each attending only to itself.
+
+        One prompt, or a model whose attention is not SDPA-based: one `prefill` per prompt instead.
+
+        Args:
+            prompts: n >= 1 prompts of L_i >= 1 token ids.
+        Returns:
+            last-position logits `[n, V]` float32, and per prompt its K/V (per layer `[1, kv_heads, L_i, head_dim]`,
+            views into the packed forward's cache).
+        """
+        if len(prompts) == 1 or not self.ragged:
+            outs = [self.prefill(p) for p in prompts]
+            return torch.stack([logits for logits, _ in outs]), [kv for _, kv in outs]
+        spans, start = [], 0
+        for p in prompts:
+            spans.append((start, len(p)))
+            start += len(p)
+        ids = torch.tensor([[t for p in prompts for t in p]], dtype=torch.long, device=self.device)  # [1, N]
+        positions = torch.cat([torch.arange(L, device=self.device) for _, L in spans])[None]  # [1, N]
+        last = torch.tensor([s + L - 1 for s, L in spans], device=self.device)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True,
+                         logits_to_keep=last, **{SEGMENTS_KWARG: PackedSegments(tuple(spans))})
+        keys = [layer.keys for layer in cache.layers]  # [1, kv_heads, N, head_dim]
+        values = [layer.values for layer in cache.layers]
+        rows = [RowKV([k[:, :, s:s + L] for k in keys], [v[:, :, s:s + L] for v in values], L) for s, L in spans]
+        return out.logits[0].float(), rows
 
     @torch.inference_mode()
     def decode(self, batch: RunningBatch, input_ids: torch.Tensor) -> torch.Tensor:

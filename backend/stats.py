@@ -40,7 +40,8 @@ class EngineStats:
         num_decode_steps: decode steps run since start.
         decode_steps_per_s, output_tokens_per_s: over the last few seconds (1/s, tokens/s).
         mean_decode_step_ms, mean_prefill_ms: over the last few seconds (ms).
-        counters: `num_*` totals (requests received/finished/cancelled/failed, prefills, prompt tokens,
+        counters: `num_*` totals (requests received/finished/cancelled/failed, prefills (requests prefilled),
+            prefill forwards (one per packed group of newcomers), prompt tokens,
             generated tokens, inserts, removes, preemptions, swap-outs, swap-ins, swapped-out bytes),
             `peak_kv_window_bytes`, and cumulative seconds: `prefill_seconds`, `decode_seconds`,
             `decode_row_seconds` (step time x rows) and `idle_row_seconds` (prefill time x rows that waited
@@ -109,9 +110,11 @@ class StatsWindow:
         """Keep the largest value seen under `name`."""
         self.counters[name] = max(self.counters[name], value)
 
-    def prefill(self, prompt_tokens: int, seconds: float, rows_waiting: int = 0) -> None:
-        """One prefill of `prompt_tokens` that took `seconds` while `rows_waiting` decode rows sat idle."""
-        self.counters["num_prefills"] += 1
+    def prefill(self, prompt_tokens: int, seconds: float, rows_waiting: int = 0, requests: int = 1) -> None:
+        """One prefill forward over `requests` prompts holding `prompt_tokens` in all, which took `seconds`
+        while `rows_waiting` decode rows sat idle."""
+        self.counters["num_prefills"] += requests
+        self.counters["num_prefill_forwards"] += 1
         self.counters["num_prompt_tokens"] += prompt_tokens
         self.counters["prefill_seconds"] += seconds
         self.counters["idle_row_seconds"] += seconds * rows_waiting

@@ -137,21 +137,30 @@ async def test_stats_report_rows_priorities_and_kv_bytes(make_engine):
     await streams[2].aclose()
 
 
-async def test_a_failing_prefill_fails_only_that_request(make_engine, monkeypatch):
+def test_a_failing_prefill_fails_only_that_request(make_engine, monkeypatch):
+    """The prompts are admitted together (one packed prefill forward); the forward fails because of one of
+    them; each is retried alone and only that one fails."""
     engine = make_engine()
-    real_prefill = engine._runner.prefill
+    boom = engine.tokenize("BOOM")[:2]
+    model = engine._runner.model
+    real_forward = model.forward
 
-    def flaky(ids):
-        if ids[:2] == [engine.tokenize("BOOM")[0], engine.tokenize("BOOM")[1]]:
+    def flaky(*args, input_ids=None, **kwargs):
+        ids = input_ids[0].tolist()
+        if any(ids[i:i + 2] == boom for i in range(len(ids) - 1)):
             raise RuntimeError("simulated device fault")
-        return real_prefill(ids)
+        return real_forward(*args, input_ids=input_ids, **kwargs)
 
-    monkeypatch.setattr(engine._runner, "prefill", flaky)
-    ok = asyncio.create_task(_collect(engine, "fine", SamplingParams(max_tokens=30, ignore_eos=True)))
-    bad, _ = await _collect(engine, "BOOM", SamplingParams(max_tokens=10))
-    assert bad[-1].finish_reason == "error" and "simulated device fault" in bad[-1].error
-    good, _ = await ok
-    assert good[-1].finish_reason == "length" and good[-1].completion_tokens == 30
+    monkeypatch.setattr(model, "forward", flaky)
+    good, bad, other = engine.generate_batch(["fine", "BOOM", "also fine"],
+                                             [SamplingParams(max_tokens=30, ignore_eos=True),
+                                              SamplingParams(max_tokens=10),
+                                              SamplingParams(max_tokens=5, ignore_eos=True)])
+    assert bad.finish_reason == "error" and "simulated device fault" in bad.error and bad.completion_tokens == 0
+    assert (good.finish_reason, good.completion_tokens) == ("length", 30)
+    assert (other.finish_reason, other.completion_tokens) == ("length", 5)
+    counters = engine.stats().counters
+    assert counters["num_prefills"] == 2 and counters["num_prefill_forwards"] == 2  # both retried alone
 
 
 def test_generate_before_start_and_after_shutdown_is_a_clear_error(tiny):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -72,6 +73,46 @@ def test_generate_batch_greedy_matches_solo_with_many_rows(make_engine, tiny):
         assert r.token_ids == solo_greedy(tiny, prompts[i], params[i].max_tokens)
 
 
+def test_newcomers_admitted_together_share_one_packed_prefill(make_engine, tiny):
+    """`generate_batch` submits every prompt at once: one packed prefill forward for all of them (prompts of
+    different lengths, one a single token), and each output still equals its solo output."""
+    engine = make_engine(max_batch_size=8)
+    prompts = [_chat_ids(engine, q) for q in QUESTIONS] + [[17]]
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    results = engine.generate_batch(prompts, params)
+    for p, r in zip(prompts, results):
+        assert r.token_ids == solo_greedy(tiny, p, 12)
+    counters = engine.stats().counters
+    assert (counters["num_prefills"], counters["num_prefill_forwards"]) == (7, 1)
+    assert counters["num_prompt_tokens"] == sum(map(len, prompts))
+
+
+def test_packed_prefill_respects_the_prefill_token_budget_and_priority_classes(make_engine, tiny):
+    """Newcomers are packed up to `max_prefill_tokens` per iteration; an interactive prompt is never packed
+    with background ones (its first token does not wait for their prompts)."""
+    engine = make_engine(max_batch_size=8, max_prefill_tokens=40)
+    prompts = [list(range(5 + i, 25 + i)) for i in range(4)]  # 20 tokens each: two per forward
+    results = engine.generate_batch(prompts, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))
+    assert [r.token_ids for r in results] == [solo_greedy(tiny, p, 6) for p in prompts]
+    counters = engine.stats().counters
+    assert (counters["num_prefills"], counters["num_prefill_forwards"]) == (4, 2)
+
+    sent = []
+    real = engine._runner.prefill_packed
+    engine._runner.prefill_packed = lambda ps: (sent.append(len(ps)), real(ps))[1]
+    short = [p[:10] for p in prompts]  # 30 tokens in all: within the budget
+    batch = [engine._make_request(p, SamplingParams(max_tokens=3), Priority.BATCH, None, lambda o: None)
+             for p in short[:2]]
+    chat = engine._make_request(short[3], SamplingParams(max_tokens=3), Priority.INTERACTIVE, None,
+                                lambda o: None)
+    engine._inbox.put(("add_many", [*batch, chat]))
+    for _ in range(200):
+        if not engine.stats().rows and engine.stats().counters["num_prefills"] == 7:
+            break
+        time.sleep(0.02)
+    assert sent == [1, 2]  # the interactive prompt first and alone, then the two background ones together
+
+
 @pytest.mark.real_model
 async def test_greedy_matches_solo_generate_on_default_model(make_engine, real, attention_mode):
     engine = make_engine(loaded=real, max_batch_size=2)
@@ -81,3 +122,14 @@ async def test_greedy_matches_solo_generate_on_default_model(make_engine, real, 
     got = await _staggered(engine, prompts, params, wait_tokens=[0, 4, 0, 2])
     for i, (p, n) in enumerate(zip(prompts, lengths)):
         assert got[i] == solo_greedy(real, p, n), f"request {i} diverged"
+
+
+@pytest.mark.real_model
+def test_packed_prefill_matches_solo_generate_on_default_model(make_engine, real):
+    engine = make_engine(loaded=real, max_batch_size=4)
+    prompts = [_chat_ids(engine, q) for q in QUESTIONS[:4]]
+    results = engine.generate_batch(prompts, SamplingParams(max_tokens=20, temperature=0))
+    for i, (p, r) in enumerate(zip(prompts, results)):
+        assert r.token_ids == solo_greedy(real, p, 20)[:len(r.token_ids)], f"request {i} diverged"
+        assert r.finish_reason == "stop" or r.completion_tokens == 20
+    assert engine.stats().counters["num_prefill_forwards"] == 1
