@@ -386,14 +386,23 @@ class Engine:
         Consecutive newcomers of one priority class are prefilled together in one packed forward
         (`ModelRunner.prefill_packed`); a higher class never waits for a lower one's prompts.
         """
-        spent = 0
         group: list[Request] = []  # newcomers admitted but not yet prefilled
+        try:
+            self._admit_into(group)
+        except Exception as exc:  # an engine fault: the admitted requests fail rather than get lost
+            for req in group:
+                if not req.status.is_finished and all(r is not req for r in self._rows):
+                    self._finish(req, RequestStatus.FINISHED_ERROR, error=f"engine fault: {exc!r}")
+            raise
+
+    def _admit_into(self, group: list[Request]) -> None:
+        spent = 0
         while (req := self._scheduler.peek()) is not None:
             length = req.swapped.length if req.swapped is not None else req.num_prompt_tokens
             if req.swapped is None and spent and spent + length > self.config.max_prefill_tokens:
                 break  # the rest waits for the next iteration: running rows are not held up further
             if group and req.priority != group[0].priority:
-                group = self._prefill_group(group)
+                self._prefill_group(group)
             if (len(self._rows) + len(group) < self.config.max_batch_size
                     and self._memory_view(group).fits_after_insert(length)):
                 self._scheduler.pop()
@@ -404,7 +413,7 @@ class Engine:
                     group.append(req)
                 continue
             if group:  # room may have been the group's: prefill it, then see again
-                group = self._prefill_group(group)
+                self._prefill_group(group)
                 continue
             victim = self._scheduler.choose_victim(self._rows, int(req.priority))
             if victim is None:
@@ -464,12 +473,12 @@ class Engine:
         window = len(self._rows) * (self._batch.seq_len + 1) * self._batch.bytes_per_token
         return max(self._batch.bytes_per_token, window + mem.total_bytes - used)
 
-    def _prefill_group(self, group: list[Request]) -> list[Request]:
+    def _prefill_group(self, group: list[Request]) -> None:
         """Prefill newcomers (together, in one packed forward), emit their first tokens, and embed their
-        K/V as new batch rows. When the shared forward fails, each prompt is retried alone so that only
-        the faulty request fails. Returns an empty list (the caller's next group)."""
+        K/V as new batch rows; `group` is emptied. When the shared forward fails, each prompt is retried
+        alone so that only the faulty request fails."""
         if not group:
-            return []
+            return
         t0 = time.perf_counter()
         try:
             logits, row_kvs = self._runner.prefill_packed([r.prompt_ids for r in group])  # [n, V], per layer [1, H, L, D]
@@ -483,9 +492,14 @@ class Engine:
             else:
                 for req in group:
                     self._prefill_group([req])
-            return []
+            group.clear()
+            return
         self._window.prefill(sum(r.num_prompt_tokens for r in group), time.perf_counter() - t0,
                              rows_waiting=len(self._rows), requests=len(group))
+        try:
+            self._batch.reserve(len(group), max(kv.length for kv in row_kvs))  # one relayout at most
+        except Exception:  # e.g. out of device memory: each insert below tries alone and fails alone
+            pass
         for req, token, row_kv in zip(group, tokens, row_kvs):
             req.status = RequestStatus.RUNNING
             req.start_seq = next(self._start_counter)
@@ -499,7 +513,7 @@ class Engine:
             self._window.count("num_inserts")
             self._rows.append(req)
             self._row_params = None
-        return []
+        group.clear()
 
     def _decode_step(self) -> None:
         t0 = time.perf_counter()

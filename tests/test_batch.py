@@ -19,7 +19,8 @@ def _solo_logits(model, ids: list[int]) -> torch.Tensor:
         return model(input_ids=torch.tensor([ids])).logits[0, -1].float()
 
 
-ops = st.lists(st.tuples(st.sampled_from(["insert", "step", "step", "remove", "swap"]), st.integers(0, 10_000)),
+ops = st.lists(st.tuples(st.sampled_from(["insert", "insert_packed", "step", "step", "remove", "swap"]),
+                         st.integers(0, 10_000)),
                min_size=4, max_size=24)
 
 
@@ -40,6 +41,17 @@ def test_random_schedules_match_solo_forwards(tiny, attention_mode, schedule):
                 assert (logits - _solo_logits(tiny.model, prompt)).abs().max() < 1e-4
                 assert batch.insert(kv) == len(rows)
                 rows.append(prompt)
+            elif op == "insert_packed" and batch.size < 5:  # several prompts, one forward, one relayout
+                k = min(5 - batch.size, 2 + n % 3)
+                prompts = [[rng.randrange(3, vocab) for _ in range(1 + rng.randrange(60))] for _ in range(k)]
+                logits, kvs = runner.prefill_packed(prompts)
+                batch.reserve(k, max(len(p) for p in prompts))
+                shape = (batch.cap_batch, batch.cap_seq)
+                for prompt, lg, kv in zip(prompts, logits, kvs):
+                    assert (lg - _solo_logits(tiny.model, prompt)).abs().max() < 1e-4
+                    assert batch.insert(kv) == len(rows)
+                    rows.append(prompt)
+                assert (batch.cap_batch, batch.cap_seq) == shape  # reserve made all the room
             elif op == "step" and batch.size:
                 feed = [rng.randrange(3, vocab) for _ in rows]
                 logits = runner.decode(batch, torch.tensor(feed)[:, None])
@@ -129,3 +141,41 @@ def test_row_groups_bound_padding_and_skip_small_batches(monkeypatch):
     monkeypatch.setattr(attention, "_MIN_SAVED_CELLS", 0)
     plan = attention.plan_row_groups([50, 3, 20], cpu)
     assert [w for _, w in plan.groups] == [51, 21, 4]
+
+
+def test_a_drifting_window_moves_within_its_buffers_instead_of_reallocating(tiny):
+    """Rows that come and go keep the window about as wide while it drifts right one column per step; when it
+    reaches the buffers' right edge it is moved back inside them (no new buffers), and every row's logits
+    still equal a solo forward."""
+    runner = ModelRunner(tiny.model, tiny.device)
+    batch = runner.new_batch(max_batch_size=4)
+    rows: list[list[int]] = []
+    age: list[int] = []
+    moves = 0
+    with torch.inference_mode():
+        for step in range(400):
+            if step % 10 == 0 and batch.size < 4:  # a newcomer every 10 steps, each lives 40 steps
+                prompt = [3 + (step + i) % 90 for i in range(12)]
+                batch.insert(runner.prefill(prompt)[1])
+                rows.append(prompt)
+                age.append(0)
+            if step == 40:
+                buffers = (batch.k[0].data_ptr(), batch.cap_batch, batch.cap_seq)
+            off = batch.off
+            feed = [3 + (5 * step + r) % 90 for r in range(batch.size)]
+            logits = runner.decode(batch, torch.tensor(feed)[:, None])
+            moves += batch.off < off  # decode never moves the window left, only a move does
+            for r, tok in enumerate(feed):
+                rows[r].append(tok)
+                age[r] += 1
+                if step % 7 == 0:
+                    assert (logits[r].float() - _solo_logits(tiny.model, rows[r])).abs().max() < 1e-4
+            for r in reversed(range(batch.size)):
+                if age[r] == 40:
+                    moved = batch.remove(r)
+                    if moved is not None:
+                        rows[r], age[r] = rows[moved], age[moved]
+                    rows.pop()
+                    age.pop()
+    assert moves >= 2
+    assert (batch.k[0].data_ptr(), batch.cap_batch, batch.cap_seq) == buffers  # never reallocated

@@ -189,3 +189,22 @@ def test_detokenizer_holds_back_partial_utf8_and_stop_prefixes(tiny):
         if detok.stopped:
             break
     assert detok.stopped and out == "héllo 👋 wörld, "
+
+
+def test_an_engine_fault_during_admission_fails_the_admitted_requests_and_the_engine_goes_on(make_engine,
+                                                                                             monkeypatch):
+    """A bug between prefill and insert must not lose requests (they would hang their callers)."""
+    engine = make_engine()
+    window = engine._window
+    real = window.prefill
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(window, "prefill", broken)
+    results = engine.generate_batch(["one", "two"], SamplingParams(max_tokens=5))
+    assert [r.finish_reason for r in results] == ["error", "error"]
+    assert all("simulated bug" in r.error for r in results)
+    monkeypatch.setattr(window, "prefill", real)
+    again = engine.generate_batch(["three"], SamplingParams(max_tokens=5, ignore_eos=True))
+    assert (again[0].finish_reason, again[0].completion_tokens) == ("length", 5)

@@ -1,10 +1,11 @@
 """`baton`: our engine (`backend.Engine`), requests sent with `engine.generate` at their arrival times.
 
-Token times are taken as the outputs arrive in the caller's event loop. Each newcomer is prefilled alone and
-its K/V embedded into the running batch (BATON §4); decode steps run over `[rows, 1]`.
+Token times are taken as the outputs arrive in the caller's event loop. Newcomers are prefilled apart from the
+running rows (those admitted in the same iteration together, in one packed forward) and their K/V embedded
+into the running batch (BATON §4); decode steps run over `[rows, 1]`.
 
-BATON's own measurements come from timing the engine's model runner (`Engine._runner.prefill` / `.decode`
-wrapped after start; the engine has no public per-step hook yet):
+BATON's own measurements come from timing the engine's model runner (`Engine._runner.prefill_packed` /
+`.decode` wrapped after start; the engine has no public per-step hook yet):
 - `idle_fraction`: sum over prefills of `prefill time x rows already running` / (that + sum over decode
   steps of `step time x rows`): the share of decode-row time spent waiting through someone else's prefill
   (model forward times only: sampling and the K/V embedding copy are outside both sums);
@@ -34,12 +35,12 @@ class _Probe:
         self.peak_kv_bytes = 0
         self.base: dict = {}
         runner = engine._runner
-        prefill, decode = runner.prefill, runner.decode
+        prefill, decode = runner.prefill_packed, runner.decode
 
-        def timed_prefill(prompt_ids):
+        def timed_prefill(prompts):
             rows, t0 = engine._batch.size, time.perf_counter()
             try:
-                return prefill(prompt_ids)
+                return prefill(prompts)
             finally:
                 self.prefill_row_s += (time.perf_counter() - t0) * rows
 
@@ -52,7 +53,7 @@ class _Probe:
             finally:
                 self.decode_row_s += (time.perf_counter() - t0) * rows
 
-        runner.prefill, runner.decode = timed_prefill, timed_decode
+        runner.prefill_packed, runner.decode = timed_prefill, timed_decode
 
     def reset(self) -> None:
         """Forget the warm-up: wait until its iteration is published, then zero the sums and take counters."""
@@ -79,7 +80,8 @@ class _Probe:
             "idle_note": "prefill forward time x rows already running, over that plus decode forward time x rows",
             "kv_padding_fraction": sum(self.padding) / len(self.padding) if self.padding else 0.0,
             "kv_padding_note": "RunningBatch.padding_fraction before each decode step, averaged",
-            "counters": {k: v - self.base.get(k, 0) for k, v in stats.counters.items() if k.startswith("num_")},
+            "counters": {k: v - self.base.get(k, 0) for k, v in stats.counters.items()
+                         if k.startswith("num_") or k.endswith("_seconds")},
         }
 
 
