@@ -23,6 +23,7 @@ from backend import load_model
 
 from .core import RESULTS, machine
 from .metrics import PeakMemory, ratios, summarize
+from .roofline import decode_roofline, peak_bandwidth, weight_bytes_read
 from .systems import SYSTEMS, RunOptions
 from .systems.common import attention_implementation
 from .workload import build_requests
@@ -77,6 +78,7 @@ def run_all(args: argparse.Namespace) -> dict:
               "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "workload": _workload(requests, args), "runs": []}
     sequential = None
+    bandwidth = None
     for bs in args.batch_sizes:
         run = {"batch_size": bs, "systems": {}, "tokens": {}}
         for name in args.systems:
@@ -86,6 +88,10 @@ def run_all(args: argparse.Namespace) -> dict:
             with attention_implementation(loaded.model, attn), PeakMemory(loaded.device) as mem:
                 served = SYSTEMS[name](loaded, requests, RunOptions(bs, args.max_prefill_tokens))
             summary = {**summarize(served, keep_tokens=args.save_tokens), **mem.result()}
+            steps = summary.pop("decode_steps", None)
+            if steps is not None:  # the roofline report (benchmarks/roofline.py)
+                bandwidth = bandwidth or peak_bandwidth(loaded.device)
+                summary["roofline"] = decode_roofline(steps, weight_bytes_read(loaded.model), bandwidth)
             run["systems"][name], run["tokens"][name] = summary, [r.token_ids for r in served.records]
             if name == "sequential":
                 sequential = (summary, run["tokens"][name])
@@ -159,6 +165,13 @@ def table(result: dict) -> str:
                 lines.append(f"| {peer} | {_fmt(r['output_throughput'], '.2f')} | "
                              f"{_fmt(r['request_throughput'], '.2f')} | {_fmt(r['ttft_ms_mean'], '.2f')} | "
                              f"{_fmt(r['tpot_ms_median'], '.2f')} | {_fmt(r['e2e_ms_p99'], '.2f')} |")
+        roof = run["systems"].get("baton", {}).get("roofline")
+        if roof and roof.get("num_steps"):
+            lines += ["", f"baton decode step vs the memory-bandwidth bound (batch size {run['batch_size']}): "
+                      f"{roof['decode_step_ms_mean']:.2f} ms measured, bound {roof['bound_ms']:.2f} ms "
+                      f"(weights {roof['weight_bytes'] / 2**20:.0f} MiB + KV read {roof['kv_read_bytes_mean'] / 2**20:.0f} "
+                      f"MiB at {roof['peak_bytes_per_s'] / 1e9:.1f} GB/s, {roof['peak_source']}): "
+                      f"{roof['step_over_bound']:.2f}x the bound; live-KV-only bound {roof['live_bound_ms']:.2f} ms"]
     return "\n".join(lines)
 
 

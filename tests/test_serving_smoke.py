@@ -43,6 +43,12 @@ def test_smoke_writes_every_system_with_sane_metrics(smoke_result):
     assert run["systems"]["baton"]["kv_cache_bytes"] > 0
     assert 0 <= run["systems"]["baton"]["idle_fraction"] < 1
     assert set(run["baton_ratios"]) == set(SYSTEMS) - {"baton"}
+    roof = run["systems"]["baton"]["roofline"]  # decode steps against the memory-bandwidth bound
+    assert "decode_steps" not in run["systems"]["baton"]
+    assert roof["num_steps"] == run["systems"]["baton"]["counters"]["num_decode_steps"] > 0
+    assert roof["weight_bytes"] > 0 and roof["kv_live_bytes_mean"] <= roof["kv_read_bytes_mean"]
+    assert roof["peak_bytes_per_s"] == roof["measured_copy_bytes_per_s"] > 1e8  # CPU: the measured copy
+    assert roof["decode_step_ms_mean"] > 0 and roof["step_over_bound"] > 0.2
     plots = sorted(p.name for p in out.glob("*.png"))
     assert plots == sorted(result["plots"]) and len(plots) == 2  # throughput bars, latency CDFs
 

@@ -10,7 +10,10 @@ BATON's own measurements come from timing the engine's model runner (`Engine._ru
   steps of `step time x rows`): the share of decode-row time spent waiting through someone else's prefill
   (model forward times only: sampling and the K/V embedding copy are outside both sums);
 - `kv_padding_fraction`: the batch's `padding_fraction` sampled before every decode step, averaged;
-- `kv_cache_bytes`: the largest `kv_cache_bytes` (`RunningBatch.capacity_bytes`) seen at a decode step.
+- `kv_cache_bytes`: the largest `kv_cache_bytes` (`RunningBatch.capacity_bytes`) seen at a decode step;
+- `decode_steps`: per decode step `[seconds, KV bytes its attention read, live KV bytes]` (on CUDA the step is
+  synchronised before it is timed), which `benchmarks.serving` turns into the roofline report
+  (`benchmarks/roofline.py`) and then drops from the JSON.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+import torch
+
 from backend import Engine, EngineConfig, SamplingParams
+from backend.attention import plan_row_groups
 
 from ..metrics import RequestRecord, SystemRun
 from ..workload import ServingRequest
@@ -33,6 +39,7 @@ class _Probe:
         self.prefill_row_s = self.decode_row_s = 0.0
         self.padding: list[float] = []
         self.peak_kv_bytes = 0
+        self.steps: list[tuple[float, int, int]] = []
         self.base: dict = {}
         runner = engine._runner
         prefill, decode = runner.prefill_packed, runner.decode
@@ -44,14 +51,22 @@ class _Probe:
             finally:
                 self.prefill_row_s += (time.perf_counter() - t0) * rows
 
+        cuda = runner.device.type == "cuda"
+
         def timed_decode(batch, input_ids):
             self.padding.append(batch.padding_fraction)
             self.peak_kv_bytes = max(self.peak_kv_bytes, batch.capacity_bytes)
+            kv_read, kv_live = _kv_bytes_read(batch, runner.ragged)
             rows, t0 = batch.size, time.perf_counter()
             try:
-                return decode(batch, input_ids)
+                logits = decode(batch, input_ids)
+                if cuda:
+                    torch.cuda.synchronize(runner.device)
+                return logits
             finally:
-                self.decode_row_s += (time.perf_counter() - t0) * rows
+                seconds = time.perf_counter() - t0
+                self.decode_row_s += seconds * rows
+                self.steps.append((seconds, kv_read, kv_live))
 
         runner.prefill_packed, runner.decode = timed_prefill, timed_decode
 
@@ -60,7 +75,7 @@ class _Probe:
         self.settle(1)
         self.base = dict(self.engine.stats().counters)
         self.prefill_row_s = self.decode_row_s = 0.0
-        self.padding, self.peak_kv_bytes = [], 0
+        self.padding, self.peak_kv_bytes, self.steps = [], 0, []
 
     def settle(self, finished: int, timeout_s: float = 5.0) -> None:
         """Wait until the published stats count `finished` finished requests (the last iteration is in)."""
@@ -80,9 +95,19 @@ class _Probe:
             "idle_note": "prefill forward time x rows already running, over that plus decode forward time x rows",
             "kv_padding_fraction": sum(self.padding) / len(self.padding) if self.padding else 0.0,
             "kv_padding_note": "RunningBatch.padding_fraction before each decode step, averaged",
+            "decode_steps": [list(step) for step in self.steps],
             "counters": {k: v - self.base.get(k, 0) for k, v in stats.counters.items()
                          if k.startswith("num_") or k.endswith("_seconds")},
         }
+
+
+def _kv_bytes_read(batch, ragged: bool) -> tuple[int, int]:
+    """K/V bytes the next decode step's attention reads (padded window, or its ragged row groups) and the live
+    part of them (each row's own tokens plus the new one)."""
+    B, S, per_token = batch.size, batch.seq_len, batch.bytes_per_token
+    groups = plan_row_groups(batch.lengths, torch.device("cpu")) if ragged else None
+    cells = B * (S + 1) if groups is None else sum(rows.numel() * w for rows, w in groups.groups)
+    return cells * per_token, (sum(batch.lengths) + B) * per_token
 
 
 async def _one(engine: Engine, req: ServingRequest, rec: RequestRecord) -> None:
