@@ -110,8 +110,9 @@ class EngineConfig:
         max_batch_size: most rows decoded together in one step.
         max_model_len: longest context (prompt + output tokens) of one request; None takes the model's
             `max_position_embeddings`.
-        max_prefill_tokens: prompt tokens prefilled between two decode steps (at least one whole prompt
-            always runs); bounds how long running rows wait for newcomers (their inter-token latency).
+        max_prefill_tokens: prompt tokens prefilled between two decode steps (tokens); bounds how long
+            running rows wait for newcomers (their inter-token latency). A longer prompt is prefilled in
+            chunks of at most this many tokens over several iterations (chunked prefill).
         seed: seed of the random-weight models and of the engine's shared sampling generator.
         attn_implementation: transformers attention backend (`sdpa` or `eager`).
         kv_budget_bytes: most bytes the batch's padded KV window may take (bytes). None: on CPU

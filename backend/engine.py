@@ -1,8 +1,9 @@
 """The engine: one thread owns the model, the running batch and every tensor.
 
 Loop (BATON, arXiv 2410.18701 §4): drain the inbox (new requests, cancels) -> admit waiting requests by
-priority -> prefill the newcomers apart from the decoding rows (one packed forward for those admitted together)
-and embed each one's K/V into the batch -> one decode step for all rows ->
+priority -> prefill the newcomers apart from the decoding rows (one packed forward for those admitted together;
+a prompt longer than the iteration's token budget in chunks over several iterations) and embed each one's K/V
+into the batch -> one decode step for all rows ->
 sample -> emit tokens -> retire finished rows at once (and trim all-padding columns).
 
 Callers on any thread talk to it through a thread-safe inbox; results come back through each request's
@@ -34,6 +35,8 @@ from .runner import ModelRunner
 from .sampler import SamplingTensors, draw_uniforms, sample
 from .scheduler import MemoryView, Scheduler
 from .stats import EngineStats, RowStats, StatsWindow
+
+_MIN_CHUNK_TOKENS = 128  # a prefill chunk that only fills the rest of an iteration's budget is at least this long
 
 Prompt = str | Sequence[int] | Sequence[dict]
 
@@ -396,21 +399,31 @@ class Engine:
             raise
 
     def _admit_into(self, group: list[Request]) -> None:
+        budget = self.config.max_prefill_tokens
+        min_chunk = min(_MIN_CHUNK_TOKENS, budget)
         spent = 0
         while (req := self._scheduler.peek()) is not None:
-            length = req.swapped.length if req.swapped is not None else req.num_prompt_tokens
-            if req.swapped is None and spent and spent + length > self.config.max_prefill_tokens:
-                break  # the rest waits for the next iteration: running rows are not held up further
+            if req.swapped is not None:
+                length, take = req.swapped.length, 0
+            else:  # prompt tokens to prefill now: all that is left, or a chunk of what the budget has left
+                length = req.num_prompt_tokens
+                remaining, left = length - req.num_prefilled, budget - spent
+                take = remaining if remaining <= left else (left if left >= min_chunk or not spent else 0)
+                if not take:
+                    break  # the rest waits for the next iteration: running rows are not held up further
             if group and req.priority != group[0].priority:
                 self._prefill_group(group)
             if (len(self._rows) + len(group) < self.config.max_batch_size
                     and self._memory_view(group).fits_after_insert(length)):
                 self._scheduler.pop()
+                spent += take
                 if req.swapped is not None:
                     self._swap_in(req)
-                else:
-                    spent += length
+                elif take == length:  # a whole prompt: prefilled with the group, in one packed forward
                     group.append(req)
+                else:  # a chunk of a long prompt, alone (it attends to its own earlier chunks)
+                    self._prefill_group(group)
+                    self._prefill_chunk(req, take)
                 continue
             if group:  # room may have been the group's: prefill it, then see again
                 self._prefill_group(group)
@@ -436,7 +449,7 @@ class Engine:
         self._remove_row(row)
         req.status = RequestStatus.PREEMPTED
         req.num_preemptions += 1
-        self._scheduler.requeue_swapped(req)
+        self._scheduler.requeue(req)
         self._window.count("num_preemptions")
         self._window.count("num_swap_outs")
         self._window.count("num_swapped_out_bytes", req.swapped.nbytes)
@@ -482,10 +495,7 @@ class Engine:
         t0 = time.perf_counter()
         try:
             logits, row_kvs = self._runner.prefill_packed([r.prompt_ids for r in group])  # [n, V], per layer [1, H, L, D]
-            st = SamplingTensors.build([r.params for r in group], logits.device)
-            u = None if st.all_greedy else draw_uniforms([r.generator for r in group], self._generator,
-                                                         logits.device)
-            tokens = sample(logits, st, u).tolist()
+            tokens = self._sample_first(group, logits)
         except Exception as exc:  # nothing was emitted yet: retry one by one, or fail this request only
             if len(group) == 1:
                 self._finish(group[0], RequestStatus.FINISHED_ERROR, error=f"prefill failed: {exc!r}")
@@ -501,19 +511,52 @@ class Engine:
         except Exception:  # e.g. out of device memory: each insert below tries alone and fails alone
             pass
         for req, token, row_kv in zip(group, tokens, row_kvs):
-            req.status = RequestStatus.RUNNING
-            req.start_seq = next(self._start_counter)
-            if self._accept_token(req, token):
-                continue
-            try:
-                self._batch.insert(row_kv)
-            except Exception as exc:  # e.g. out of device memory: this request only
-                self._finish(req, RequestStatus.FINISHED_ERROR, error=f"inserting its K/V failed: {exc!r}")
-                continue
-            self._window.count("num_inserts")
-            self._rows.append(req)
-            self._row_params = None
+            self._start_decoding(req, token, row_kv)
         group.clear()
+
+    def _prefill_chunk(self, req: Request, n: int) -> None:
+        """Prefill the next `n` prompt tokens of a long prompt (chunked prefill). After the last chunk the
+        request emits its first token and joins the batch; before it, it waits in the queue (`PREFILLING`),
+        ahead of new work of its class, holding its K/V in its own cache."""
+        t0 = time.perf_counter()
+        start = req.num_prefilled
+        try:
+            logits, cache = self._runner.prefill_chunk(req.prompt_ids[start:start + n], start, req.prefill_cache)
+            last = start + n == req.num_prompt_tokens
+            tokens = self._sample_first([req], logits[None]) if last else None
+        except Exception as exc:
+            self._finish(req, RequestStatus.FINISHED_ERROR, error=f"prefill failed: {exc!r}")
+            return
+        req.num_prefilled, req.prefill_cache = start + n, cache
+        self._window.prefill(n, time.perf_counter() - t0, rows_waiting=len(self._rows), requests=int(last))
+        self._window.count("num_prefill_chunks")
+        if not last:
+            req.status = RequestStatus.PREFILLING
+            self._scheduler.requeue(req)
+            return
+        req.prefill_cache = None
+        self._start_decoding(req, tokens[0], self._runner.cache_to_row(cache))
+
+    def _sample_first(self, reqs: list[Request], logits: torch.Tensor) -> list[int]:
+        """First output token of each request from its prompt's last logits `[n, V]`."""
+        st = SamplingTensors.build([r.params for r in reqs], logits.device)
+        u = None if st.all_greedy else draw_uniforms([r.generator for r in reqs], self._generator, logits.device)
+        return sample(logits, st, u).tolist()
+
+    def _start_decoding(self, req: Request, token: int, row_kv) -> None:
+        """Emit a prefilled request's first token and embed its K/V as a new batch row (unless it is done)."""
+        req.status = RequestStatus.RUNNING
+        req.start_seq = next(self._start_counter)
+        if self._accept_token(req, token):
+            return
+        try:
+            self._batch.insert(row_kv)
+        except Exception as exc:  # e.g. out of device memory: this request only
+            self._finish(req, RequestStatus.FINISHED_ERROR, error=f"inserting its K/V failed: {exc!r}")
+            return
+        self._window.count("num_inserts")
+        self._rows.append(req)
+        self._row_params = None
 
     def _decode_step(self) -> None:
         t0 = time.perf_counter()
@@ -587,6 +630,7 @@ class Engine:
             return
         req.status = status
         req.finish_time = time.perf_counter()
+        req.prefill_cache = None  # a cancelled chunked prefill frees its K/V
         counter = {"cancelled": "num_requests_cancelled", "error": "num_requests_failed"}.get(
             status.value, "num_requests_finished")
         self._window.count(counter)

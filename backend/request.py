@@ -1,7 +1,8 @@
 """A request's life inside the engine, and what the engine hands back per token.
 
 Statuses follow vLLM v1's `RequestStatus`: WAITING (queued, not prefilled), RUNNING (a row of the batch),
-PREEMPTED (swapped out to host memory; used by the preemptive scheduler), and the finished states.
+PREEMPTED (swapped out to host memory; used by the preemptive scheduler), PREFILLING (a long prompt between
+two chunks of its chunked prefill), and the finished states.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -24,6 +25,7 @@ class RequestStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
     PREEMPTED = "swapped"
+    PREFILLING = "prefilling"  # part of a long prompt prefilled (chunked prefill), waiting for its next chunk
     FINISHED_STOPPED = "stop"
     FINISHED_LENGTH_CAPPED = "length"
     FINISHED_ABORTED = "cancelled"
@@ -85,6 +87,8 @@ class Request:
     start_seq: int = -1  # admission order (-1: never admitted); preemption takes the most recent
     num_preemptions: int = 0
     swapped: "RowKV | None" = None  # K/V in host memory while preempted
+    num_prefilled: int = 0  # prompt tokens prefilled so far by chunked prefill (0: none, or all at once)
+    prefill_cache: Any = None  # the transformers cache holding those tokens' K/V until the last chunk
     status: RequestStatus = RequestStatus.WAITING
     output_ids: list[int] = field(default_factory=list)
     generator: torch.Generator | None = None

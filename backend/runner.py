@@ -68,6 +68,35 @@ class ModelRunner:
         return out.logits[0, -1].float(), RowKV(keys, values, L)
 
     @torch.inference_mode()
+    def prefill_chunk(self, chunk_ids: list[int], start: int, cache: DynamicCache | None
+                      ) -> tuple[torch.Tensor, DynamicCache]:
+        """Prefill the next chunk of one long prompt, attending to its earlier chunks (chunked prefill: a
+        prompt longer than the per-iteration token budget is spread over several iterations so decoding rows
+        wait for at most one budget's worth of prompt tokens per step; Agrawal et al., "SARATHI", 2023, and
+        vLLM's chunked prefill).
+
+        Args:
+            chunk_ids: the n >= 1 prompt tokens at positions `start .. start+n-1`.
+            start: tokens prefilled before (0 for the first chunk).
+            cache: the cache returned for the previous chunk (None for the first).
+        Returns:
+            logits of the chunk's last position `[V]` float32 (the first output token's, after the last
+            chunk), and the cache (per layer `[1, kv_heads, start+n, head_dim]`).
+        """
+        n = len(chunk_ids)
+        cache = cache if cache is not None else DynamicCache(config=self.model.config)
+        ids = torch.tensor([chunk_ids], dtype=torch.long, device=self.device)  # [1, n]
+        out = self.model(input_ids=ids, position_ids=torch.arange(start, start + n, device=self.device)[None],
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1].float(), cache
+
+    @staticmethod
+    def cache_to_row(cache: DynamicCache) -> RowKV:
+        """A finished prefill's cache as the K/V of one row (per layer `[1, kv_heads, L, head_dim]`)."""
+        keys = [layer.keys for layer in cache.layers]
+        return RowKV(keys, [layer.values for layer in cache.layers], keys[0].shape[2])
+
+    @torch.inference_mode()
     def prefill_packed(self, prompts: list[list[int]]) -> tuple[torch.Tensor, list[RowKV]]:
         """Prefill several prompts in one packed forward, each attending only to itself.
 

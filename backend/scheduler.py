@@ -9,8 +9,9 @@ Pure Python (no torch), so it is testable without a model (the nano-vllm habit).
   KV budget) and a running row has a strictly lower priority, the lowest-priority, most recently started row
   is preempted (swapped out to host memory). A row preempted `max_preemptions` times is not chosen again,
   so background work always finishes (bounded starvation).
-- Each iteration admits prompts up to a prefill token budget (always at least one), which bounds how long
-  decoding rows wait for newcomers' prefills.
+- Each iteration admits prompts up to a prefill token budget; a prompt longer than what is left of it is
+  prefilled in chunks over several iterations (chunked prefill), so decoding rows wait for at most one
+  budget's worth of prompt tokens per step.
 - Memory: the padded window the decode step touches costs `rows x (S + 1) x bytes_per_token`. New work is
   admitted while the window after the insert stays under the low watermark of the budget; before a decode
   step, rows are swapped out (lowest priority first) while the window would exceed the high watermark.
@@ -83,14 +84,16 @@ class Scheduler:
         req.seq = next(self._counter)
         self._push(req)
 
-    def requeue_swapped(self, req: Request) -> None:
-        """Queue a preempted request; it keeps its arrival order and goes before new work of its class."""
+    def requeue(self, req: Request) -> None:
+        """Queue a request that was already admitted once (preempted and swapped out, or between two chunks
+        of its prefill); it keeps its arrival order and goes before new work of its class."""
         self._push(req)
 
     @staticmethod
     def _order(req: Request) -> tuple[int, int, int]:
-        """Admission order: priority class, then swapped-out before new, then arrival."""
-        return int(req.priority), 0 if req.swapped is not None else 1, req.seq
+        """Admission order: priority class, then started work (swapped out, part-prefilled) before new, then
+        arrival."""
+        return int(req.priority), 0 if req.swapped is not None or req.num_prefilled else 1, req.seq
 
     def _push(self, req: Request) -> None:
         self._waiting[req.request_id] = req

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -208,3 +209,36 @@ def test_an_engine_fault_during_admission_fails_the_admitted_requests_and_the_en
     monkeypatch.setattr(window, "prefill", real)
     again = engine.generate_batch(["three"], SamplingParams(max_tokens=5, ignore_eos=True))
     assert (again[0].finish_reason, again[0].completion_tokens) == ("length", 5)
+
+
+async def test_a_prompt_cancelled_between_prefill_chunks_ends_without_tokens(make_engine):
+    """Chunked prefill: between chunks the request waits in the queue as `prefilling`; a cancel then drops it
+    (and its partial K/V) before any further chunk or token."""
+    engine = make_engine(max_prefill_tokens=16)
+    runner = engine._runner
+    real = runner.prefill_chunk
+    calls, release = [], threading.Event()
+
+    def gated(*args):
+        calls.append(args[1])  # start position of the chunk
+        if len(calls) == 2:
+            release.wait(10)  # hold the engine inside the second chunk until the cancel is queued
+        return real(*args)
+
+    runner.prefill_chunk = gated
+    prompt = list(range(3, 103))  # 100 tokens: 7 chunks of up to 16
+    task = asyncio.create_task(_collect(engine, prompt, SamplingParams(max_tokens=5), request_id="long"))
+    for _ in range(500):
+        if [r.state for r in engine.stats().waiting if r.request_id == "long"] == ["prefilling"]:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("never seen between two chunks")
+    assert engine.cancel("long") is True
+    release.set()
+    outs, _ = await task
+    assert outs[-1].finish_reason == "cancelled" and outs[-1].completion_tokens == 0
+    assert calls == [0, 16]  # no chunk after the cancel
+    await asyncio.sleep(0.05)
+    stats = engine.stats()
+    assert not stats.rows and not stats.waiting and stats.counters["num_prefill_chunks"] == 2

@@ -133,3 +133,46 @@ def test_packed_prefill_matches_solo_generate_on_default_model(make_engine, real
         assert r.token_ids == solo_greedy(real, p, 20)[:len(r.token_ids)], f"request {i} diverged"
         assert r.finish_reason == "stop" or r.completion_tokens == 20
     assert engine.stats().counters["num_prefill_forwards"] == 1
+
+
+async def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(make_engine, tiny):
+    """A prompt over `max_prefill_tokens` is prefilled a chunk per iteration while the running row keeps
+    decoding (one step between chunks), and both outputs still equal their solo outputs."""
+    engine = make_engine(max_batch_size=4, max_prefill_tokens=16)
+    short, long = list(range(5, 15)), [3 + (7 * i) % 200 for i in range(70)]  # 70 tokens: chunks 16x4 + 6
+    greedy = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
+    first_long_step = submitted_at = None
+    short_steps = []
+
+    async def run_short():
+        out = []
+        async for o in engine.generate(short, greedy, priority=Priority.BATCH):
+            if o.token_id is not None:
+                out.append(o.token_id)
+                short_steps.append(o.engine_step)
+            if len(out) == 3:
+                started.set()
+        return out
+
+    async def run_long():
+        nonlocal first_long_step, submitted_at
+        await started.wait()
+        submitted_at = short_steps[-1]
+        out = []
+        async for o in engine.generate(long, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True),
+                                       priority=Priority.BATCH):
+            if o.token_id is not None:
+                first_long_step = first_long_step if first_long_step is not None else o.engine_step
+                out.append(o.token_id)
+        return out
+
+    started = asyncio.Event()
+    got_short, got_long = await asyncio.gather(run_short(), run_long())
+    assert got_short == solo_greedy(tiny, short, 40)
+    assert got_long == solo_greedy(tiny, long, 12)
+    counters = engine.stats().counters
+    assert counters["num_prefill_chunks"] == 5 and counters["num_prefills"] == 2
+    # one decode step of the short row between every two chunks: the long prompt's first token came at
+    # least 4 steps after it was sent (all at once, it would have come at the next step)
+    assert first_long_step - submitted_at >= 4
+    assert set(range(submitted_at, first_long_step)) <= set(short_steps)  # the short row never stalled

@@ -105,7 +105,7 @@ def test_scheduler_orders_by_priority_then_swapped_then_arrival():
     s.add(swapped_batch)
     swapped_batch.swapped = object()
     s.remove("old")
-    s.requeue_swapped(swapped_batch)
+    s.requeue(swapped_batch)
     s.add(agent)
     assert [s.pop().request_id for _ in range(3)] == ["a", "old", "new"]
 
