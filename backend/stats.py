@@ -12,7 +12,7 @@ class RowStats:
     """One request as the engine sees it.
 
     Attributes:
-        request_id, priority (`interactive`/`agent`/`batch`), state (`running`, `waiting`, `swapped`),
+        request_id, priority (`interactive`/`agent`/`batch`), state (`running`, `waiting`, `swapped`, `prefilling`),
         context_len (prompt + generated tokens), generated (output tokens so far).
     """
 
@@ -41,7 +41,8 @@ class EngineStats:
         decode_steps_per_s, output_tokens_per_s: over the last few seconds (1/s, tokens/s).
         mean_decode_step_ms, mean_prefill_ms: over the last few seconds (ms).
         counters: `num_*` totals (requests received/finished/cancelled/failed, prefills (requests prefilled),
-            prefill forwards (one per packed group of newcomers), prompt tokens,
+            prefill forwards (one per packed group of newcomers or prefill chunk), prefill chunks (chunked
+            prefill of long prompts), prompt tokens,
             generated tokens, inserts, removes, preemptions, swap-outs, swap-ins, swapped-out bytes),
             `peak_kv_window_bytes`, and cumulative seconds: `prefill_seconds`, `decode_seconds`,
             `decode_row_seconds` (step time x rows) and `idle_row_seconds` (prefill time x rows that waited
@@ -73,12 +74,12 @@ class EngineStats:
 
     @property
     def queue_depth(self) -> int:
-        """Requests waiting to be admitted (new ones and swapped-out ones)."""
+        """Requests waiting to be admitted (new ones, swapped-out ones, long prompts between prefill chunks)."""
         return len(self.waiting)
 
     def rows_by_state(self) -> dict[str, int]:
-        """Counts of requests by state: `running`, `waiting`, `swapped`."""
-        counts = {"running": len(self.rows), "waiting": 0, "swapped": 0}
+        """Counts of requests by state: `running`, `waiting`, `swapped`, `prefilling`."""
+        counts = {"running": len(self.rows), "waiting": 0, "swapped": 0, "prefilling": 0}
         for r in self.waiting:
             counts[r.state] = counts.get(r.state, 0) + 1
         return counts

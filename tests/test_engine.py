@@ -128,7 +128,7 @@ async def test_stats_report_rows_priorities_and_kv_bytes(make_engine):
     stats = engine.stats()
     assert {r.request_id: r.priority for r in stats.rows} == {"a": "interactive", "b": "agent"}
     assert [r.request_id for r in stats.waiting] == ["c"] and stats.queue_depth == 1
-    assert stats.rows_by_state() == {"running": 2, "waiting": 1, "swapped": 0}
+    assert stats.rows_by_state() == {"running": 2, "waiting": 1, "swapped": 0, "prefilling": 0}
     assert all(r.state == "running" and r.generated >= 1 for r in stats.rows)
     assert stats.kv_window_bytes >= stats.kv_used_bytes > 0 and stats.kv_cache_bytes >= stats.kv_window_bytes
     assert stats.num_decode_steps > 0 and stats.output_tokens_per_s > 0
@@ -230,6 +230,7 @@ async def test_a_prompt_cancelled_between_prefill_chunks_ends_without_tokens(mak
     task = asyncio.create_task(_collect(engine, prompt, SamplingParams(max_tokens=5), request_id="long"))
     for _ in range(500):
         if [r.state for r in engine.stats().waiting if r.request_id == "long"] == ["prefilling"]:
+            assert engine.stats().rows_by_state()["prefilling"] == 1
             break
         await asyncio.sleep(0.01)
     else:

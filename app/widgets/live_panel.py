@@ -184,7 +184,7 @@ class LivePanel(Widget):
             label, kind = default_describe(row.request_id)
         if len(label) > LABEL_WIDTH:
             label = label[:LABEL_WIDTH - 1] + "…"
-        style = "dim" if row.state == "waiting" else ""  # queued rows recede behind the running batch
+        style = "dim" if row.state in ("waiting", "prefilling") else ""  # queued rows recede behind the batch
         words = (label, kind, PRIORITY_SHORT.get(row.priority, row.priority), row.state)
         numbers = (row.context_len, row.generated)
         return (*(Text(w, style=style) for w in words), *(Text(str(n), style=style, justify="right") for n in numbers))
