@@ -113,6 +113,9 @@ class EngineConfig:
         max_prefill_tokens: prompt tokens prefilled between two decode steps (tokens); bounds how long
             running rows wait for newcomers (their inter-token latency). A longer prompt is prefilled in
             chunks of at most this many tokens over several iterations (chunked prefill).
+        max_background_prefill_tokens: the same budget for agent and batch prompts while an interactive
+            request is decoding (tokens), so a chat keeps streaming while background work joins the batch
+            (their long prompts are chunked finer); None: no separate budget.
         seed: seed of the random-weight models and of the engine's shared sampling generator.
         attn_implementation: transformers attention backend (`sdpa` or `eager`).
         kv_budget_bytes: most bytes the batch's padded KV window may take (bytes). None: on CPU
@@ -132,6 +135,7 @@ class EngineConfig:
     max_batch_size: int = 32
     max_model_len: int | None = None
     max_prefill_tokens: int = 2048
+    max_background_prefill_tokens: int | None = 256
     seed: int = 0
     attn_implementation: str = "sdpa"
     kv_budget_bytes: int | None = None
@@ -152,6 +156,10 @@ class EngineConfig:
                    "max_model_len", f"must be an integer >= 2 or None, got {self.max_model_len!r}")
         _check(isinstance(self.max_prefill_tokens, int) and self.max_prefill_tokens >= 1,
                "max_prefill_tokens", f"must be an integer >= 1, got {self.max_prefill_tokens!r}")
+        if self.max_background_prefill_tokens is not None:
+            _check(isinstance(self.max_background_prefill_tokens, int) and self.max_background_prefill_tokens >= 1,
+                   "max_background_prefill_tokens",
+                   f"must be an integer >= 1 or None, got {self.max_background_prefill_tokens!r}")
         if self.kv_budget_bytes is not None:
             _check(isinstance(self.kv_budget_bytes, int) and self.kv_budget_bytes > 0,
                    "kv_budget_bytes", f"must be a positive integer or None, got {self.kv_budget_bytes!r}")

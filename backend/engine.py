@@ -398,16 +398,24 @@ class Engine:
                     self._finish(req, RequestStatus.FINISHED_ERROR, error=f"engine fault: {exc!r}")
             raise
 
+    def _prefill_budget(self, req: Request, group: list[Request]) -> int:
+        """Prompt tokens this iteration may prefill up to and including `req` (see `EngineConfig`)."""
+        budget, background = self.config.max_prefill_tokens, self.config.max_background_prefill_tokens
+        if background is None or req.priority == Priority.INTERACTIVE:
+            return budget
+        chatting = any(r.priority == Priority.INTERACTIVE for r in itertools.chain(self._rows, group))
+        return min(budget, background) if chatting else budget
+
     def _admit_into(self, group: list[Request]) -> None:
-        budget = self.config.max_prefill_tokens
-        min_chunk = min(_MIN_CHUNK_TOKENS, budget)
         spent = 0
         while (req := self._scheduler.peek()) is not None:
             if req.swapped is not None:
                 length, take = req.swapped.length, 0
             else:  # prompt tokens to prefill now: all that is left, or a chunk of what the budget has left
                 length = req.num_prompt_tokens
+                budget = self._prefill_budget(req, group)
                 remaining, left = length - req.num_prefilled, budget - spent
+                min_chunk = min(_MIN_CHUNK_TOKENS, budget)
                 take = remaining if remaining <= left else (left if left >= min_chunk or not spent else 0)
                 if not take:
                     break  # the rest waits for the next iteration: running rows are not held up further

@@ -37,6 +37,8 @@ def test_invalid_engine_config_names_the_field():
         EngineConfig(max_batch_size=0)
     with pytest.raises(ValueError, match="^device:"):
         EngineConfig(device="tpu")
+    with pytest.raises(ValueError, match="^max_background_prefill_tokens:"):
+        EngineConfig(max_background_prefill_tokens=0)
 
 
 async def test_bad_prompts_fail_alone_and_the_engine_keeps_serving(make_engine):

@@ -176,3 +176,31 @@ async def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(make_en
     # least 4 steps after it was sent (all at once, it would have come at the next step)
     assert first_long_step - submitted_at >= 4
     assert set(range(submitted_at, first_long_step)) <= set(short_steps)  # the short row never stalled
+
+
+async def test_background_prompts_are_chunked_finer_while_a_chat_is_decoding(make_engine, tiny):
+    """`max_background_prefill_tokens`: while an interactive row decodes, a batch prompt is prefilled in chunks
+    of that budget (the chat waits at most that long per token); with no chat running it goes in whole."""
+    engine = make_engine(max_batch_size=4, max_background_prefill_tokens=16)
+    chat, background = list(range(5, 15)), [3 + (7 * i) % 200 for i in range(100)]
+    started = asyncio.Event()
+
+    async def run_chat():
+        out = []
+        async for o in engine.generate(chat, SamplingParams(max_tokens=60, temperature=0, ignore_eos=True),
+                                       priority=Priority.INTERACTIVE):
+            out.append(o.token_id)
+            if len(out) == 3:
+                started.set()
+        return out
+
+    async def run_background():
+        await started.wait()
+        return [r.token_ids for r in await asyncio.to_thread(
+            engine.generate_batch, [background], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))][0]
+
+    got_chat, got_background = await asyncio.gather(run_chat(), run_background())
+    assert got_chat == solo_greedy(tiny, chat, 60) and got_background == solo_greedy(tiny, background, 8)
+    assert engine.stats().counters["num_prefill_chunks"] == 7  # 100 tokens in chunks of 16
+    engine.generate_batch([background], SamplingParams(max_tokens=2, ignore_eos=True))  # no chat now
+    assert engine.stats().counters["num_prefill_chunks"] == 7  # prefilled whole
