@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import sys
 from importlib import metadata
 
-from backend import DEFAULT_MODEL, EngineConfig, SamplingParams
+from backend import SamplingParams
 
 from . import batch_runner, headless
+from .engine_options import ENGINE_OPTIONS, add_engine_options, engine_config, option_message
 from .jobs_cli import add_jobs_subparser
 from .openai_batch import DEFAULT_MAX_TOKENS
 
@@ -30,8 +30,7 @@ CHAT_TEMPERATURE = 0.7
 CHAT_MAX_TOKENS = 512
 
 # Engine/sampling field names (first word of their ValueError messages) -> the option that sets them.
-_OPTION_OF_FIELD = {"model": "--model", "device": "--device", "dtype": "--dtype", "max_batch_size": "--max-batch-size",
-                    "max_tokens": "--max-tokens", "temperature": "--temperature", "seed": "--seed"}
+_OPTION_OF_FIELD = {**ENGINE_OPTIONS, "max_tokens": "--max-tokens", "temperature": "--temperature", "seed": "--seed"}
 
 
 def _version() -> str:
@@ -49,14 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         `handler` (the function that runs it; the TUI's when there is no command).
     """
     engine = argparse.ArgumentParser(add_help=False)
-    group = engine.add_argument_group("engine")
-    group.add_argument("--model", default=DEFAULT_MODEL,
-                       help="model: %(default)s (default), a local model folder, a local .gguf file, "
-                            "or random:<preset> (random weights, e.g. random:tiny)")
-    group.add_argument("--device", default=EngineConfig.device, help="auto (default: CUDA when present), cpu, cuda or cuda:N")
-    group.add_argument("--dtype", default=EngineConfig.dtype, help="auto (default), float32, bfloat16 or float16")
-    group.add_argument("--max-batch-size", type=int, default=EngineConfig.max_batch_size, metavar="N",
-                       help="most requests decoded together (default: %(default)s)")
+    add_engine_options(engine)
 
     tui = argparse.ArgumentParser(add_help=False)
     group = tui.add_argument_group("TUI")
@@ -136,19 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _option_message(exc: ValueError) -> str:
     """`temperature: must be >= 0` -> `--temperature: must be >= 0` (the option the user typed)."""
-    text = str(exc)
-    m = re.match(r"(\w+): ", text)
-    if m and m.group(1) in _OPTION_OF_FIELD:
-        return _OPTION_OF_FIELD[m.group(1)] + text[len(m.group(1)):]
-    return text
-
-
-def _engine_config(args: argparse.Namespace) -> EngineConfig:
-    try:
-        return EngineConfig(model=args.model, device=args.device, dtype=args.dtype,
-                            max_batch_size=args.max_batch_size)
-    except ValueError as exc:
-        raise headless.UsageError(_option_message(exc)) from exc
+    return option_message(exc, _OPTION_OF_FIELD)
 
 
 def _chat(args: argparse.Namespace) -> int:
@@ -156,7 +136,7 @@ def _chat(args: argparse.Namespace) -> int:
         params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
     except ValueError as exc:
         raise headless.UsageError(_option_message(exc)) from exc
-    config = _engine_config(args)
+    config = engine_config(args)
     if args.question is None:
         return headless.run_conversation(config, params, system=args.system)
     messages = headless.chat_messages(args.question, args.system)
@@ -164,7 +144,7 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def _tui(args: argparse.Namespace) -> int:
-    config = _engine_config(args)
+    config = engine_config(args)
     from .tui import run_tui, theme_names  # Textual is imported only for the TUI
 
     if args.theme is not None and args.theme not in theme_names():
@@ -173,7 +153,7 @@ def _tui(args: argparse.Namespace) -> int:
 
 
 def _batch(args: argparse.Namespace) -> int:
-    batch_runner.run_batch(_engine_config(args), args.input, args.output)
+    batch_runner.run_batch(engine_config(args), args.input, args.output)
     return 0
 
 

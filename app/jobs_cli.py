@@ -22,20 +22,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from backend import EngineConfig
-
 from . import headless, jobs, openai_batch
 from .batch_runner import _atomic_output
+from .engine_options import engine_config
 
 JOBS_DESCRIPTION = ("Persistent background jobs, stored in the history database: OpenAI Batch files (.jsonl, "
                     "like 'baton batch') and agent tasks (.yaml/.yml/.json: a system prompt and steps whose "
                     "prompts may use {previous}). Jobs survive restarts; 'baton jobs run' works through them.")
-_OPTION_OF_FIELD = {"model": "--model", "device": "--device", "dtype": "--dtype", "max_batch_size": "--max-batch-size"}
 
 
 def add_jobs_subparser(subparsers: Any, engine_parent: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -43,8 +40,8 @@ def add_jobs_subparser(subparsers: Any, engine_parent: argparse.ArgumentParser) 
 
     Args:
         subparsers: what `ArgumentParser.add_subparsers()` returned.
-        engine_parent: the parent parser with the engine options (`--model`, `--device`, `--dtype`,
-            `--max-batch-size`), used by `jobs run`.
+        engine_parent: the parent parser with the engine options (`engine_options.add_engine_options`),
+            used by `jobs run`.
     Returns:
         The `jobs` parser. Parsed arguments carry `handler` (args -> exit status) and `jobs_command`.
     """
@@ -195,7 +192,7 @@ async def handle_export(store, args: argparse.Namespace) -> int:
 @_with_store
 async def handle_run(store, args: argparse.Namespace) -> int:
     """`jobs run [--watch]`: load the model (only when there is work) and run the queued jobs."""
-    config = _engine_config(args)
+    config = engine_config(args)
     if args.poll <= 0:
         raise headless.UsageError(f"--poll: must be > 0, got {args.poll}")
     if not args.watch and not any(j.status == "queued" for j in await store.list_jobs()):
@@ -225,17 +222,6 @@ def _short(text: str, width: int) -> str:
 
 def _time(stamp) -> str:
     return stamp.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _engine_config(args: argparse.Namespace) -> EngineConfig:
-    try:
-        return EngineConfig(model=args.model, device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size)
-    except ValueError as exc:
-        text = str(exc)
-        m = re.match(r"(\w+): ", text)
-        if m and m.group(1) in _OPTION_OF_FIELD:
-            text = _OPTION_OF_FIELD[m.group(1)] + text[len(m.group(1)):]
-        raise headless.UsageError(text) from exc
 
 
 def main(argv: list[str] | None = None) -> int:

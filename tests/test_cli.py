@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from app import batch_runner, headless
-from app.cli import main
+from app.cli import build_parser, main
+from app.engine_options import engine_config
 from backend import EngineConfig, SamplingParams
 
 TINY = ["--model", "random:tiny"]
@@ -166,6 +167,7 @@ def test_chat_into_a_closed_pipe_stops_quietly(capsys, monkeypatch):
     (["--temperature", "-1"], "--temperature: must be >= 0"),
     (["--max-tokens", "0"], "--max-tokens: must be >= 1"),
     (["--max-batch-size", "0"], "--max-batch-size: must be an integer >= 1"),
+    (["--max-prefill-tokens", "0"], "--max-prefill-tokens: must be an integer >= 1"),
     (["--dtype", "int4"], "--dtype: must be one of"),
 ])
 def test_chat_bad_option_value_exits_2_with_one_line(capsys, args, option):
@@ -380,3 +382,11 @@ def test_jobs_command_is_wired_into_baton(tmp_path, capsys):
     assert baton_main(["jobs", "submit", str(job), "--db", db]) == 0
     assert baton_main(["jobs", "list", "--db", db]) == 0
     assert "queued" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["chat", "hi"], ["tui"], ["batch", "in.jsonl", "-o", "out.jsonl"], ["jobs", "run"]])
+def test_engine_options_reach_the_engine_config_of_every_command(argv):
+    args = build_parser().parse_args([*argv, "--max-prefill-tokens", "512", "--max-batch-size", "3",
+                                      "--model", "random:tiny"])
+    config = engine_config(args)
+    assert (config.max_prefill_tokens, config.max_batch_size, config.model) == (512, 3, "random:tiny")

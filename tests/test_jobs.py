@@ -416,6 +416,7 @@ def one_error(err: str) -> str:
     (["submit", "missing.jsonl"], "cannot read the job file"),
     (["run", "--model", "random:nope"], "unknown random preset 'nope'"),
     (["run", "--model", "random:tiny", "--max-batch-size", "0"], "--max-batch-size: must be"),
+    (["run", "--model", "random:tiny", "--max-prefill-tokens", "0"], "--max-prefill-tokens: must be"),
 ])
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
     argv = [x.replace("OUT", str(tmp_path / "o.jsonl")) for x in argv]
