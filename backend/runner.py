@@ -58,14 +58,8 @@ class ModelRunner:
         Returns:
             logits of the last position `[V]` float32, and the prompt's K/V (per layer `[1, kv_heads, L, head_dim]`).
         """
-        L = len(prompt_ids)
-        ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)  # [1, L]
-        cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=ids, position_ids=torch.arange(L, device=self.device)[None],
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
-        keys = [layer.keys for layer in cache.layers]
-        values = [layer.values for layer in cache.layers]
-        return out.logits[0, -1].float(), RowKV(keys, values, L)
+        logits, cache = self.prefill_chunk(prompt_ids, 0, None)  # the whole prompt as one chunk
+        return logits, self.cache_to_row(cache)
 
     @torch.inference_mode()
     def prefill_chunk(self, chunk_ids: list[int], start: int, cache: DynamicCache | None
