@@ -363,6 +363,7 @@ class Engine:
                 return False
             if cmd in ("add", "add_many"):
                 for req in [arg] if cmd == "add" else arg:
+                    req.arrival_step = self._step_count()
                     self._scheduler.add(req)
                     self._window.count("num_requests_received")
             elif cmd == "cancel":
@@ -616,7 +617,8 @@ class Engine:
             self._window.generated(1)
             if finish is None:
                 self._emit(req, TokenOutput(req.request_id, token, text, None, req.num_prompt_tokens,
-                                            req.num_output_tokens, engine_step=self._step_count()))
+                                            req.num_output_tokens, engine_step=self._step_count(),
+                                            arrival_step=req.arrival_step))
                 return req.status.is_finished  # the consumer went away while emitting
             self._finish(req, finish, token=token, text=text)
             return True
@@ -643,7 +645,8 @@ class Engine:
             status.value, "num_requests_finished")
         self._window.count(counter)
         out = TokenOutput(req.request_id, token, text, status.value, req.num_prompt_tokens,
-                          req.num_output_tokens, error, engine_step=self._step_count())
+                          req.num_output_tokens, error, engine_step=self._step_count(),
+                          arrival_step=req.arrival_step)
         self._forget(req)
         self._final_outputs.append((req, out))  # sent after this iteration's stats are published
 

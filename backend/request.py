@@ -51,6 +51,8 @@ class TokenOutput:
         completion_tokens: tokens generated so far.
         error: a message when `finish_reason == "error"`.
         engine_step: decode steps the engine had run when this item was emitted (for latency accounting).
+        arrival_step: decode steps the engine had run when it took this request from its inbox, so
+            `engine_step - arrival_step` is the number of decode steps the request waited through.
     """
 
     request_id: str
@@ -61,6 +63,7 @@ class TokenOutput:
     completion_tokens: int
     error: str | None = None
     engine_step: int = 0
+    arrival_step: int = 0
 
     @property
     def finished(self) -> bool:
@@ -84,6 +87,7 @@ class Request:
     max_len: int  # context limit for this request (tokens)
     arrival: float = field(default_factory=time.perf_counter)
     seq: int = 0  # arrival order (FCFS tie-break)
+    arrival_step: int = 0  # decode steps the engine had run when it received the request
     start_seq: int = -1  # admission order (-1: never admitted); preemption takes the most recent
     num_preemptions: int = 0
     swapped: "RowKV | None" = None  # K/V in host memory while preempted

@@ -38,18 +38,17 @@ QUESTION = [{"role": "user", "content": "Give me three tips for writing clear do
 
 async def _interactive(engine: Engine, tokens: int) -> dict:
     params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
-    steps0 = engine.stats().num_decode_steps
     start = time.perf_counter()
-    times, first_step = [], None
+    times, waited = [], None
     async for out in engine.generate(QUESTION, params, priority=Priority.INTERACTIVE):
         if out.token_id is not None:
             times.append(time.perf_counter())
-            first_step = out.engine_step if first_step is None else first_step
+            waited = out.engine_step - out.arrival_step if waited is None else waited
     ttft = (times[0] - start) * 1000
     tpot = (times[-1] - times[0]) * 1000 / (len(times) - 1)
     itl = sorted((b - a) * 1000 for a, b in zip(times, times[1:]))
     return {"ttft_ms": ttft, "tpot_ms": tpot, "itl_ms_p99": float(np.percentile(itl, 99)), "itl_ms_max": itl[-1],
-            "steps_before_first_token": first_step - steps0, "output_tokens": len(times)}
+            "steps_before_first_token": waited, "output_tokens": len(times)}
 
 
 async def _scenario(loaded, background: list, batch_size: int, bg_tokens: int, fg_tokens: int,

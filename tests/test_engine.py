@@ -119,7 +119,7 @@ async def test_stop_string_ends_the_request_and_is_not_emitted(make_engine):
 
 async def test_stats_report_rows_priorities_and_kv_bytes(make_engine):
     engine = make_engine(max_batch_size=2)
-    params = SamplingParams(max_tokens=300, ignore_eos=True)
+    params = SamplingParams(max_tokens=1500, ignore_eos=True)  # still running after the 0.2 s wait below
     streams = [engine.generate("one", params, Priority.INTERACTIVE, "a"),
                engine.generate("two", params, Priority.AGENT, "b"),
                engine.generate("three", params, Priority.AGENT, "c")]

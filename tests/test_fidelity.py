@@ -157,12 +157,12 @@ async def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(make_en
     async def run_long():
         nonlocal first_long_step, submitted_at
         await started.wait()
-        submitted_at = short_steps[-1]
         out = []
         async for o in engine.generate(long, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True),
                                        priority=Priority.BATCH):
             if o.token_id is not None:
                 first_long_step = first_long_step if first_long_step is not None else o.engine_step
+                submitted_at = o.arrival_step
                 out.append(o.token_id)
         return out
 

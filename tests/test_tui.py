@@ -27,7 +27,8 @@ from app.widgets.prompt_input import PromptInput
 from app.widgets.status_line import StatusLine
 from backend import DEFAULT_MODEL, Engine, EngineConfig
 from storage import Store
-from tui_support import (SIZE, choose_chat, config_dir, idle, new_chat, open_chat_id, populate, ready, send,  # noqa: F401
+from tui_support import (SIZE, choose_chat, config_dir, idle, new_chat, open_chat_id, populate, ready,
+                         record_notifications, send,  # noqa: F401
                          wait_for)
 
 # random:tiny makes ~1,000 tokens/s alone on a CPU: long answers keep chats streaming side by side for
@@ -45,19 +46,6 @@ async def store(tmp_path):
     store = await Store.open(tmp_path / "baton.db")
     yield store
     await store.close()
-
-
-def record_notifications(app) -> list[tuple[str, str, str]]:
-    """Wrap `app.notify`; returns the list of (severity, title, message) it fills."""
-    notes: list[tuple[str, str, str]] = []
-    original = app.notify
-
-    def notify(message, *, title="", severity="information", **kwargs):
-        notes.append((severity, title, str(message)))
-        return original(message, title=title, severity=severity, **kwargs)
-
-    app.notify = notify
-    return notes
 
 
 def status_text(screen) -> str:

@@ -15,7 +15,7 @@ from app.screens.jobs import JobFilePicker, JobsScreen
 from app.tui import BatonApp
 from app.widgets.live_panel import LivePanel
 from storage import Store
-from tui_support import SIZE, config_dir, ready, wait_for  # noqa: F401 (config_dir: autouse fixture)
+from tui_support import SIZE, config_dir, ready, record_notifications, wait_for  # noqa: F401 (config_dir: autouse fixture)
 
 URL = "/v1/chat/completions"
 LONG = 1500  # tokens per item (ignore_eos)
@@ -135,8 +135,10 @@ async def test_pause_resume_and_cancel_change_the_stored_status(engine, store, t
         confirm.action_confirm()
         await wait_status(pilot, store, long.id, "cancelled")
         screen.select_job(long.id)
+        notes = record_notifications(app)
         await pilot.press("p")  # a cancelled job cannot be paused: a warning, nothing changes
-        await pilot.pause(0.2)
+        await wait_for(pilot, lambda: any(sev == "warning" and "is cancelled" in msg for sev, _, msg in notes),
+                       what="the warning")
         assert await stored_status(store, long.id) == "cancelled"
         assert (await store.get_job(long.id)).pending > 0
 

@@ -131,3 +131,16 @@ def config_dir(tmp_path, monkeypatch):
     write_preferences(folder, show_panel=False)
     monkeypatch.setenv("BATON_CONFIG_DIR", str(folder))
     return folder
+
+
+def record_notifications(app) -> list[tuple[str, str, str]]:
+    """Wrap `app.notify`; returns the list of (severity, title, message) it fills."""
+    notes: list[tuple[str, str, str]] = []
+    original = app.notify
+
+    def notify(message, *, title="", severity="information", **kwargs):
+        notes.append((severity, title, str(message)))
+        return original(message, title=title, severity=severity, **kwargs)
+
+    app.notify = notify
+    return notes
