@@ -423,7 +423,7 @@ class Engine:
             if group and req.priority != group[0].priority:
                 self._prefill_group(group)
             if (len(self._rows) + len(group) < self.config.max_batch_size
-                    and self._memory_view(group).fits_after_insert(length)):
+                    and self._memory_view(group, admitting=req).fits_after_insert(length)):
                 self._scheduler.pop()
                 spent += take
                 if req.swapped is not None:
@@ -444,12 +444,25 @@ class Engine:
         self._prefill_group(group)
 
     def _relieve_memory_pressure(self) -> None:
-        """Swap out rows (lowest priority, most recent first) while the next step would pass the high watermark."""
+        """While the next step would pass the high watermark, free memory from the lowest-priority work:
+        swap out a row (lowest priority, most recent first), or, where a long prompt between prefill chunks
+        has no higher priority than that row, drop its partial K/V (its prefill restarts later; nothing was
+        emitted, so nothing is lost or repeated)."""
         while self._memory_view().over_high_watermark():
             victim = self._scheduler.choose_victim(self._rows, None)
-            if victim is None:
+            holder = self._scheduler.choose_prefill_to_drop()
+            if holder is not None and (victim is None or holder.priority >= self._rows[victim].priority):
+                self._drop_partial_prefill(holder)
+            elif victim is not None:
+                self._swap_out(victim)
+            else:
                 return
-            self._swap_out(victim)
+
+    def _drop_partial_prefill(self, req: Request) -> None:
+        """Free the K/V a queued long prompt holds between prefill chunks; it starts its prefill again."""
+        req.prefill_cache, req.num_prefilled = None, 0
+        req.status = RequestStatus.WAITING
+        self._window.count("num_prefill_restarts")
 
     def _swap_out(self, row: int) -> None:
         """Preempt one row: copy its K/V to host memory (pinned on CUDA), free the row, requeue it."""
@@ -472,12 +485,24 @@ class Engine:
         self._rows.append(req)
         self._row_params = None
 
-    def _memory_view(self, pending: Sequence[Request] = ()) -> MemoryView:
-        """The batch's memory as the scheduler sees it, with `pending` newcomers counted as rows already."""
+    def _memory_view(self, pending: Sequence[Request] = (), admitting: Request | None = None) -> MemoryView:
+        """The batch's memory as the scheduler sees it, with `pending` newcomers counted as rows already.
+
+        Under a fixed budget the K/V that long prompts hold between prefill chunks count too (except
+        `admitting`'s own, which its new row replaces); a budget read from free device memory already
+        excludes them.
+        """
         b = self._batch
         seq_len = max([b.seq_len, *(r.num_prompt_tokens for r in pending)])
+        held = 0
+        if self._fixed_kv_budget() is not None:
+            held = self._prefill_cache_bytes() - (admitting.num_prefilled * b.bytes_per_token if admitting else 0)
         return MemoryView(len(self._rows) + len(pending), seq_len, b.bytes_per_token, self._budget,
-                          self.config.memory_low_watermark, self.config.memory_high_watermark)
+                          self.config.memory_low_watermark, self.config.memory_high_watermark, held)
+
+    def _prefill_cache_bytes(self) -> int:
+        """K/V bytes held by long prompts between prefill chunks (outside the batch's buffers)."""
+        return self._scheduler.prefilled_tokens() * self._batch.bytes_per_token
 
     def _fixed_kv_budget(self) -> int | None:
         """The configured budget, or the CPU default; None on CUDA, where the budget follows free memory."""
@@ -674,9 +699,12 @@ class Engine:
         waiting = tuple(RowStats(r.request_id, r.priority.name.lower(), r.status.value, r.context_len,
                                  r.num_output_tokens) for r in waiting_reqs)
         window = b.size * b.seq_len * b.bytes_per_token
+        held = self._prefill_cache_bytes()
         self._window.peak("peak_kv_window_bytes", window)
+        self._window.peak("peak_kv_bytes", window + held)
         self._stats = self._window.snapshot(rows=rows, waiting=waiting, kv_cache_bytes=b.capacity_bytes,
                                             kv_used_bytes=b.used_bytes, kv_window_bytes=window,
+                                            prefill_cache_bytes=held,
                                             kv_budget_bytes=self._budget or 0,
                                             swapped_bytes=sum(r.swapped.nbytes for r in waiting_reqs
                                                               if r.swapped is not None),

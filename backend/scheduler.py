@@ -36,6 +36,9 @@ class MemoryView:
         bytes_per_token: K/V bytes of one token of one row (all layers).
         budget_bytes: most bytes the window may take (None: unlimited).
         low_watermark, high_watermark: fractions of the budget (admit below low, swap out above high).
+        held_bytes: K/V held outside the window that the budget must also cover: long prompts between
+            prefill chunks (bytes; 0 where the budget is read from free device memory, which already
+            excludes them).
     """
 
     rows: int
@@ -44,6 +47,7 @@ class MemoryView:
     budget_bytes: int | None
     low_watermark: float
     high_watermark: float
+    held_bytes: int = 0
 
     def window_bytes(self, rows: int, seq_len: int) -> int:
         """Bytes of a `[rows, seq_len]` window (the decode step writes one more column: counted)."""
@@ -53,14 +57,16 @@ class MemoryView:
         """Would the window with one more row of `length` tokens stay under the low watermark?"""
         if self.budget_bytes is None:
             return True
-        after = self.window_bytes(self.rows + 1, max(self.seq_len, length))
+        after = self.window_bytes(self.rows + 1, max(self.seq_len, length)) + self.held_bytes
         return self.rows == 0 or after <= self.low_watermark * self.budget_bytes
 
     def over_high_watermark(self) -> bool:
-        """Would the next decode step's window exceed the high watermark?"""
-        if self.budget_bytes is None or self.rows <= 1:
+        """Would the next decode step's window, with the K/V held outside it, exceed the high watermark?
+        Never with a single consumer of memory (one row, or no row at all), which could only make room
+        by giving up all its work."""
+        if self.budget_bytes is None or self.rows == 0 or (self.rows == 1 and not self.held_bytes):
             return False
-        return self.window_bytes(self.rows, self.seq_len) > self.high_watermark * self.budget_bytes
+        return self.window_bytes(self.rows, self.seq_len) + self.held_bytes > self.high_watermark * self.budget_bytes
 
 
 class Scheduler:
@@ -138,6 +144,16 @@ class Scheduler:
             if best is None or key > best[0]:
                 best = (key, row)
         return None if best is None else best[1]
+
+    def prefilled_tokens(self) -> int:
+        """Prompt tokens already prefilled by queued requests between prefill chunks (their K/V are held)."""
+        return sum(r.num_prefilled for r in self._waiting.values() if r.prefill_cache is not None)
+
+    def choose_prefill_to_drop(self) -> Request | None:
+        """The queued request between prefill chunks whose held K/V go first under memory pressure: lowest
+        priority, then latest arrival; None when no request holds any."""
+        holders = [r for r in self._waiting.values() if r.prefill_cache is not None]
+        return max(holders, key=lambda r: (int(r.priority), r.seq), default=None)
 
     def waiting(self) -> list[Request]:
         """Waiting and swapped requests in admission order (a copy)."""

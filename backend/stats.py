@@ -35,6 +35,7 @@ class EngineStats:
         kv_window_bytes: bytes of the padded `[B, S]` window a decode step reads (bytes).
         kv_budget_bytes: the budget the window is kept under (bytes; see `EngineConfig.kv_budget_bytes`).
         swapped_bytes: K/V of preempted requests held in host memory (bytes).
+        prefill_cache_bytes: K/V held on the device by long prompts between prefill chunks (bytes).
         padding_fraction: share of the batch's `[B, S]` cache window that is padding.
         seq_len: the batch's cache window length S (tokens).
         num_decode_steps: decode steps run since start.
@@ -42,9 +43,11 @@ class EngineStats:
         mean_decode_step_ms, mean_prefill_ms: over the last few seconds (ms).
         counters: `num_*` totals (requests received/finished/cancelled/failed, prefills (requests prefilled),
             prefill forwards (one per packed group of newcomers or prefill chunk), prefill chunks (chunked
-            prefill of long prompts), prompt tokens,
+            prefill of long prompts), prefill restarts (partial K/V of a long prompt dropped under memory
+            pressure), prompt tokens,
             generated tokens, inserts, removes, preemptions, swap-outs, swap-ins, swapped-out bytes),
-            `peak_kv_window_bytes`, and cumulative seconds: `prefill_seconds`, `decode_seconds`,
+            `peak_kv_window_bytes`, `peak_kv_bytes` (window plus prefill caches, the total kept under a
+            fixed budget), and cumulative seconds: `prefill_seconds`, `decode_seconds`,
             `decode_row_seconds` (step time x rows) and `idle_row_seconds` (prefill time x rows that waited
             through it: BATON's idle decode-row time; idle fraction = idle / (idle + decode_row)).
         device, model: what the engine runs on.
@@ -57,6 +60,7 @@ class EngineStats:
     kv_window_bytes: int = 0
     kv_budget_bytes: int = 0
     swapped_bytes: int = 0
+    prefill_cache_bytes: int = 0
     padding_fraction: float = 0.0
     seq_len: int = 0
     num_decode_steps: int = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -81,6 +82,42 @@ async def test_small_kv_budget_is_respected_and_everything_completes(make_engine
         [o async for o in engine.generate("x" * 50, _greedy(200))]
 
 
+async def test_kv_held_between_prefill_chunks_counts_against_the_budget(make_engine, tiny):
+    """A long prompt's K/V held between prefill chunks live outside the batch's window; under a fixed budget
+    they are counted too: chats arriving mid-prefill are admitted only into the room left, and when the
+    rows grow, the background prompt's partial K/V are dropped (its prefill restarts) before any chat row
+    is swapped out. Window plus held K/V never pass the budget, and every output equals its solo run."""
+    budget = 48 * 1024  # random:tiny: 512 bytes per token of one row -> 96 row-tokens
+    engine = make_engine(max_batch_size=8, kv_budget_bytes=budget, max_prefill_tokens=16,
+                         max_background_prefill_tokens=None)
+    runner, real = engine._runner, engine._runner.prefill_chunk
+    chunk_starts, in_second, release = [], threading.Event(), threading.Event()
+
+    def gated(*args):
+        chunk_starts.append(args[1])
+        if len(chunk_starts) == 2:
+            in_second.set()
+            release.wait(10)  # hold the engine inside the long prompt's second chunk while chats arrive
+        return real(*args)
+
+    runner.prefill_chunk = gated
+    long = [3 + (7 * i) % 200 for i in range(60)]  # 60 tokens: chunks of 16
+    bg = _Run(engine, long, _greedy(4), Priority.BATCH)
+    assert await asyncio.to_thread(in_second.wait, 10)
+    chats = [f"chat {i}" for i in range(3)]  # 3 rows of ~27 tokens fit in the budget, not with the held K/V
+    fg = [_Run(engine, p, _greedy(20), Priority.INTERACTIVE) for p in chats]
+    while engine._inbox.qsize() < len(chats):
+        await asyncio.sleep(0.005)  # the chats are in the engine's inbox, behind the held chunk
+    release.set()
+    await asyncio.gather(bg.task, *(r.task for r in fg))
+    counters = engine.stats().counters
+    assert 0 < counters["peak_kv_bytes"] <= budget
+    assert counters["num_prefill_restarts"] >= 1 and counters.get("num_preemptions", 0) == 0
+    assert bg.tokens == solo_greedy(tiny, long, 4)
+    for run, prompt in zip(fg, chats):
+        assert run.tokens == solo_greedy(tiny, engine.tokenize(prompt), 20)
+
+
 async def test_a_row_is_preempted_at_most_max_preemptions_times(make_engine, tiny):
     engine = make_engine(max_batch_size=1, max_preemptions=1)
     bg = _Run(engine, "long background work", _greedy(120), Priority.BATCH)
@@ -135,3 +172,21 @@ def test_memory_view_watermarks():
     assert not view.over_high_watermark()
     assert MemoryView(4, 99, 10, 4000, 0.8, 0.95).over_high_watermark()  # 4000 > 3800
     assert MemoryView(0, 0, 10, 1, 0.8, 0.95).fits_after_insert(10_000)  # an empty batch takes anything
+    held = MemoryView(2, 99, 10, 4000, 0.8, 0.95, held_bytes=500)  # K/V held between prefill chunks
+    assert not held.fits_after_insert(50)  # 3000 + 500 > 3200
+    assert not held.over_high_watermark() and MemoryView(2, 99, 10, 4000, 0.8, 0.95, 1900).over_high_watermark()
+    assert MemoryView(1, 99, 10, 1000, 0.8, 0.95, 1).over_high_watermark()  # a row and a held prompt: two consumers
+    assert not MemoryView(1, 99, 10, 1000, 0.8, 0.95).over_high_watermark()  # one row alone is never swapped out
+    assert not MemoryView(0, 0, 10, 1000, 0.8, 0.95, 5000).over_high_watermark()  # nor a lone held prompt
+
+
+def test_the_lowest_priority_latest_partial_prefill_is_dropped_first():
+    sched = Scheduler()
+    reqs = [_req("chat", Priority.INTERACTIVE), _req("job-1", Priority.BATCH), _req("job-2", Priority.BATCH),
+            _req("new", Priority.BATCH)]
+    for r in reqs:
+        sched.add(r)
+    assert sched.choose_prefill_to_drop() is None and sched.prefilled_tokens() == 0
+    for r in reqs[:3]:
+        r.num_prefilled, r.prefill_cache = 16, object()
+    assert sched.choose_prefill_to_drop() is reqs[2] and sched.prefilled_tokens() == 48
