@@ -116,6 +116,23 @@ async def test_a_failing_step_is_rolled_back(tmp_path):
         assert c.execute("SELECT count(*) FROM sqlite_master WHERE name = 'extra'").fetchone()[0] == 0
 
 
+async def test_a_step_leaving_a_dangling_foreign_key_is_rolled_back(tmp_path):
+    path = tmp_path / "baton.db"
+    async with await Store.open(path):
+        pass
+    orphan = ("INSERT INTO message (chat_id, role, created_at, updated_at) VALUES (99, 'user', 'x', 'x')",)
+    conn = await sdb.connect(str(path), 1.0)
+    try:
+        with pytest.raises(sqlite3.IntegrityError, match="dangling foreign key"):
+            await migrations.migrate(conn, migrations.STEPS + (migrations.Step("orphan", orphan),))
+        assert (await conn.execute_fetchall("PRAGMA foreign_keys"))[0][0] == 1  # back on for the connection
+    finally:
+        await conn.close()
+    assert user_version(path) == migrations.LATEST
+    with sqlite3.connect(path) as c:
+        assert c.execute("SELECT count(*) FROM message").fetchone()[0] == 0
+
+
 async def test_a_newer_schema_is_a_clear_error_and_left_alone(tmp_path):
     path = tmp_path / "baton.db"
     async with await Store.open(path):
@@ -453,3 +470,45 @@ async def test_a_version_1_database_gains_the_job_owner_column(tmp_path):
         assert [j.name for j in await store.list_jobs()] == ["old job"]
         await store.set_job_status(1, "running")
         assert (await store._fetchone("SELECT owner_pid FROM job WHERE id = 1"))[0] == os.getpid()
+
+
+async def test_a_version_2_database_keeps_its_rows_and_stops_reusing_ids(tmp_path):
+    """Schema step 3 rebuilds chat, message and job with AUTOINCREMENT (foreign keys off during the step,
+    checked before it commits): every row, parent link, search hit and job item survives, and the id of a
+    deleted newest row is never given to a new one."""
+    path = tmp_path / "old.db"
+    conn = await sdb.connect(str(path), 1.0)
+    try:
+        assert await migrations.migrate(conn, migrations.STEPS[:2]) == 2
+        stamp = "2026-01-01T00:00:00+00:00"
+        await conn.execute("INSERT INTO chat (id, title, created_at, updated_at) VALUES (1, 'kept', ?, ?)",
+                           (stamp, stamp))
+        await conn.execute("INSERT INTO chat (id, title, created_at, updated_at) VALUES (2, 'newest', ?, ?)",
+                           (stamp, stamp))
+        await conn.execute("INSERT INTO message (id, chat_id, role, content, created_at, updated_at) "
+                           "VALUES (1, 1, 'user', 'where do penguins live', ?, ?)", (stamp, stamp))
+        await conn.execute("INSERT INTO message (id, chat_id, parent_id, role, content, finish_reason, created_at, "
+                           "updated_at) VALUES (2, 1, 1, 'assistant', 'in Antarctica', 'stop', ?, ?)", (stamp, stamp))
+        await conn.execute("INSERT INTO job (id, kind, name, status, created_at, updated_at) "
+                           "VALUES (1, 'batch', 'old job', 'done', ?, ?)", (stamp, stamp))
+        await conn.execute("INSERT INTO job_item (job_id, idx, request) VALUES (1, 0, '{}')")
+        await conn.commit()
+    finally:
+        await conn.close()
+    async with await Store.open(path) as store:
+        assert await store.schema_version() == migrations.LATEST >= 3
+        assert [(m.id, m.parent_id, m.content) for m in await store.list_messages(1)] == [
+            (1, None, "where do penguins live"), (2, 1, "in Antarctica")]
+        assert [h.message.id for h in await store.search("antarctica")] == [2]
+        assert (await store.get_job(1)).name == "old job"
+        assert (await store._fetchone("SELECT count(*) FROM job_item WHERE job_id = 1"))[0] == 1
+        # the newest chat, message and job are deleted: their ids are not handed out again
+        assert await store.delete_messages_after(1, 2, inclusive=True) == 1
+        assert (await store.add_message(1, "assistant", "on the ice")).id == 3
+        assert await store.delete_chat(2)
+        assert (await store.create_chat("new")).id == 3
+        assert await store.delete_job(1)
+        assert (await store.create_job("batch", "new job", [{"body": {}}])).id == 2
+        assert [h.message.id for h in await store.search("ice")] == [3]
+        assert not await store._fetchall("PRAGMA foreign_key_check")
+        assert (await store._fetchone("PRAGMA foreign_keys"))[0] == 1
