@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -44,6 +49,55 @@ def make_engine(tiny):
     yield make
     for engine in engines:
         engine.shutdown()
+
+
+class DecodeGate:
+    """Parks the engine thread before the first decode step at which `when(batch)` holds, until `release()`.
+
+    A test can then queue requests knowing exactly which rows are still running, on a machine of any speed
+    (the alternative, giving rows "enough" tokens, races with the engine). One-shot.
+    """
+
+    def __init__(self, engine: Engine, when: Callable):
+        self._parked, self._released = threading.Event(), threading.Event()
+        runner, real = engine._runner, engine._runner.decode
+
+        def decode(batch, input_ids):
+            if not self._parked.is_set() and when(batch):
+                self._parked.set()
+                self._released.wait(60)
+            return real(batch, input_ids)
+
+        runner.decode = decode
+
+    async def parked(self) -> None:
+        """Wait until the engine is parked (fails after 60 s)."""
+        assert await asyncio.to_thread(self._parked.wait, 60), "the engine never reached the gate"
+
+    def release(self) -> None:
+        self._released.set()
+
+
+@pytest.fixture
+def decode_gate(make_engine):
+    """`decode_gate(engine, when)` -> `DecodeGate`; every gate is released before the engines shut down."""
+    gates = []
+
+    def make(engine: Engine, when: Callable = lambda batch: True) -> DecodeGate:
+        gates.append(DecodeGate(engine, when))
+        return gates[-1]
+
+    yield make
+    for gate in gates:
+        gate.release()
+
+
+async def queued(engine: Engine, n: int = 1) -> None:
+    """Wait until `n` commands (new requests, cancels) sit in the engine's inbox (fails after 60 s)."""
+    deadline = time.monotonic() + 60
+    while engine._inbox.qsize() < n:
+        assert time.monotonic() < deadline, f"{n} commands never reached the engine's inbox"
+        await asyncio.sleep(0.002)
 
 
 def solo_greedy(loaded, prompt_ids: list[int], max_new_tokens: int) -> list[int]:

@@ -67,13 +67,13 @@ async def test_max_model_len_caps_generation(make_engine):
 async def test_cancel_keeps_partial_output_and_frees_the_row(make_engine):
     engine = make_engine()
     seen = []
-    async for out in engine.generate("tell me", SamplingParams(max_tokens=500, ignore_eos=True),
+    async for out in engine.generate("tell me", SamplingParams(max_tokens=1900, ignore_eos=True),
                                      request_id="r1"):
         seen.append(out)
         if len(seen) == 5:
             assert engine.cancel("r1") is True
     assert seen[-1].finish_reason == "cancelled"
-    assert 5 <= seen[-1].completion_tokens < 500
+    assert 5 <= seen[-1].completion_tokens < 1900
     assert engine.cancel("r1") is False  # already finished
     with pytest.raises(KeyError, match="unknown request id"):
         engine.cancel("never-seen")
@@ -85,10 +85,10 @@ async def test_cancel_keeps_partial_output_and_frees_the_row(make_engine):
 
 async def test_leaving_the_stream_early_cancels_the_request(make_engine):
     engine = make_engine()
-    async for out in engine.generate("tell me", SamplingParams(max_tokens=500, ignore_eos=True)):
+    async for out in engine.generate("tell me", SamplingParams(max_tokens=1900, ignore_eos=True)):
         if out.completion_tokens == 3:
             break
-    for _ in range(100):
+    for _ in range(2000):
         if engine.stats().counters.get("num_requests_cancelled"):
             break
         await asyncio.sleep(0.01)
@@ -98,7 +98,7 @@ async def test_leaving_the_stream_early_cancels_the_request(make_engine):
 
 async def test_duplicate_live_request_id_is_rejected(make_engine):
     engine = make_engine()
-    first = engine.generate("a", SamplingParams(max_tokens=200, ignore_eos=True), request_id="dup")
+    first = engine.generate("a", SamplingParams(max_tokens=1900, ignore_eos=True), request_id="dup")
     await first.__anext__()
     with pytest.raises(ValueError, match="request_id"):
         await _collect(engine, "b", SamplingParams(), request_id="dup")
@@ -117,17 +117,20 @@ async def test_stop_string_ends_the_request_and_is_not_emitted(make_engine):
     assert stopped == text[:text.index(stop)]
 
 
-async def test_stats_report_rows_priorities_and_kv_bytes(make_engine):
+async def test_stats_report_rows_priorities_and_kv_bytes(make_engine, decode_gate):
     engine = make_engine(max_batch_size=2)
-    params = SamplingParams(max_tokens=1500, ignore_eos=True)  # still running after the 0.2 s wait below
+    waited = []  # the engine parks once `c` has waited through one iteration, whose stats are then published
+    gate = decode_gate(engine, lambda batch: len(engine._scheduler) == 1 and (waited.append(1) or len(waited) > 1))
+    params = SamplingParams(max_tokens=1500, ignore_eos=True)
     streams = [engine.generate("one", params, Priority.INTERACTIVE, "a"),
                engine.generate("two", params, Priority.AGENT, "b"),
                engine.generate("three", params, Priority.AGENT, "c")]
     await streams[0].__anext__()
     await streams[1].__anext__()
     task = asyncio.create_task(streams[2].__anext__())  # queued: 2 rows, and no lower-priority row to preempt
-    await asyncio.sleep(0.2)
+    await gate.parked()
     stats = engine.stats()
+    gate.release()
     assert {r.request_id: r.priority for r in stats.rows} == {"a": "interactive", "b": "agent"}
     assert [r.request_id for r in stats.waiting] == ["c"] and stats.queue_depth == 1
     assert stats.rows_by_state() == {"running": 2, "waiting": 1, "swapped": 0, "prefilling": 0}
@@ -230,8 +233,8 @@ async def test_a_prompt_cancelled_between_prefill_chunks_ends_without_tokens(mak
     runner.prefill_chunk = gated
     prompt = list(range(3, 103))  # 100 tokens: 7 chunks of up to 16
     task = asyncio.create_task(_collect(engine, prompt, SamplingParams(max_tokens=5), request_id="long"))
-    for _ in range(500):
-        if [r.state for r in engine.stats().waiting if r.request_id == "long"] == ["prefilling"]:
+    for _ in range(2000):  # parked inside chunk 2, after chunk 1's iteration published its stats
+        if len(calls) == 2 and [r.state for r in engine.stats().waiting if r.request_id == "long"] == ["prefilling"]:
             assert engine.stats().rows_by_state()["prefilling"] == 1
             break
         await asyncio.sleep(0.01)

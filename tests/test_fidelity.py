@@ -8,7 +8,7 @@ import time
 import pytest
 
 from backend import Priority, SamplingParams
-from conftest import solo_greedy
+from conftest import queued, solo_greedy
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -60,7 +60,7 @@ async def test_greedy_matches_solo_generate_on_tiny_model(make_engine, tiny, att
         assert got[i] == solo_greedy(tiny, p, n), f"request {i} diverged"
     counters = engine.stats().counters
     assert counters["num_inserts"] == 6 and counters["num_removes"] == 6
-    assert counters["num_decode_steps"] < sum(lengths)  # rows really shared decode steps
+    assert counters["num_decode_steps"] < sum(n - 1 for n in lengths)  # rows really shared decode steps
 
 
 def test_generate_batch_greedy_matches_solo_with_many_rows(make_engine, tiny):
@@ -135,69 +135,53 @@ def test_packed_prefill_matches_solo_generate_on_default_model(make_engine, real
     assert engine.stats().counters["num_prefill_forwards"] == 1
 
 
-async def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(make_engine, tiny):
+async def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(make_engine, decode_gate, tiny):
     """A prompt over `max_prefill_tokens` is prefilled a chunk per iteration while the running row keeps
     decoding (one step between chunks), and both outputs still equal their solo outputs."""
     engine = make_engine(max_batch_size=4, max_prefill_tokens=16)
+    gate = decode_gate(engine)  # the long prompt is sent while the short row waits for its first decode step
     short, long = list(range(5, 15)), [3 + (7 * i) % 200 for i in range(70)]  # 70 tokens: chunks 16x4 + 6
     greedy = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
-    first_long_step = submitted_at = None
-    short_steps = []
 
-    async def run_short():
-        out = []
-        async for o in engine.generate(short, greedy, priority=Priority.BATCH):
-            if o.token_id is not None:
-                out.append(o.token_id)
-                short_steps.append(o.engine_step)
-            if len(out) == 3:
-                started.set()
-        return out
+    async def run(prompt, params):
+        return [o async for o in engine.generate(prompt, params, priority=Priority.BATCH) if o.token_id is not None]
 
-    async def run_long():
-        nonlocal first_long_step, submitted_at
-        await started.wait()
-        out = []
-        async for o in engine.generate(long, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True),
-                                       priority=Priority.BATCH):
-            if o.token_id is not None:
-                first_long_step = first_long_step if first_long_step is not None else o.engine_step
-                submitted_at = o.arrival_step
-                out.append(o.token_id)
-        return out
-
-    started = asyncio.Event()
-    got_short, got_long = await asyncio.gather(run_short(), run_long())
-    assert got_short == solo_greedy(tiny, short, 40)
-    assert got_long == solo_greedy(tiny, long, 12)
+    short_run = asyncio.create_task(run(short, greedy))
+    await gate.parked()
+    long_run = asyncio.create_task(run(long, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)))
+    await queued(engine)
+    gate.release()
+    short_outs, long_outs = await asyncio.gather(short_run, long_run)
+    assert [o.token_id for o in short_outs] == solo_greedy(tiny, short, 40)
+    assert [o.token_id for o in long_outs] == solo_greedy(tiny, long, 12)
     counters = engine.stats().counters
     assert counters["num_prefill_chunks"] == 5 and counters["num_prefills"] == 2
     # one decode step of the short row between every two chunks: the long prompt's first token came at
-    # least 4 steps after it was sent (all at once, it would have come at the next step)
-    assert first_long_step - submitted_at >= 4
-    assert set(range(submitted_at, first_long_step)) <= set(short_steps)  # the short row never stalled
+    # least 4 steps after the engine received it (all at once, it would have come at the next step)
+    arrived, first_long_step = long_outs[0].arrival_step, long_outs[0].engine_step
+    assert first_long_step - arrived >= 4
+    short_steps = {o.engine_step for o in short_outs}
+    assert set(range(arrived, first_long_step)) <= short_steps  # the short row never stalled
 
 
-async def test_background_prompts_are_chunked_finer_while_a_chat_is_decoding(make_engine, tiny):
+async def test_background_prompts_are_chunked_finer_while_a_chat_is_decoding(make_engine, decode_gate, tiny):
     """`max_background_prefill_tokens`: while an interactive row decodes, a batch prompt is prefilled in chunks
     of that budget (the chat waits at most that long per token); with no chat running it goes in whole."""
     engine = make_engine(max_batch_size=4, max_background_prefill_tokens=16)
+    gate = decode_gate(engine)  # the background prompt is sent while the chat waits for its first decode step
     chat, background = list(range(5, 15)), [3 + (7 * i) % 200 for i in range(100)]
-    started = asyncio.Event()
 
     async def run_chat():
-        out = []
-        async for o in engine.generate(chat, SamplingParams(max_tokens=60, temperature=0, ignore_eos=True),
-                                       priority=Priority.INTERACTIVE):
-            out.append(o.token_id)
-            if len(out) == 3:
-                started.set()
-        return out
+        return [o.token_id async for o in engine.generate(
+            chat, SamplingParams(max_tokens=60, temperature=0, ignore_eos=True), priority=Priority.INTERACTIVE)]
 
     async def run_background():
-        await started.wait()
-        return [r.token_ids for r in await asyncio.to_thread(
-            engine.generate_batch, [background], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))][0]
+        await gate.parked()
+        job = asyncio.create_task(asyncio.to_thread(
+            engine.generate_batch, [background], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)))
+        await queued(engine)
+        gate.release()
+        return (await job)[0].token_ids
 
     got_chat, got_background = await asyncio.gather(run_chat(), run_background())
     assert got_chat == solo_greedy(tiny, chat, 60) and got_background == solo_greedy(tiny, background, 8)

@@ -11,7 +11,7 @@ from backend import Priority, SamplingParams
 from backend.config import SamplingParams as SP
 from backend.request import Request
 from backend.scheduler import MemoryView, Scheduler
-from conftest import solo_greedy
+from conftest import queued, solo_greedy
 
 
 class _Run:
@@ -34,15 +34,22 @@ class _Run:
         return [o.token_id for o in self.outs if o.token_id is not None]
 
 
+async def _collect(stream):
+    return [o async for o in stream]
+
+
 def _greedy(n):
     return SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
 
 
-async def test_preempted_rows_swap_back_and_match_uninterrupted_runs(make_engine, tiny):
+async def test_preempted_rows_swap_back_and_match_uninterrupted_runs(make_engine, decode_gate, tiny):
     engine = make_engine(max_batch_size=2)
+    gate = decode_gate(engine, lambda batch: batch.size == 2)  # the chat arrives while both rows run
     bg = [_Run(engine, p, _greedy(60), Priority.BATCH) for p in ("background one", "background two, longer")]
-    await asyncio.gather(*(r.started.wait() for r in bg))
+    await gate.parked()
     fg = _Run(engine, "interactive question", _greedy(20), Priority.INTERACTIVE)
+    await queued(engine)
+    gate.release()
     await asyncio.gather(*(r.task for r in [*bg, fg]))
     counters = engine.stats().counters
     assert counters["num_preemptions"] >= 1 and counters["num_swap_ins"] == counters["num_swap_outs"]
@@ -52,11 +59,15 @@ async def test_preempted_rows_swap_back_and_match_uninterrupted_runs(make_engine
         assert run.tokens == solo_greedy(tiny, engine.tokenize(prompt), n)
 
 
-async def test_interactive_first_token_within_one_decode_step_of_a_full_batch(make_engine):
+async def test_interactive_first_token_within_one_decode_step_of_a_full_batch(make_engine, decode_gate):
     engine = make_engine(max_batch_size=3)
+    gate = decode_gate(engine, lambda batch: batch.size == 3)
     bg = [_Run(engine, f"background job {i}", _greedy(400), Priority.BATCH) for i in range(3)]
-    await asyncio.gather(*(r.started.wait() for r in bg))
-    fg = [o async for o in engine.generate("urgent", _greedy(5), priority=Priority.INTERACTIVE)]
+    await gate.parked()
+    urgent = asyncio.create_task(_collect(engine.generate("urgent", _greedy(5), priority=Priority.INTERACTIVE)))
+    await queued(engine)
+    gate.release()
+    fg = await urgent
     assert fg[0].token_id is not None
     # steps counted by the engine from the moment it received the request (reading stats() here would race
     # with the engine thread, which may finish another step before the request reaches its inbox)
@@ -118,17 +129,24 @@ async def test_kv_held_between_prefill_chunks_counts_against_the_budget(make_eng
         assert run.tokens == solo_greedy(tiny, engine.tokenize(prompt), 20)
 
 
-async def test_a_row_is_preempted_at_most_max_preemptions_times(make_engine, tiny):
+async def test_a_row_is_preempted_at_most_max_preemptions_times(make_engine, decode_gate, tiny):
     engine = make_engine(max_batch_size=1, max_preemptions=1)
-    bg = _Run(engine, "long background work", _greedy(120), Priority.BATCH)
-    await bg.started.wait()
-    first = [o async for o in engine.generate("first", _greedy(5), priority=Priority.INTERACTIVE)]
-    while not any(r.priority == "batch" and r.state == "running" for r in engine.stats().rows):
-        await asyncio.sleep(0.01)  # wait for the background row to be swapped back in
-    second = [o async for o in engine.generate("second", _greedy(5), priority=Priority.INTERACTIVE)]
+    background_decoding = lambda batch: any(r.priority == Priority.BATCH for r in engine._rows)  # noqa: E731
+    chats = []
+    for prompt in ("first", "second"):  # each sent while the background row is decoding (swapped back in)
+        gate = decode_gate(engine, background_decoding)
+        if not chats:
+            bg = _Run(engine, "long background work", _greedy(120), Priority.BATCH)
+        await gate.parked()
+        chat = asyncio.create_task(_collect(engine.generate(prompt, _greedy(5), priority=Priority.INTERACTIVE)))
+        await queued(engine)
+        gate.release()
+        chats.append(await chat)
+    first, second = chats
     await bg.task
     assert engine.stats().counters["num_preemptions"] == 1
-    assert second[0].engine_step >= bg.outs[-1].engine_step  # waited for the pinned row to finish
+    assert first[-1].engine_step < bg.outs[-1].engine_step  # the first chat preempted the background row
+    assert second[0].arrival_step < bg.outs[-1].engine_step <= second[0].engine_step  # the second waited for it
     assert first[-1].finish_reason == second[-1].finish_reason == "length"
     assert bg.tokens == solo_greedy(tiny, engine.tokenize("long background work"), 120)
 
