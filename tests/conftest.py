@@ -52,20 +52,25 @@ def make_engine(tiny):
 
 
 class DecodeGate:
-    """Parks the engine thread before the first decode step at which `when(batch)` holds, until `release()`.
+    """Parks the engine thread before a decode step, until `release()`: the first step at which `when(batch)`
+    holds, after `skip` such steps (skip=1: the stats of one such iteration have been published). One-shot.
 
     A test can then queue requests knowing exactly which rows are still running, on a machine of any speed
-    (the alternative, giving rows "enough" tokens, races with the engine). One-shot.
+    (the alternative, giving rows "enough" tokens, races with the engine).
     """
 
-    def __init__(self, engine: Engine, when: Callable):
+    def __init__(self, engine: Engine, when: Callable, skip: int = 0):
         self._parked, self._released = threading.Event(), threading.Event()
         runner, real = engine._runner, engine._runner.decode
+        seen = 0
 
         def decode(batch, input_ids):
+            nonlocal seen
             if not self._parked.is_set() and when(batch):
-                self._parked.set()
-                self._released.wait(60)
+                seen += 1
+                if seen > skip:
+                    self._parked.set()
+                    self._released.wait(60)
             return real(batch, input_ids)
 
         runner.decode = decode
@@ -83,8 +88,8 @@ def decode_gate(make_engine):
     """`decode_gate(engine, when)` -> `DecodeGate`; every gate is released before the engines shut down."""
     gates = []
 
-    def make(engine: Engine, when: Callable = lambda batch: True) -> DecodeGate:
-        gates.append(DecodeGate(engine, when))
+    def make(engine: Engine, when: Callable = lambda batch: True, skip: int = 0) -> DecodeGate:
+        gates.append(DecodeGate(engine, when, skip))
         return gates[-1]
 
     yield make

@@ -119,8 +119,8 @@ async def test_stop_string_ends_the_request_and_is_not_emitted(make_engine):
 
 async def test_stats_report_rows_priorities_and_kv_bytes(make_engine, decode_gate):
     engine = make_engine(max_batch_size=2)
-    waited = []  # the engine parks once `c` has waited through one iteration, whose stats are then published
-    gate = decode_gate(engine, lambda batch: len(engine._scheduler) == 1 and (waited.append(1) or len(waited) > 1))
+    # the engine parks once `c` has waited through one iteration, whose stats are then published
+    gate = decode_gate(engine, lambda batch: len(engine._scheduler) == 1, skip=1)
     params = SamplingParams(max_tokens=1500, ignore_eos=True)
     streams = [engine.generate("one", params, Priority.INTERACTIVE, "a"),
                engine.generate("two", params, Priority.AGENT, "b"),

@@ -4,6 +4,7 @@ as the message sink), chat settings parsing, and the small formatting helpers.""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -35,6 +36,15 @@ def controller(store, engine=None):
 async def finish(tasks) -> None:
     while tasks:
         await tasks.pop(0)
+
+
+async def until(condition, timeout: float = 60.0):
+    """Poll `condition()` until it is truthy (returns its value); fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.002)
+    return value
 
 
 async def test_a_turn_stores_the_user_message_first_then_the_answer_with_its_stats(make_engine, store):
@@ -86,8 +96,7 @@ async def test_stop_keeps_the_partial_answer_as_cancelled(make_engine, store):
     sessions, posted, tasks = controller(store, make_engine())
     chat = await store.create_chat("c", None, {"max_tokens": 1900, "ignore_eos": True})
     sessions.send(chat, "go on")
-    while not (live := sessions.live(chat.id)) or len(live.parts) < 10:
-        await asyncio.sleep(0.005)
+    await until(lambda: (live := sessions.live(chat.id)) and len(live.parts) >= 10)
     assert sessions.stop(chat.id) and not sessions.stop(chat.id + 99)
     await finish(tasks)
     answer = (await store.list_messages(chat.id))[-1]
@@ -97,12 +106,12 @@ async def test_stop_keeps_the_partial_answer_as_cancelled(make_engine, store):
 
 async def test_an_opened_chat_gets_exactly_the_text_posted_so_far(make_engine, store):
     sessions, posted, tasks = controller(store, make_engine())
-    chat = await store.create_chat("c", None, {"max_tokens": 600, "ignore_eos": True})
+    chat = await store.create_chat("c", None, {"max_tokens": 1900, "ignore_eos": True})
     sessions.send(chat, "stream")
-    while not (live := sessions.live(chat.id)) or len(live.parts) < 50:
-        await asyncio.sleep(0.002)
+    await until(lambda: (live := sessions.live(chat.id)) and len(live.parts) >= 50)
     snapshot = sessions.live(chat.id).snapshot()
     before = sum(1 for x in posted if isinstance(x, m.TokensStreamed))
+    sessions.stop(chat.id)  # what streams between the snapshot and the stop is posted after it
     await finish(tasks)
     later = "".join(x.text for x in [x for x in posted if isinstance(x, m.TokensStreamed)][before:])
     assert snapshot.text + later == (await store.list_messages(chat.id))[-1].content
@@ -110,10 +119,9 @@ async def test_an_opened_chat_gets_exactly_the_text_posted_so_far(make_engine, s
 
 async def test_describe_names_the_chat_of_a_request(make_engine, store):
     sessions, _, tasks = controller(store, make_engine())
-    chat = await store.create_chat("Trip to Rome", None, {"max_tokens": 400, "ignore_eos": True})
+    chat = await store.create_chat("Trip to Rome", None, {"max_tokens": 1900, "ignore_eos": True})
     sessions.send(chat, "plan it")
-    while not (live := sessions.live(chat.id)) or live.state != "running":
-        await asyncio.sleep(0.002)
+    live = await until(lambda: (live := sessions.live(chat.id)) and live.state == "running" and live)
     assert sessions.describe(live.request_id) == ("chat: Trip to Rome", "chat")
     assert sessions.describe("0123456789abcdef")[1] == "other"
     sessions.stop(chat.id)

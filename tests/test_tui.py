@@ -8,8 +8,10 @@ what it tests. `real_model` runs the default SmolLM2-135M-Instruct.
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
+from textual.command import CommandList, CommandPalette
 from textual.widgets import DataTable, Input
 
 from app.cli import main
@@ -26,6 +28,7 @@ from app.widgets.live_panel import LivePanel
 from app.widgets.prompt_input import PromptInput
 from app.widgets.status_line import StatusLine
 from backend import DEFAULT_MODEL, Engine, EngineConfig
+from conftest import queued
 from storage import Store
 from tui_support import (SIZE, choose_chat, config_dir, idle, new_chat, open_chat_id, populate, ready,
                          record_notifications, send,  # noqa: F401
@@ -53,7 +56,7 @@ def status_text(screen) -> str:
 
 
 # ----------------------------------------------------------------------------------- streaming
-async def test_two_chats_stream_at_the_same_time_and_both_answers_are_stored(engine, store, tmp_path):
+async def test_two_chats_stream_at_the_same_time_and_both_answers_are_stored(engine, store, tmp_path, decode_gate):
     app = BatonApp(engine=engine, store=store)
     async with app.run_test(size=SIZE) as pilot:
         screen = await ready(pilot)
@@ -62,9 +65,13 @@ async def test_two_chats_stream_at_the_same_time_and_both_answers_are_stored(eng
         await store.update_chat_settings(a, None, LONG)
         b = await new_chat(pilot)
         await store.update_chat_settings(b, None, LONG)
+        gate = decode_gate(engine)  # B's answer waits at its first decode step until A's request is sent
         await send(pilot, "second question")  # in B, which is open
+        await gate.parked()
         await choose_chat(pilot, a)
         await send(pilot, "first question")
+        await queued(engine)
+        gate.release()
 
         def both_in_one_batch():
             live = [screen.sessions.live(a), screen.sessions.live(b)]
@@ -88,7 +95,7 @@ async def test_two_chats_stream_at_the_same_time_and_both_answers_are_stored(eng
         assert (await check.get_chat(a)).title == "first question"  # a fresh chat is named after its first message
 
 
-async def test_a_hidden_chat_keeps_streaming_and_shows_its_text_when_opened_again(engine, store):
+async def test_a_hidden_chat_keeps_streaming_and_shows_its_text_when_opened_again(engine, store, decode_gate):
     app = BatonApp(engine=engine, store=store)
     async with app.run_test(size=SIZE) as pilot:
         screen = await ready(pilot)
@@ -100,10 +107,13 @@ async def test_a_hidden_chat_keeps_streaming_and_shows_its_text_when_opened_agai
         b = await new_chat(pilot, press=False)  # A is no longer shown...
         shown_at = len(screen.sessions.live(a).parts)
         await wait_for(pilot, lambda: len(screen.sessions.live(a).parts) > shown_at + 20, what="A streaming on")
+        gate = decode_gate(engine)  # A's answer is surely unfinished while it is opened again
+        await gate.parked()
         await choose_chat(pilot, a)  # ...and opened again while it streams
         await wait_for(pilot, lambda: view.answer is not None, what="A's answer shown")
         live = screen.sessions.live(a)
         assert live is not None and view.answer.text and live.text.startswith(view.answer.text)
+        gate.release()
         await idle(pilot)
         stored = (await store.list_messages(a))[-1]
         assert view.chat_id == a and view.messages()[-1].text == stored.content
@@ -219,7 +229,7 @@ async def test_rename_and_delete_with_confirmation(engine, store):
         assert await store.get_chat(chat_id) is None and await store.get_chat(keep) is not None
 
 
-async def test_deleting_a_chat_while_it_answers_stops_it_quietly(engine, store):
+async def test_deleting_a_chat_while_it_answers_stops_it_quietly(engine, store, decode_gate):
     app = BatonApp(engine=engine, store=store)
     notes = record_notifications(app)
     async with app.run_test(size=SIZE) as pilot:
@@ -227,14 +237,17 @@ async def test_deleting_a_chat_while_it_answers_stops_it_quietly(engine, store):
         keep = await new_chat(pilot)
         chat_id = await new_chat(pilot)
         await store.update_chat_settings(chat_id, None, {"max_tokens": 1900, "ignore_eos": True})
+        gate = decode_gate(engine)  # the answer is held after its first token until the delete is confirmed
         await send(pilot, "a long one")
         await wait_for(pilot, lambda: (g := screen.sessions.live(chat_id)) and g.message_id, what="the answer")
         screen.action_delete_chat()
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen.query("#confirm"))
         app.screen.action_confirm()
+        gate.release()
         await idle(pilot)
         await wait_for(pilot, lambda: screen.query_one(ChatView).chat_id == keep, what="another chat shown")
         assert await store.get_chat(chat_id) is None and not engine.stats().rows
+        assert engine.stats().counters["num_requests_cancelled"] == 1  # stopped, not run to its end
     assert not [n for n in notes if n[0] == "error"]
 
 
@@ -292,8 +305,9 @@ async def test_settings_are_validated_inline_and_stored_with_the_chat(engine, st
         dialog.query_one("#max_tokens", Input).value = "64"
         dialog.query_one("#seed", Input).value = "7"
         dialog.query_one("#system_prompt").load_text("You are terse.")
-        await pilot.pause(0.3)  # a button ignores clicks while it shows the previous press
-        await pilot.click("#save")
+        save = dialog.query_one("#save")
+        await wait_for(pilot, lambda: not save.has_class("-active"), what="the button's press effect to end")
+        await pilot.click("#save")  # (a button ignores clicks while it shows the previous press)
         await wait_for(pilot, lambda: app.screen is not dialog)
         await wait_for(pilot, lambda: app.chat_screen.query_one(ChatView).chat.params.get("seed") == 7)
         chat = await store.get_chat(chat_id)
@@ -347,7 +361,7 @@ async def test_copy_a_message_or_its_first_code_block(engine, store):
 
 
 # ------------------------------------------------------------------------------- live panel
-async def test_live_panel_shows_the_batch_rows_while_generating(engine, store, config_dir):
+async def test_live_panel_shows_the_batch_rows_while_generating(engine, store, config_dir, decode_gate):
     app = BatonApp(engine=engine, store=store)
     async with app.run_test(size=(160, 40)) as pilot:
         screen = await ready(pilot)
@@ -356,10 +370,13 @@ async def test_live_panel_shows_the_batch_rows_while_generating(engine, store, c
         await pilot.press("ctrl+b")
         panel = await wait_for(pilot, lambda: screen.query(LivePanel).first() if screen.query(LivePanel) else None)
         table = panel.query_one("#rows", DataTable)
+        gate = decode_gate(engine, skip=1)  # held at the second decode step: the row is in the published stats
         await send(pilot, "count to a thousand")
+        await gate.parked()
         await wait_for(pilot, lambda: table.row_count > 0, what="a batch row in the panel")
         label = str(table.get_row_at(0)[0])
         assert label.startswith("chat: count to")  # described by the chat's title
+        gate.release()
         assert json.loads((config_dir / "preferences.json").read_text())["show_panel"] is True
         await idle(pilot)
         await pilot.press("ctrl+b")
@@ -400,7 +417,17 @@ async def test_unreadable_preferences_are_a_warning_and_defaults(engine, store, 
 
 
 # ------------------------------------------------------------------------- model and startup
-async def test_messages_sent_while_the_model_loads_wait_and_are_answered(store):
+async def test_messages_sent_while_the_model_loads_wait_and_are_answered(store, monkeypatch):
+    import app.screens.chat as chat_module
+
+    loading = threading.Event()  # the model load is held until the message has been sent
+
+    def held_load(*args):
+        loading.wait(60)
+        return load_engine(*args)
+
+    load_engine = chat_module.load_engine
+    monkeypatch.setattr(chat_module, "load_engine", held_load)
     app = BatonApp(config=EngineConfig(model="random:tiny", device="cpu"), store=store)
     status_before_load = []
 
@@ -414,9 +441,14 @@ async def test_messages_sent_while_the_model_loads_wait_and_are_answered(store):
         chat_id = await new_chat(pilot)
         await store.update_chat_settings(chat_id, None, {"max_tokens": 8})
         await send(pilot, "are you there?")
-        if screen.sessions.engine is None:  # usually: the model takes about 2 s
-            await wait_for(pilot, lambda: screen.query_one(ChatView).answer is not None)
-            assert "waiting for the model" in str(screen.query_one(ChatView).answer.query_one(".message-stats").render())
+        assert screen.sessions.engine is None
+
+        def note() -> str:
+            answer = screen.query_one(ChatView).answer
+            return str(answer.query_one(".message-stats").render()) if answer is not None else ""
+
+        await wait_for(pilot, lambda: "waiting for the model" in note(), what="the queued answer's note")
+        loading.set()
         await wait_for(pilot, lambda: screen.sessions.engine is not None, what="the model")
         await idle(pilot)
         assert status_before_load[0].startswith("Loading random:tiny…")
@@ -472,8 +504,15 @@ async def test_command_palette_runs_the_chat_actions(engine, store):
         screen = await ready(pilot)
         first = await new_chat(pilot)
         await pilot.press("ctrl+p")
+        palette = await wait_for(pilot, lambda: isinstance(app.screen, CommandPalette) and app.screen)
         await pilot.press(*"new chat")
-        await pilot.pause(0.3)
+        results = palette.query_one(CommandList)
+
+        def new_chat_highlighted() -> bool:
+            index = results.highlighted
+            return index is not None and "New chat" in str(results.get_option_at_index(index).prompt)
+
+        await wait_for(pilot, new_chat_highlighted, what="'New chat' found by the palette")
         await pilot.press("enter")
         await wait_for(pilot, lambda: screen.query_one(ChatView).chat_id not in (None, first), what="a new chat")
 

@@ -55,6 +55,10 @@ async def ready(pilot) -> ChatScreen:
                    what="the chat screen")
     screen = chat_screen(pilot)
     await wait_for(pilot, lambda: screen.sessions.engine is not None, what="the model")
+    chat_list = screen.query_one(ChatList)
+    await wait_for(pilot, lambda: chat_list.loaded, what="the chat list")
+    if chat_list.chat_ids:  # the newest chat opens by itself
+        await wait_for(pilot, lambda: open_chat_id(pilot) is not None, what="the newest chat to open")
     await pilot.pause(0.1)
     return screen
 

@@ -32,6 +32,7 @@ class ChatList(OptionList):
         self.border_title = "Chats"
         self._chats: dict[int, Chat] = {}
         self._busy: set[int] = set()
+        self.loaded = False  # True once a list from the store has been shown
 
     @property
     def chat_ids(self) -> list[int]:
@@ -46,6 +47,7 @@ class ChatList(OptionList):
         self.set_options(Option(self._prompt(chat), id=str(chat.id)) for chat in chats)
         if current is not None:
             self.highlight_chat(current)
+        self.loaded = True
 
     def highlight_chat(self, chat_id: int) -> None:
         """Move the highlight to a chat (if it is listed)."""
