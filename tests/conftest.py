@@ -61,7 +61,7 @@ class DecodeGate:
 
     def __init__(self, engine: Engine, when: Callable, skip: int = 0):
         self._parked, self._released = threading.Event(), threading.Event()
-        runner, real = engine._runner, engine._runner.decode
+        runner, real = engine._core.runner, engine._core.runner.decode
         seen = 0
 
         def decode(batch, input_ids):

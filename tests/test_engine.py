@@ -120,7 +120,7 @@ async def test_stop_string_ends_the_request_and_is_not_emitted(make_engine):
 async def test_stats_report_rows_priorities_and_kv_bytes(make_engine, decode_gate):
     engine = make_engine(max_batch_size=2)
     # the engine parks once `c` has waited through one iteration, whose stats are then published
-    gate = decode_gate(engine, lambda batch: len(engine._scheduler) == 1, skip=1)
+    gate = decode_gate(engine, lambda batch: len(engine._core.scheduler) == 1, skip=1)
     params = SamplingParams(max_tokens=1500, ignore_eos=True)
     streams = [engine.generate("one", params, Priority.INTERACTIVE, "a"),
                engine.generate("two", params, Priority.AGENT, "b"),
@@ -148,7 +148,7 @@ def test_a_failing_prefill_fails_only_that_request(make_engine, monkeypatch):
     them; each is retried alone and only that one fails."""
     engine = make_engine()
     boom = engine.tokenize("BOOM")[:2]
-    model = engine._runner.model
+    model = engine._core.runner.model
     real_forward = model.forward
 
     def flaky(*args, input_ids=None, **kwargs):
@@ -201,7 +201,7 @@ def test_an_engine_fault_during_admission_fails_the_admitted_requests_and_the_en
                                                                                              monkeypatch):
     """A bug between prefill and insert must not lose requests (they would hang their callers)."""
     engine = make_engine()
-    window = engine._window
+    window = engine._core.window
     real = window.prefill
 
     def broken(*args, **kwargs):
@@ -220,7 +220,7 @@ async def test_a_prompt_cancelled_between_prefill_chunks_ends_without_tokens(mak
     """Chunked prefill: between chunks the request waits in the queue as `prefilling`; a cancel then drops it
     (and its partial K/V) before any further chunk or token."""
     engine = make_engine(max_prefill_tokens=16)
-    runner = engine._runner
+    runner = engine._core.runner
     real = runner.prefill_chunk
     calls, release = [], threading.Event()
 

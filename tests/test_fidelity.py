@@ -98,8 +98,8 @@ def test_packed_prefill_respects_the_prefill_token_budget_and_priority_classes(m
     assert (counters["num_prefills"], counters["num_prefill_forwards"]) == (4, 2)
 
     sent = []
-    real = engine._runner.prefill_packed
-    engine._runner.prefill_packed = lambda ps: (sent.append(len(ps)), real(ps))[1]
+    real = engine._core.runner.prefill_packed
+    engine._core.runner.prefill_packed = lambda ps: (sent.append(len(ps)), real(ps))[1]
     short = [p[:10] for p in prompts]  # 30 tokens in all: within the budget
     batch = [engine._make_request(p, SamplingParams(max_tokens=3), Priority.BATCH, None, lambda o: None)
              for p in short[:2]]

@@ -307,7 +307,7 @@ async def test_agent_resume_reruns_the_interrupted_step_without_duplicate_turns(
 async def test_agent_task_paused_mid_step_resumes_with_that_step_rerun(tmp_path, store, make_engine, decode_gate):
     engine = make_engine(max_batch_size=2)
     # step 2's request is held at its first decode step until the pause is sent: it is surely mid-answer
-    gate = decode_gate(engine, lambda batch: engine._window.counters["num_requests_received"] >= 2)
+    gate = decode_gate(engine, lambda batch: engine._core.window.counters["num_requests_received"] >= 2)
     path = tmp_path / "task.json"
     steps = [{"prompt": "Name a colour."}, {"prompt": "Go on."}, {"prompt": "Thanks."}]  # random text is long
     path.write_text(json.dumps({**AGENT, "steps": steps, "params": {"temperature": 0, "max_tokens": 250,

@@ -101,7 +101,7 @@ async def test_kv_held_between_prefill_chunks_counts_against_the_budget(make_eng
     budget = 48 * 1024  # random:tiny: 512 bytes per token of one row -> 96 row-tokens
     engine = make_engine(max_batch_size=8, kv_budget_bytes=budget, max_prefill_tokens=16,
                          max_background_prefill_tokens=None)
-    runner, real = engine._runner, engine._runner.prefill_chunk
+    runner, real = engine._core.runner, engine._core.runner.prefill_chunk
     chunk_starts, in_second, release = [], threading.Event(), threading.Event()
 
     def gated(*args):
@@ -131,7 +131,7 @@ async def test_kv_held_between_prefill_chunks_counts_against_the_budget(make_eng
 
 async def test_a_row_is_preempted_at_most_max_preemptions_times(make_engine, decode_gate, tiny):
     engine = make_engine(max_batch_size=1, max_preemptions=1)
-    background_decoding = lambda batch: any(r.priority == Priority.BATCH for r in engine._rows)  # noqa: E731
+    background_decoding = lambda batch: any(r.priority == Priority.BATCH for r in engine._core.rows)  # noqa: E731
     chats = []
     for prompt in ("first", "second"):  # each sent while the background row is decoding (swapped back in)
         gate = decode_gate(engine, background_decoding)

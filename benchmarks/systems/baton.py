@@ -4,7 +4,7 @@ Token times are taken as the outputs arrive in the caller's event loop. Newcomer
 running rows (those admitted in the same iteration together, in one packed forward) and their K/V embedded
 into the running batch (BATON §4); decode steps run over `[rows, 1]`.
 
-BATON's own measurements come from timing the engine's model runner (`Engine._runner.prefill_packed` /
+BATON's own measurements come from timing the engine's model runner (`Engine._core.runner.prefill_packed` /
 `.decode` wrapped after start; the engine has no public per-step hook yet):
 - `idle_fraction`: sum over prefills of `prefill time x rows already running` / (that + sum over decode
   steps of `step time x rows`): the share of decode-row time spent waiting through someone else's prefill
@@ -41,11 +41,11 @@ class _Probe:
         self.peak_kv_bytes = 0
         self.steps: list[tuple[float, int, int]] = []
         self.base: dict = {}
-        runner = engine._runner
+        runner = engine._core.runner
         prefill, decode = runner.prefill_packed, runner.decode
 
         def timed_prefill(prompts):
-            rows, t0 = engine._batch.size, time.perf_counter()
+            rows, t0 = engine._core.batch.size, time.perf_counter()
             try:
                 return prefill(prompts)
             finally:
