@@ -12,7 +12,20 @@ from .headless import UsageError
 
 #: `EngineConfig` field (the first word of its ValueError messages) -> the option that sets it.
 ENGINE_OPTIONS = {"model": "--model", "device": "--device", "dtype": "--dtype", "max_batch_size": "--max-batch-size",
-                  "max_prefill_tokens": "--max-prefill-tokens"}
+                  "max_prefill_tokens": "--max-prefill-tokens", "kv_budget_bytes": "--kv-budget"}
+
+_SIZE = re.compile(r"(\d+(?:\.\d*)?)\s*(|b|kb|mb|gb|tb|kib|mib|gib|tib)", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """A size in bytes from `512MiB`, `2GiB`, `1.5GB` or `1048576` (KiB/MiB/GiB/TiB are powers of 1024,
+    KB/MB/GB/TB of 1000). Raises argparse.ArgumentTypeError (a one-line usage error)."""
+    m = _SIZE.fullmatch(text.strip())
+    if m is None or float(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive size such as 512MiB or 2GiB, got {text!r}")
+    return max(1, int(float(m.group(1)) * _UNITS[m.group(2).lower()]))
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +41,10 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-prefill-tokens", type=int, default=EngineConfig.max_prefill_tokens, metavar="N",
                        help="prompt tokens prefilled between two decode steps; longer prompts are prefilled in "
                             "chunks (default: %(default)s; lower it on a CPU for steadier streaming)")
+    group.add_argument("--kv-budget", type=parse_size, default=None, metavar="SIZE",
+                       help="most memory the batch's KV cache may take, e.g. 2GiB; more requests wait or are "
+                            "swapped out to host memory (default: on CPU min(8 GiB, 40%% of RAM); on CUDA "
+                            "what the device has free, read with NVML)")
 
 
 def option_message(exc: ValueError, options: dict[str, str] = ENGINE_OPTIONS) -> str:
@@ -47,6 +64,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
     """
     try:
         return EngineConfig(model=args.model, device=args.device, dtype=args.dtype,
-                            max_batch_size=args.max_batch_size, max_prefill_tokens=args.max_prefill_tokens)
+                            max_batch_size=args.max_batch_size, max_prefill_tokens=args.max_prefill_tokens,
+                            kv_budget_bytes=args.kv_budget)
     except ValueError as exc:
         raise UsageError(option_message(exc)) from exc

@@ -18,7 +18,7 @@ import pytest
 
 from app import batch_runner, headless
 from app.cli import build_parser, main
-from app.engine_options import engine_config
+from app.engine_options import engine_config, parse_size
 from backend import EngineConfig, SamplingParams
 
 TINY = ["--model", "random:tiny"]
@@ -387,6 +387,25 @@ def test_jobs_command_is_wired_into_baton(tmp_path, capsys):
 @pytest.mark.parametrize("argv", [["chat", "hi"], ["tui"], ["batch", "in.jsonl", "-o", "out.jsonl"], ["jobs", "run"]])
 def test_engine_options_reach_the_engine_config_of_every_command(argv):
     args = build_parser().parse_args([*argv, "--max-prefill-tokens", "512", "--max-batch-size", "3",
-                                      "--model", "random:tiny"])
+                                      "--model", "random:tiny", "--kv-budget", "1.5GiB"])
     config = engine_config(args)
     assert (config.max_prefill_tokens, config.max_batch_size, config.model) == (512, 3, "random:tiny")
+    assert config.kv_budget_bytes == 3 * 2**29
+    assert engine_config(build_parser().parse_args(argv)).kv_budget_bytes is None  # the default: from memory
+
+
+@pytest.mark.parametrize("text, size", [("1048576", 2**20), ("512MiB", 2**29), ("2 gib", 2**31), ("1.5GB", 1.5e9),
+                                        ("64kb", 64_000), ("3b", 3)])
+def test_kv_budget_sizes(text, size):
+    assert parse_size(text) == size
+
+
+def test_a_bad_kv_budget_is_one_usage_line(capsys):
+    assert main(["chat", "hi", *TINY, "--kv-budget", "lots"]) == 2
+    err = capsys.readouterr().err
+    assert "--kv-budget" in err and "must be a positive size such as 512MiB" in err and "Traceback" not in err
+
+
+def test_a_kv_budget_too_small_for_the_prompt_is_a_clear_error(capsys):
+    assert main(["chat", "hi", *TINY, "--kv-budget", "4KiB", "--max-tokens", "64"]) != 0
+    assert "could never run" in capsys.readouterr().err
