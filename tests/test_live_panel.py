@@ -214,8 +214,9 @@ FIXED_MEMORY = DeviceMemory("cpu", "AMD EPYC 7B13", "cpu", 812 * MiB, 31 * GiB, 
 FIXED_STATS = EngineStats(
     rows=(RowStats("a" * 32, "interactive", "running", 412, 96), RowStats("b" * 32, "batch", "running", 388, 300),
           RowStats("c" * 32, "agent", "running", 201, 17)),
-    waiting=(RowStats("d" * 32, "batch", "waiting", 350, 0),),
-    kv_cache_bytes=18 * MiB, kv_used_bytes=11 * MiB, padding_fraction=0.2325, seq_len=412, num_decode_steps=5120,
+    waiting=(RowStats("d" * 32, "batch", "swapped", 350, 41),),
+    kv_cache_bytes=18 * MiB, kv_used_bytes=11 * MiB, kv_budget_bytes=8 * GiB, swapped_bytes=4 * MiB,
+    padding_fraction=0.2325, seq_len=412, num_decode_steps=5120,
     decode_steps_per_s=41.5, output_tokens_per_s=124.5, device="cpu", model="smollm2-135m-instruct")
 FIXED_LABELS = {"a" * 32: ("chat: Trip to Rome", "chat"), "b" * 32: ("job: nightly #12", "job"),
                 "c" * 32: ("agent: refactor the storage layer", "agent")}

@@ -150,10 +150,14 @@ class LivePanel(Widget):
         self.query_one("#memory-bar", ProgressBar).update(total=max(1, m.total_bytes), progress=m.used_bytes)
 
     def _show_engine(self, s: EngineStats) -> None:
+        outside = [f"{format_bytes(s.swapped_bytes)} swapped to host"] if s.swapped_bytes else []
+        if s.prefill_cache_bytes:
+            outside.append(f"{format_bytes(s.prefill_cache_bytes)} held mid-prefill")
         self.query_one("#kv", Static).update(Content.from_markup(
-            "[b]KV cache[/b]  $alloc allocated · $used used\n[dim]padding[/] $pad of $rows × $seq tokens",
-            alloc=format_bytes(s.kv_cache_bytes), used=format_bytes(s.kv_used_bytes),
-            pad=format_pct(s.padding_fraction), rows=s.batch_size, seq=s.seq_len))
+            "[b]KV cache[/b]  $alloc allocated · $used used\n[dim]padding[/] $pad of $rows × $seq tokens"
+            + (" [dim]· budget[/] $budget" if s.kv_budget_bytes else "") + ("\n$outside" if outside else ""),
+            alloc=format_bytes(s.kv_cache_bytes), used=format_bytes(s.kv_used_bytes), pad=format_pct(s.padding_fraction),
+            rows=s.batch_size, seq=s.seq_len, budget=format_bytes(s.kv_budget_bytes), outside=" · ".join(outside)))
         size = f"{s.batch_size}/{self.max_batch_size}" if self.max_batch_size else str(s.batch_size)
         self.query_one("#batch", Static).update(Content.from_markup(
             "[b]batch[/b] $size · [b]queue[/b] $queue · $steps steps/s\n[b]$tps[/b] tok/s out [dim]· peak $peak[/]",
@@ -184,7 +188,7 @@ class LivePanel(Widget):
             label, kind = default_describe(row.request_id)
         if len(label) > LABEL_WIDTH:
             label = label[:LABEL_WIDTH - 1] + "…"
-        style = "dim" if row.state in ("waiting", "prefilling") else ""  # queued rows recede behind the batch
+        style = "dim" if row.state in ("waiting", "prefilling", "swapped") else ""  # queued rows recede behind the batch
         words = (label, kind, PRIORITY_SHORT.get(row.priority, row.priority), row.state)
         numbers = (row.context_len, row.generated)
         return (*(Text(w, style=style) for w in words), *(Text(str(n), style=style, justify="right") for n in numbers))
