@@ -84,7 +84,8 @@ def main() -> None:
     parser.add_argument("-o", "--output", type=Path, default=REPO / "docs" / "screenshots" / "chat-with-panel.svg")
     parser.add_argument("--width", type=int, default=160)
     parser.add_argument("--height", type=int, default=44)
-    parser.add_argument("--tokens", type=int, default=60, help="tokens of the shown answer before the shot")
+    parser.add_argument("--tokens", type=int, default=45,
+                        help="tokens of the shown answer before the shot (SmolLM2 ends it at 64)")
     args = parser.parse_args()
     asyncio.run(shoot(args.model, args.output, (args.width, args.height), args.tokens))
 
