@@ -277,6 +277,36 @@ async def test_cancelled_writes_never_leave_a_transaction_open(store):
         other.close()
 
 
+async def test_a_write_cancelled_inside_its_transaction_is_rolled_back(store, monkeypatch):
+    """The task is cancelled after `BEGIN IMMEDIATE` and its first statement, before COMMIT: nothing of it
+    is stored, the write lock is released, and the next write goes through."""
+    chat = await store.create_chat("cancel mid-transaction")
+    inside, real_run = asyncio.Event(), store._run
+
+    async def slow_run(sql, params=()):
+        result = await real_run(sql, params)
+        if sql.startswith("UPDATE chat SET updated_at"):  # the first statement of add_message's transaction
+            inside.set()
+            await asyncio.sleep(60)
+        return result
+
+    monkeypatch.setattr(store, "_run", slow_run)
+    task = asyncio.create_task(store.add_message(chat.id, "user", "never stored"))
+    await asyncio.wait_for(inside.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    monkeypatch.setattr(store, "_run", real_run)
+    other = sqlite3.connect(store.path, isolation_level=None, timeout=0.1)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # would be "locked" if the store still held the transaction
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    await store.add_message(chat.id, "user", "after")
+    assert [m.content for m in await store.list_messages(chat.id)] == ["after"]
+
+
 async def test_delete_messages_after_for_regenerate_and_edit(store):
     chat = await store.create_chat("branching")
     u1 = await store.add_message(chat.id, "user", "one")
