@@ -252,7 +252,8 @@ class EngineCore:
         return self.scheduler.prefilled_tokens() * self.batch.bytes_per_token
 
     def fixed_kv_budget(self) -> int | None:
-        """The configured budget, or the CPU default; None on CUDA, where the budget follows free memory."""
+        """The KV budget in bytes when it is fixed (`kv_budget_bytes`, or the CPU default); None on CUDA, where
+        it follows free device memory (`_kv_budget`)."""
         if self.config.kv_budget_bytes is not None:
             return self.config.kv_budget_bytes
         return self._cpu_kv_budget if self.runner.device.type != "cuda" else None

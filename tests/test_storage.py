@@ -31,6 +31,16 @@ def user_version(path) -> int:
         return conn.execute("PRAGMA user_version").fetchone()[0]
 
 
+def assert_write_lock_free(path) -> None:
+    """Another connection can take the write lock at once: the store holds no open transaction."""
+    other = sqlite3.connect(path, isolation_level=None, timeout=0.1)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # "database is locked" if the store still held a transaction
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+
+
 # ---- schema and connection -------------------------------------------------------------------
 
 async def test_migrates_an_empty_file_and_reopens_idempotently(tmp_path):
@@ -269,12 +279,7 @@ async def test_cancelled_writes_never_leave_a_transaction_open(store):
     await store.add_message(chat.id, "user", "after")
     stored = {m.content for m in await store.list_messages(chat.id)}
     assert {f"m{i}" for i in range(1, 20, 2)} | {"after"} <= stored
-    other = sqlite3.connect(store.path, isolation_level=None, timeout=0.1)
-    try:
-        other.execute("BEGIN IMMEDIATE")  # would be "locked" if the store still held a transaction
-        other.execute("ROLLBACK")
-    finally:
-        other.close()
+    assert_write_lock_free(store.path)
 
 
 async def test_a_write_cancelled_inside_its_transaction_is_rolled_back(store, monkeypatch):
@@ -297,12 +302,7 @@ async def test_a_write_cancelled_inside_its_transaction_is_rolled_back(store, mo
     with pytest.raises(asyncio.CancelledError):
         await task
     monkeypatch.setattr(store, "_run", real_run)
-    other = sqlite3.connect(store.path, isolation_level=None, timeout=0.1)
-    try:
-        other.execute("BEGIN IMMEDIATE")  # would be "locked" if the store still held the transaction
-        other.execute("ROLLBACK")
-    finally:
-        other.close()
+    assert_write_lock_free(store.path)
     await store.add_message(chat.id, "user", "after")
     assert [m.content for m in await store.list_messages(chat.id)] == ["after"]
 
