@@ -7,8 +7,9 @@ import threading
 
 import pytest
 
-from backend import Priority, SamplingParams
+from backend import EngineConfig, Priority, SamplingParams
 from backend.config import SamplingParams as SP
+from backend.core import EngineCore
 from backend.request import Request
 from backend.scheduler import MemoryView, Scheduler
 from conftest import queued, solo_greedy
@@ -196,6 +197,18 @@ def test_memory_view_watermarks():
     assert MemoryView(1, 99, 10, 1000, 0.8, 0.95, 1).over_high_watermark()  # a row and a held prompt: two consumers
     assert not MemoryView(1, 99, 10, 1000, 0.8, 0.95).over_high_watermark()  # one row alone is never swapped out
     assert not MemoryView(0, 0, 10, 1000, 0.8, 0.95, 5000).over_high_watermark()  # nor a lone held prompt
+
+
+def test_only_k_v_held_mid_prefill_count_as_held(tiny):
+    """A swapped-out request that was once prefilled in chunks (`num_prefilled` set, no cache left) holds
+    nothing on the device: admitting it subtracts nothing from the K/V others hold."""
+    core = EngineCore(EngineConfig(model=tiny.name, kv_budget_bytes=1 << 20), tiny, lambda request_id: None)
+    holder, swapped = _req("holder", Priority.BATCH), _req("swapped", Priority.BATCH)
+    holder.num_prefilled, holder.prefill_cache = 16, object()
+    swapped.num_prefilled = 40  # its prefill finished long ago; its K/V are on the host
+    core.scheduler.add(holder)
+    assert core._memory_view(admitting=swapped).held_bytes == 16 * core.bytes_per_token
+    assert core._memory_view(admitting=holder).held_bytes == 0
 
 
 def test_the_lowest_priority_latest_partial_prefill_is_dropped_first():
