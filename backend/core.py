@@ -243,7 +243,7 @@ class EngineCore:
         seq_len = max([b.seq_len, *(r.num_prompt_tokens for r in pending)])
         held = 0
         if self.fixed_kv_budget() is not None:
-            own = admitting.num_prefilled if admitting is not None and admitting.prefill_cache is not None else 0
+            own = admitting.held_prefill_tokens if admitting is not None else 0
             held = self._prefill_cache_bytes() - own * b.bytes_per_token
         return MemoryView(len(self.rows) + len(pending), seq_len, b.bytes_per_token, self._budget,
                           self.config.memory_low_watermark, self.config.memory_high_watermark, held)

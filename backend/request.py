@@ -100,6 +100,12 @@ class Request:
     finish_time: float | None = None
 
     @property
+    def held_prefill_tokens(self) -> int:
+        """Prompt tokens whose K/V this request holds in its own cache between prefill chunks (0 when it
+        holds none: never chunked, finished prefilling, or its partial K/V were dropped)."""
+        return self.num_prefilled if self.prefill_cache is not None else 0
+
+    @property
     def num_prompt_tokens(self) -> int:
         return len(self.prompt_ids)
 

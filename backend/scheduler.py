@@ -147,12 +147,12 @@ class Scheduler:
 
     def prefilled_tokens(self) -> int:
         """Prompt tokens already prefilled by queued requests between prefill chunks (their K/V are held)."""
-        return sum(r.num_prefilled for r in self._waiting.values() if r.prefill_cache is not None)
+        return sum(r.held_prefill_tokens for r in self._waiting.values())
 
     def choose_prefill_to_drop(self) -> Request | None:
         """The queued request between prefill chunks whose held K/V go first under memory pressure: lowest
         priority, then latest arrival; None when no request holds any."""
-        holders = [r for r in self._waiting.values() if r.prefill_cache is not None]
+        holders = [r for r in self._waiting.values() if r.held_prefill_tokens]
         return max(holders, key=lambda r: (int(r.priority), r.seq), default=None)
 
     def waiting(self) -> list[Request]:

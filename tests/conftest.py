@@ -97,12 +97,18 @@ def decode_gate(make_engine):
         gate.release()
 
 
+async def until(condition: Callable[[], object], timeout: float = 60.0, what: str = "condition"):
+    """Poll `condition()` until it is truthy (returns its value); fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        await asyncio.sleep(0.002)
+    return value
+
+
 async def queued(engine: Engine, n: int = 1) -> None:
     """Wait until `n` commands (new requests, cancels) sit in the engine's inbox (fails after 60 s)."""
-    deadline = time.monotonic() + 60
-    while engine._inbox.qsize() < n:
-        assert time.monotonic() < deadline, f"{n} commands never reached the engine's inbox"
-        await asyncio.sleep(0.002)
+    await until(lambda: engine._inbox.qsize() >= n, what=f"{n} commands in the engine's inbox")
 
 
 def solo_greedy(loaded, prompt_ids: list[int], max_new_tokens: int) -> list[int]:

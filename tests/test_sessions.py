@@ -4,7 +4,6 @@ as the message sink), chat settings parsing, and the small formatting helpers.""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -15,6 +14,7 @@ from app.sessions import DEFAULT_TITLE, BusyError, Sessions
 from app.turn import prompt_messages
 from app.widgets.message_view import first_code_block, message_stats
 from storage import Store
+from conftest import until
 
 
 @pytest.fixture
@@ -36,15 +36,6 @@ def controller(store, engine=None):
 async def finish(tasks) -> None:
     while tasks:
         await tasks.pop(0)
-
-
-async def until(condition, timeout: float = 60.0):
-    """Poll `condition()` until it is truthy (returns its value); fails after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.002)
-    return value
 
 
 async def test_a_turn_stores_the_user_message_first_then_the_answer_with_its_stats(make_engine, store):
