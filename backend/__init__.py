@@ -1,16 +1,51 @@
 """Baton's in-process BATON inference engine (imports nothing from `app` or `storage`).
 
-Public API: `Engine`, `EngineConfig`, `SamplingParams`, `Priority`, `TokenOutput`, `CompletionResult`,
-`EngineStats`, `RowStats`, `load_model`, `ModelLoadError`, `DEFAULT_MODEL`, `PRESETS`.
+Public API (everything the app uses comes from here, never from a submodule): `Engine`, `EngineConfig`,
+`SamplingParams`, `Priority`, `TokenOutput`, `CompletionResult`, `RequestStatus`, `EngineStats`, `RowStats`,
+`DeviceMemory`, `read_device_memory`, `load_model`, `LoadedModel`, `ModelLoadError`, `DEFAULT_MODEL`,
+`PRESETS`.
+
+The names are resolved lazily (PEP 562 module `__getattr__`): `from backend import SamplingParams` imports
+only the torch-free `backend.config`, so a command line that validates options or prints `--help` never pays
+for importing torch and transformers; `from backend import Engine` imports them.
 """
 
-from .config import DEFAULT_MODEL, EngineConfig, Priority, SamplingParams
-from .engine import CompletionResult, Engine
-from .models import PRESETS, LoadedModel, ModelLoadError, load_model
-from .request import RequestStatus, TokenOutput
-from .stats import EngineStats, RowStats
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_MODEL", "PRESETS", "CompletionResult", "Engine", "EngineConfig", "EngineStats", "LoadedModel",
-    "ModelLoadError", "Priority", "RequestStatus", "RowStats", "SamplingParams", "TokenOutput", "load_model",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> the submodule that defines it
+_EXPORTS: dict[str, str] = {
+    "DEFAULT_MODEL": "config", "EngineConfig": "config", "Priority": "config", "SamplingParams": "config",
+    "CompletionResult": "engine", "Engine": "engine",
+    "PRESETS": "models", "LoadedModel": "models", "ModelLoadError": "models", "load_model": "models",
+    "RequestStatus": "request", "TokenOutput": "request",
+    "EngineStats": "stats", "RowStats": "stats",
+    "DeviceMemory": "memory", "read_device_memory": "memory",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import the submodule that defines `name` on first use (PEP 562). Raises AttributeError otherwise."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'backend' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .config import DEFAULT_MODEL, EngineConfig, Priority, SamplingParams
+    from .engine import CompletionResult, Engine
+    from .memory import DeviceMemory, read_device_memory
+    from .models import PRESETS, LoadedModel, ModelLoadError, load_model
+    from .request import RequestStatus, TokenOutput
+    from .stats import EngineStats, RowStats

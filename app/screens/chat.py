@@ -22,7 +22,7 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from backend import Engine
-from backend.memory import read_device_memory
+from backend import read_device_memory
 from storage import Chat, SearchHit, Store
 
 from .. import messages as m

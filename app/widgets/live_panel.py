@@ -17,8 +17,8 @@ from textual.content import Content
 from textual.widget import Widget
 from textual.widgets import DataTable, ProgressBar, Sparkline, Static
 
-from backend.memory import DeviceMemory
-from backend.stats import EngineStats, RowStats
+from backend import DeviceMemory
+from backend import EngineStats, RowStats
 
 from .format import format_bytes, format_pct, format_rate, short_id
 
