@@ -1,4 +1,4 @@
-"""The `baton` command line (app/cli.py, app/headless.py, app/batch_runner.py) end to end.
+"""The `baton` command line (app/cli.py, app/chat_cmd.py, app/batch_cmd.py) end to end.
 
 Most tests run `main([...])` in-process on `random:tiny` (random weights, loads in about 2 s); a few run the
 console script in a subprocess. `real_model` tests load the default SmolLM2-135M-Instruct.
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from app import batch_runner, headless
+from app.cli import batch_cmd, chat_cmd
 from app.cli import build_parser, main
-from app.engine_options import engine_config, parse_size
+from app.cli.engine_options import engine_config, parse_size
 from backend import EngineConfig, SamplingParams
 
 TINY = ["--model", "random:tiny"]
@@ -126,7 +126,7 @@ def test_chat_writes_and_flushes_each_delta():
 
     rec = Recorder()
     params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
-    rc = headless.run_chat(EngineConfig(model="random:tiny"), headless.chat_messages("hi"), params, out=rec)
+    rc = chat_cmd.run_chat(EngineConfig(model="random:tiny"), chat_cmd.chat_messages("hi"), params, out=rec)
     assert rc == 0
     writes = [i for i, (kind, _) in enumerate(rec.events) if kind == "write"]
     assert len(writes) >= 3  # streamed in pieces, not one final write
@@ -136,13 +136,13 @@ def test_chat_writes_and_flushes_each_delta():
 
 def test_chat_without_question_is_a_conversation_over_stdin(capsys, monkeypatch):
     seen = []
-    real_stream = headless.stream_answer
+    real_stream = chat_cmd.stream_answer
 
     async def spy(engine, messages, params, out):
         seen.append([dict(m) for m in messages])
         return await real_stream(engine, messages, params, out)
 
-    monkeypatch.setattr(headless, "stream_answer", spy)
+    monkeypatch.setattr(chat_cmd, "stream_answer", spy)
     monkeypatch.setattr(sys, "stdin", io.StringIO("first question\n\n  \nsecond question\n"))
     assert main(["chat", *TINY, "--system", "be brief", "--max-tokens", "4", "--temperature", "0"]) == 0
     assert len(seen) == 2  # blank lines are skipped
@@ -287,8 +287,8 @@ def test_batch_crash_leaves_old_output_and_no_temp_file(tmp_path, monkeypatch, c
     def crash(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(batch_runner, "start_engine", lambda config: FakeEngine())
-    monkeypatch.setattr(batch_runner, "_run_entries", crash)
+    monkeypatch.setattr(batch_cmd, "start_engine", lambda config: FakeEngine())
+    monkeypatch.setattr(batch_cmd, "_run_entries", crash)
     with pytest.raises(RuntimeError, match="boom"):
         main(["batch", str(inp), "-o", str(out)])
     assert out.read_text() == "previous\n"
@@ -310,7 +310,7 @@ def test_batch_of_only_bad_lines_completes(tmp_path, capsys):
 def test_batch_progress_bar_goes_to_err(tmp_path, capsys):
     inp = write_lines(tmp_path / "in.jsonl", [request(str(i), max_tokens=4, ignore_eos=True) for i in range(3)])
     err = io.StringIO()
-    summary = batch_runner.run_batch(EngineConfig(model="random:tiny"), inp, tmp_path / "out.jsonl",
+    summary = batch_cmd.run_batch(EngineConfig(model="random:tiny"), inp, tmp_path / "out.jsonl",
                                      progress=True, err=err)
     assert (summary.ok, summary.failed, summary.output_tokens) == (3, 0, 12)
     text = err.getvalue()

@@ -1,4 +1,4 @@
-"""Persistent background jobs (app/jobs/, app/jobs_cli.py): files, batch jobs, agent tasks, pause / resume /
+"""Persistent background jobs (app/jobs/, app/cli/jobs_cmd.py): files, batch jobs, agent tasks, pause / resume /
 cancel, progress, and the `baton jobs` command, on a real engine (`random:tiny`) and a real SQLite file.
 """
 
@@ -12,7 +12,7 @@ import pytest
 
 from app.jobs import JobRunner, load_job_file, submit_job
 from app.jobs import templates
-from app.jobs_cli import main
+from app.cli import main
 from backend import Priority
 from storage import Store
 

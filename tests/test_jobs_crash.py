@@ -52,7 +52,7 @@ def test_killed_run_resumes_and_finishes_every_item_exactly_once(tmp_path, make_
     job_id = asyncio.run(submit())
     log = (tmp_path / "run.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.jobs_cli", "jobs", "run", "--db", str(db), "--model", "random:tiny",
+        [sys.executable, "-m", "app.cli", "jobs", "run", "--db", str(db), "--model", "random:tiny",
          "--max-batch-size", "1"],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:

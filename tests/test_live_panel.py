@@ -11,8 +11,8 @@ import pytest
 from textual.app import App, ComposeResult
 from textual.widgets import DataTable, Sparkline, Static
 
-from app.widgets.format import format_bytes, format_pct, format_rate, short_id
-from app.widgets.live_panel import LivePanel
+from app.tui.widgets.format import format_bytes, format_pct, format_rate, short_id
+from app.tui.widgets.live_panel import LivePanel
 from backend import EngineStats, Priority, RowStats, SamplingParams
 from backend.memory import DeviceMemory, read_device_memory
 from themes import register_themes

@@ -1,4 +1,4 @@
-"""The OpenAI Batch file format (app/openai_batch.py): parsing input lines and building output lines.
+"""The OpenAI Batch file format (app/chat/batch_file.py, app/chat/completions.py): parsing input lines and building output lines.
 
 Pure functions, no model: these run in milliseconds.
 """
@@ -11,8 +11,9 @@ import sys
 
 import pytest
 
-from app import openai_batch as ob
-from app.openai_batch import BatchRequest, LineError
+from app.chat import batch_file as ob
+from app.chat.completions import DEFAULT_MAX_TOKENS
+from app.chat.batch_file import BatchRequest, LineError
 
 MSGS = [{"role": "user", "content": "hi"}]
 
@@ -38,7 +39,7 @@ def test_valid_line_maps_every_honoured_field():
 
 def test_defaults_are_openais_and_null_means_absent():
     req = ob.parse_line(line({"messages": MSGS, "temperature": None, "max_tokens": None, "stop": None}), 1)
-    assert req.sampling == {"max_tokens": ob.DEFAULT_MAX_TOKENS, "temperature": 1.0, "top_p": 1.0}
+    assert req.sampling == {"max_tokens": DEFAULT_MAX_TOKENS, "temperature": 1.0, "top_p": 1.0}
 
 
 def test_developer_role_and_text_parts():
@@ -123,6 +124,6 @@ def test_dumps_line_is_one_line_even_with_odd_text():
 
 
 def test_module_does_not_import_torch():
-    code = "import sys, app.openai_batch; print('torch' in sys.modules)"
+    code = "import sys, app.chat.batch_file; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -8,8 +8,8 @@ import warnings
 
 import pytest
 
-from app import preferences as prefs_mod
-from app.preferences import Preferences, PreferencesWarning, default_path, load_preferences, save_preferences
+from app.tui import preferences as prefs_mod
+from app.tui.preferences import Preferences, PreferencesWarning, default_path, load_preferences, save_preferences
 
 
 @pytest.fixture(autouse=True)

@@ -7,12 +7,12 @@ import asyncio
 
 import pytest
 
-from app import messages as m
-from app.chat_settings import ChatSettings, parse_settings
-from app.screens.help import key_label
-from app.sessions import DEFAULT_TITLE, BusyError, Sessions
-from app.turn import prompt_messages
-from app.widgets.message_view import first_code_block, message_stats
+from app.tui import messages as m
+from app.chat.settings import ChatSettings, parse_settings
+from app.tui.screens.help import key_label
+from app.tui.sessions import DEFAULT_TITLE, BusyError, Sessions
+from app.chat.prompt import build_prompt
+from app.tui.widgets.message_view import first_code_block, message_stats
 from storage import Store
 from conftest import until
 
@@ -169,9 +169,9 @@ def test_prompt_keeps_the_system_prompt_and_non_empty_turns(tmp_path):
             self.role, self.content = role, content
 
     stored = [Msg("user", "hi"), Msg("assistant", ""), Msg("assistant", "hello"), Msg("tool", "x")]
-    assert prompt_messages("sys", stored) == [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"},
+    assert build_prompt("sys", stored) == [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"},
                                               {"role": "assistant", "content": "hello"}]
-    assert prompt_messages(None, stored)[0]["role"] == "user"
+    assert build_prompt(None, stored)[0]["role"] == "user"
 
 
 async def test_message_stats_line(store):

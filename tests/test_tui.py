@@ -15,18 +15,18 @@ from textual.command import CommandList, CommandPalette
 from textual.widgets import DataTable, Input
 
 from app.cli import main
-from app.messages import ModelLoaded
-from app.screens.confirm import ConfirmScreen
-from app.screens.help import HelpScreen
-from app.screens.search import SearchScreen
-from app.screens.settings import SettingsScreen
-from app.screens.text_prompt import TextPromptScreen
+from app.tui.messages import ModelLoaded
+from app.tui.screens.confirm import ConfirmScreen
+from app.tui.screens.help import HelpScreen
+from app.tui.screens.search import SearchScreen
+from app.tui.screens.settings import SettingsScreen
+from app.tui.screens.text_prompt import TextPromptScreen
 from app.tui import BatonApp
-from app.widgets.chat_list import ChatList
-from app.widgets.chat_view import ChatView
-from app.widgets.live_panel import LivePanel
-from app.widgets.prompt_input import PromptInput
-from app.widgets.status_line import StatusLine
+from app.tui.widgets.chat_list import ChatList
+from app.tui.widgets.chat_view import ChatView
+from app.tui.widgets.live_panel import LivePanel
+from app.tui.widgets.prompt_input import PromptInput
+from app.tui.widgets.status_line import StatusLine
 from backend import DEFAULT_MODEL, Engine, EngineConfig
 from conftest import queued
 from storage import Store
@@ -418,7 +418,7 @@ async def test_unreadable_preferences_are_a_warning_and_defaults(engine, store, 
 
 # ------------------------------------------------------------------------- model and startup
 async def test_messages_sent_while_the_model_loads_wait_and_are_answered(store, monkeypatch):
-    import app.screens.chat as chat_module
+    import app.tui.screens.chat as chat_module
 
     loading = threading.Event()  # the model load is held until the message has been sent
 

@@ -10,10 +10,10 @@ import pytest
 from textual.widgets import DataTable, DirectoryTree, ProgressBar
 
 from app.jobs import submit_job
-from app.screens.confirm import ConfirmScreen
-from app.screens.jobs import JobFilePicker, JobsScreen
+from app.tui.screens.confirm import ConfirmScreen
+from app.tui.screens.jobs import JobFilePicker, JobsScreen
 from app.tui import BatonApp
-from app.widgets.live_panel import LivePanel
+from app.tui.widgets.live_panel import LivePanel
 from storage import Store
 from tui_support import SIZE, config_dir, ready, record_notifications, wait_for  # noqa: F401 (config_dir: autouse fixture)
 

@@ -12,8 +12,8 @@ import pytest
 from textual.widgets import Input, TextArea
 
 from app.tui import BatonApp
-from app.widgets.chat_view import ChatView
-from app.widgets.prompt_input import PromptInput
+from app.tui.widgets.chat_view import ChatView
+from app.tui.widgets.prompt_input import PromptInput
 from tui_support import choose_chat, ready, run, stored_conversation, wait_for, write_preferences
 
 TERMINAL = (110, 32)

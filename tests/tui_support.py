@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from app.screens.chat import ChatScreen
-from app.widgets.chat_list import ChatList
-from app.widgets.chat_view import ChatView
-from app.widgets.prompt_input import PromptInput
+from app.tui.screens.chat import ChatScreen
+from app.tui.widgets.chat_list import ChatList
+from app.tui.widgets.chat_view import ChatView
+from app.tui.widgets.prompt_input import PromptInput
 from storage import Store
 
 SIZE = (120, 36)

@@ -1,6 +1,6 @@
 """Persistent background jobs on the engine: OpenAI Batch files and multi-step agent tasks.
 
-A job lives in the store (`storage.Store`'s job queue): its items are committed one by one as they finish,
+Built on the chat core (`app.chat`); imports no Textual and no argparse. A job lives in the store (`storage.Store`'s job queue): its items are committed one by one as they finish,
 so a job survives restarts and kills and never runs a finished item twice.
 
 | module | owns |
@@ -9,8 +9,8 @@ so a job survives restarts and kills and never runs a finished item twice.
 | `templates.py` | the `{previous}` / `{stepN}` placeholders of agent step prompts |
 | `control.py` | engine-free operations: `submit_job`, `pause_job`, `resume_job`, `cancel_job`, `export_lines` |
 | `progress.py` | `JobProgress` (what a view shows), `JobRun` (a running job's bookkeeping), `ProgressPrinter` |
-| `batch.py` | running a batch job's items at `Priority.BATCH`, all at once; its export lines |
-| `agent.py` | running an agent task's steps at `Priority.AGENT`, its transcript kept as a chat |
+| `batch_job.py` | running a batch job's items at `Priority.BATCH`, all at once (`app.chat.run_request`); export lines |
+| `agent_task.py` | running an agent task's steps at `Priority.AGENT`, the transcript recorded as a chat (`AnswerRecorder`) |
 | `runner.py` | `JobRunner`: `run_job`, `run_queued`, `pause`, `resume`, `cancel`, progress callback |
 """
 

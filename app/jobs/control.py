@@ -14,8 +14,8 @@ from pathlib import Path
 
 from storage import Job, NotFoundError, Store
 
-from . import batch
-from .agent import create_agent_chat
+from . import batch_job
+from .agent_task import create_agent_chat
 from .files import load_job_file
 
 PAUSABLE = ("queued", "running")
@@ -71,7 +71,7 @@ async def cancel_job(store: Store, job_id: int) -> Job:
 
 
 async def export_lines(store: Store, job_id: int) -> list[dict]:
-    """A batch job's OpenAI Batch output lines, one per item in input order (`batch.export_line`).
+    """A batch job's OpenAI Batch output lines, one per item in input order (`batch_job.export_line`).
 
     Raises NotFoundError, ValueError (an agent task: its transcript is a chat), StorageError.
     """
@@ -79,7 +79,7 @@ async def export_lines(store: Store, job_id: int) -> list[dict]:
     if job.kind != "batch":
         raise ValueError(f"job {job_id} is an agent task, not a batch job: its transcript is chat "
                          f"{job.spec.get('chat_id')} (open it in the TUI)")
-    return [batch.export_line(item, job.status) for item in await store.list_items(job_id)]
+    return [batch_job.export_line(item, job.status) for item in await store.list_items(job_id)]
 
 
 async def _expect(store: Store, job_id: int, statuses: tuple[str, ...], verb: str) -> Job:

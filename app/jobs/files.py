@@ -2,7 +2,7 @@
 
 `load_job_file(path)` returns `(kind, name, items, spec)`, ready for `Store.create_job`:
 
-- **batch** (`.jsonl`): the `baton batch` input format (`app.openai_batch`). Each non-blank line is one item,
+- **batch** (`.jsonl`): the `baton batch` input format (`app.chat.batch_file`). Each non-blank line is one item,
   in file order: `{"custom_id", "line_no", "messages", "sampling"}` for a valid line, or
   `{"custom_id", "line_no", "error": {"code", "message"}}` for a malformed one (it fails when the job runs;
   the other lines still run). Spec: `{"format": "openai_batch"}`.
@@ -23,8 +23,8 @@ from typing import Any
 
 from backend import SamplingParams
 
-from .. import openai_batch
-from ..chat_settings import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+from ..chat import batch_file
+from ..chat.settings import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from .templates import check_template
 
 BATCH_FORMAT = "openai_batch"
@@ -82,8 +82,8 @@ def _sniff(data: bytes, name: str | None, stem: str) -> JobFile:
 
 def _batch(data: bytes, name: str) -> JobFile:
     items: list[dict[str, Any]] = []
-    for entry in openai_batch.parse_input(data):
-        if isinstance(entry, openai_batch.LineError):
+    for entry in batch_file.parse_input(data):
+        if isinstance(entry, batch_file.LineError):
             items.append({"custom_id": entry.custom_id, "line_no": entry.line_no,
                           "error": {"code": entry.code, "message": entry.message}})
         else:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import IO
 from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING
 
-from backend import Engine
 from storage import Job
+
+if TYPE_CHECKING:
+    from backend import Engine
 
 
 @dataclass(frozen=True)

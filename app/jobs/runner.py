@@ -18,12 +18,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from backend import Engine
 from storage import Job, StorageError, Store
 
-from . import agent, batch, control
+from . import agent_task, batch_job, control
 from .progress import JobProgress, JobRun
+
+if TYPE_CHECKING:
+    from backend import Engine
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +124,7 @@ class JobRunner:
         watcher = asyncio.create_task(self._watch(run))
         try:
             self._publish(run, "running")
-            final = await (agent.run_steps(self.store, run) if job.kind == "agent" else self._run_batch(run))
+            final = await (agent_task.run_steps(self.store, run) if job.kind == "agent" else self._run_batch(run))
         except asyncio.CancelledError:
             if run.stop not in STOPPED:
                 await self.store.set_job_status(job_id, "queued")
@@ -160,7 +163,7 @@ class JobRunner:
     # ------------------------------------------------------------------------------- internals
     async def _run_batch(self, run: JobRun) -> str | None:
         """Run every pending item at once. Returns "done", or None when items are left pending."""
-        tasks = [asyncio.create_task(batch.run_item(self.store, run, item))
+        tasks = [asyncio.create_task(batch_job.run_item(self.store, run, item))
                  for item in await self.store.pending_items(run.job.id)]
         try:
             if tasks:

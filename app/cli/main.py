@@ -21,13 +21,13 @@ from importlib import metadata
 
 from backend import SamplingParams
 
-from . import batch_runner, headless
+from ..chat.completions import DEFAULT_MAX_TOKENS
+from ..chat.settings import DEFAULT_MAX_TOKENS as CHAT_MAX_TOKENS
+from ..chat.settings import DEFAULT_TEMPERATURE as CHAT_TEMPERATURE
+from . import batch_cmd, chat_cmd
 from .engine_options import ENGINE_OPTIONS, add_engine_options, engine_config, option_message
-from .jobs_cli import add_jobs_subparser
-from .openai_batch import DEFAULT_MAX_TOKENS
-
-CHAT_TEMPERATURE = 0.7
-CHAT_MAX_TOKENS = 512
+from .errors import UsageError
+from .jobs_cmd import add_jobs_subparser
 
 # Engine/sampling field names (first word of their ValueError messages) -> the option that sets them.
 _OPTION_OF_FIELD = {**ENGINE_OPTIONS, "max_tokens": "--max-tokens", "temperature": "--temperature", "seed": "--seed"}
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
         return args.handler(args)
-    except headless.UsageError as exc:
+    except UsageError as exc:
         print(f"baton: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -135,27 +135,23 @@ def _chat(args: argparse.Namespace) -> int:
     try:
         params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
     except ValueError as exc:
-        raise headless.UsageError(_option_message(exc)) from exc
+        raise UsageError(_option_message(exc)) from exc
     config = engine_config(args)
     if args.question is None:
-        return headless.run_conversation(config, params, system=args.system)
-    messages = headless.chat_messages(args.question, args.system)
-    return headless.run_chat(config, messages, params)
+        return chat_cmd.run_conversation(config, params, system=args.system)
+    messages = chat_cmd.chat_messages(args.question, args.system)
+    return chat_cmd.run_chat(config, messages, params)
 
 
 def _tui(args: argparse.Namespace) -> int:
     config = engine_config(args)
-    from .tui import run_tui, theme_names  # Textual is imported only for the TUI
+    from ..tui import run_tui, theme_names  # Textual is imported only when the TUI runs
 
     if args.theme is not None and args.theme not in theme_names():
-        raise headless.UsageError(f"--theme: unknown theme {args.theme!r}; choose one of {', '.join(theme_names())}")
+        raise UsageError(f"--theme: unknown theme {args.theme!r}; choose one of {', '.join(theme_names())}")
     return run_tui(config, args.db, args.theme)
 
 
 def _batch(args: argparse.Namespace) -> int:
-    batch_runner.run_batch(engine_config(args), args.input, args.output)
+    batch_cmd.run_batch(engine_config(args), args.input, args.output)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

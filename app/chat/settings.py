@@ -1,4 +1,5 @@
-"""Per-chat generation settings: the system prompt and sampling parameters stored with each chat.
+"""Chat settings: the system prompt and sampling parameters stored with each chat, and the one set of chat
+defaults (the TUI's new chats and `baton chat` both start from them).
 
 A chat's `params` JSON holds `temperature`, `top_p`, `max_tokens` and `seed`; other keys a user put there
 (e.g. `top_k`, `stop`, `ignore_eos`) are kept and passed on to `SamplingParams`. Validation is
@@ -8,9 +9,12 @@ A chat's `params` JSON holds `temperature`, `top_p`, `max_tokens` and `seed`; ot
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backend import SamplingParams
+
+if TYPE_CHECKING:
+    from storage import Chat
 
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 1.0
@@ -50,6 +54,11 @@ class ChatSettings:
     def sampling_params(self) -> SamplingParams:
         """The engine's sampling parameters. Raises ValueError naming the bad field."""
         return SamplingParams(**self.to_params())
+
+    @classmethod
+    def of(cls, chat: Chat) -> ChatSettings:
+        """The settings stored with a chat (a `storage.Chat` row)."""
+        return cls.from_chat(chat.system_prompt, chat.params)
 
     def summary(self) -> str:
         """A one-line description, e.g. `temperature 0.7 · top-p 1 · max 512 tokens · seed 7`."""

@@ -14,32 +14,27 @@ from textual.widgets import Static
 
 from storage import Chat
 
+from ...chat.settings import ChatSettings
 from .. import messages as m
-from ..chat_settings import ChatSettings
-from ..sessions import BusyError, Sessions
 from .chat_view import ChatView
-from .message_view import MessageView
 from .prompt_input import PromptInput
 
 QUEUED_NOTE = "waiting for the model to load…"
 GENERATING_NOTE = "generating…"
 
 
-def chat_settings(chat: Chat) -> ChatSettings:
-    """A chat's stored settings."""
-    return ChatSettings.from_chat(chat.system_prompt, chat.params)
-
-
 class ChatPane(Vertical):
-    """The open chat and its prompt.
+    """The open chat and its prompt. It calls no controller: what the user sends (`PromptInput.Submitted`) and
+    asks to edit (`MessageView.EditRequested`) bubble on to the screen, which answers with `prompt_sent()` /
+    `begin_edit()`.
 
-    Args:
-        sessions: the generation controller (sends, edits; knows what is streaming).
+    Attributes:
+        model_name: the loaded model's name, shown on answers (None until the model is loaded).
     """
 
-    def __init__(self, sessions: Sessions, *, id: str | None = None) -> None:
+    def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
-        self.sessions = sessions
+        self.model_name: str | None = None
 
     def compose(self) -> ComposeResult:
         """The title line, the messages and the prompt."""
@@ -53,14 +48,13 @@ class ChatPane(Vertical):
         return self.query_one(ChatView).chat
 
     def _answer_label(self) -> str | None:
-        engine = self.sessions.engine
-        return None if engine is None else f"Assistant · {engine.model.name}"
+        return None if self.model_name is None else f"Assistant · {self.model_name}"
 
     def _shows(self, chat_id: int) -> bool:
         return self.query_one(ChatView).chat_id == chat_id
 
     def _show_title(self, chat: Chat | None) -> None:
-        title = "" if chat is None else f"{chat.title}  ·  {chat_settings(chat).summary()}"
+        title = "" if chat is None else f"{chat.title}  ·  {ChatSettings.of(chat).summary()}"
         self.query_one("#chat-title", Static).update(title)
 
     def copy_last_answer(self, code: bool = False) -> None:
@@ -136,29 +130,10 @@ class ChatPane(Vertical):
             await self.query_one(ChatView).end_answer(event.message, f"failed: {event.error}")
 
     # -------------------------------------------------------------------------------- input
-    @on(PromptInput.Submitted)
-    def _submitted(self, event: PromptInput.Submitted) -> None:
-        event.stop()
-        chat = self.chat
-        if chat is None:  # typing into the empty screen starts a chat, as a person expects
-            if event.editing is None:
-                self.post_message(m.NewChatRequested(event.text))
-                self.query_one(PromptInput).end_edit()
-            return
-        try:
-            if event.editing is None:
-                self.sessions.send(chat, event.text)
-            else:
-                self.sessions.edit_and_resend(chat, event.editing, event.text)
-        except BusyError as exc:
-            self.notify(str(exc), severity="warning")
-            return
+    def prompt_sent(self) -> None:
+        """What the prompt held was sent (or started a chat): clear it and leave editing."""
         self.query_one(PromptInput).end_edit()
 
-    @on(MessageView.EditRequested)
-    def _edit(self, event: MessageView.EditRequested) -> None:
-        event.stop()
-        if self.chat is not None and self.chat.id in self.sessions.busy_chats():
-            self.notify("This chat is still answering: Esc stops it first", severity="warning")
-            return
-        self.query_one(PromptInput).begin_edit(event.message_id, event.text)
+    def begin_edit(self, message_id: int, text: str) -> None:
+        """Put one of the user's messages in the prompt, to edit and resend."""
+        self.query_one(PromptInput).begin_edit(message_id, text)

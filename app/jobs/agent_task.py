@@ -4,8 +4,8 @@ Each step sends the conversation so far (the system prompt, then every earlier s
 answer) plus its own prompt, rendered with `{previous}` / `{stepN}` (`app.jobs.templates`). The transcript
 chat (titled `agent: <name>`, created at submission, its id in the job's spec as `chat_id`) gets a system
 message, then per step the user message when the step starts and the assistant message from its first token
-(its text flushed every `FLUSH_S` seconds, finished with the step's stats), so a person can watch it in the
-TUI. A step's result (`complete_item`) is committed when it finishes: `{"prompt", "text", "finish_reason",
+(`app.chat.recorder.AnswerRecorder`, as a TUI chat's answer: flushed while it streams, finished with its
+stats), so a person can watch it in the TUI. A step's result (`complete_item`) is committed when it finishes: `{"prompt", "text", "finish_reason",
 "prompt_tokens", "completion_tokens", "chat_id", "user_message_id", "assistant_message_id"}`.
 
 Resuming after a pause or a crash re-runs the first pending step: the chat is first cut back to the system
@@ -16,17 +16,19 @@ fails the task: the later steps fail as skipped and the job ends `failed`.
 
 from __future__ import annotations
 
-import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from backend import Priority, SamplingParams, TokenOutput
+from backend import Priority, SamplingParams
 from storage import Job, JobItem, Store
 
+from ..chat.answer import is_complete
+from ..chat.recorder import AnswerRecorder
 from . import templates
 from .progress import JobRun
 
-FLUSH_S = 0.5
+if TYPE_CHECKING:
+    from backend import TokenOutput
 CHAT_TITLE = "agent: {name}"
 
 
@@ -119,7 +121,7 @@ async def _run_step(store: Store, run: JobRun, item: JobItem, chat_id: int, hist
                                                history + [{"role": "user", "content": prompt}], params, item.idx)
     except ValueError as exc:  # the engine rejected the prompt (e.g. longer than the context)
         return await _fail(store, run, item, f"step {step}: {exc}")
-    if last.finish_reason in ("stop", "length"):
+    if is_complete(last.finish_reason):
         result = {"prompt": prompt, "text": text, "finish_reason": last.finish_reason,
                   "prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
                   "chat_id": chat_id, "user_message_id": user.id, "assistant_message_id": message_id}
@@ -133,36 +135,25 @@ async def _run_step(store: Store, run: JobRun, item: JobItem, chat_id: int, hist
 
 async def _stream(store: Store, run: JobRun, chat_id: int, parent_id: int, messages: list[dict[str, str]],
                   params: SamplingParams, idx: int = 0) -> tuple[TokenOutput, str, int | None]:
-    """Generate one answer at AGENT priority into an assistant message of the chat (created at the first
-    token, flushed every `FLUSH_S`, finished with its stats). Returns (last output, text, message id or None).
+    """Generate one answer at AGENT priority into an assistant message of the chat (`AnswerRecorder`: created at
+    the first token, flushed, finished with its stats). Returns (last output, text, message id or None).
 
     Raises:
         ValueError: the engine rejected the prompt. StorageError.
     """
-    request_id, parts, last = uuid.uuid4().hex, [], None
-    message_id, submitted, first, flushed = None, time.perf_counter(), None, 0.0
+    request_id, last = uuid.uuid4().hex, None
+    recorder = AnswerRecorder(store, chat_id, parent_id, run.engine.model.name)
     run.submitted(request_id, idx)
     try:
         async for out in run.engine.generate(messages, params, priority=Priority.AGENT, request_id=request_id):
-            parts.append(out.text)
             last = out
-            if out.token_id is None:
-                continue
-            run.token()
-            if message_id is None:
-                first = flushed = time.perf_counter()
-                message_id = (await store.start_assistant_message(chat_id, parent_id, run.engine.model.name,
-                                                                  "".join(parts))).id
-            elif time.perf_counter() - flushed >= FLUSH_S:
-                flushed = time.perf_counter()
-                await store.update_message_text(message_id, "".join(parts))
+            if out.token_id is not None:
+                run.token()
+            await recorder.take(out)
     finally:
         run.ended(request_id)
-    text = "".join(parts)
-    if message_id is not None:
-        await store.finish_message(message_id, text, last.finish_reason, last.prompt_tokens, last.completion_tokens,
-                                   *_rates(submitted, first, last.completion_tokens))
-    return last, text, message_id
+    await recorder.finish()
+    return last, recorder.text, recorder.message_id
 
 
 async def _fail(store: Store, run: JobRun, item: JobItem, error: str) -> bool:
@@ -174,12 +165,3 @@ async def _skip_rest(store: Store, run: JobRun, items: list[JobItem], start: int
     for item in items[start:]:
         if item.status == "pending":
             await _fail(store, run, item, f"skipped: step {start} failed")
-
-
-def _rates(submitted: float, first: float | None, completion_tokens: int) -> tuple[float | None, float | None]:
-    """(TTFT in ms, decode tokens/s after the first token) of a finished step."""
-    if first is None:
-        return None, None
-    elapsed = time.perf_counter() - first
-    rate = (completion_tokens - 1) / elapsed if completion_tokens > 1 and elapsed > 0 else None
-    return (first - submitted) * 1000, rate

@@ -9,7 +9,7 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static, TextArea
 
-from ..chat_settings import ChatSettings, parse_settings
+from ...chat.settings import ChatSettings, parse_settings
 
 FIELDS = (("temperature", "Temperature", "0 = greedy; higher = more varied"),
           ("top_p", "Top-p", "in (0, 1]; 1 = off"),

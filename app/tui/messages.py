@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from storage import Chat, SearchHit
     from storage import Message as StoredMessage
 
-    from .jobs.progress import JobProgress
-    from .sessions import LiveAnswer
+    from ..jobs import JobProgress
+    from .live_answer import LiveAnswer
 
 
 # ----------------------------------------------------------------------------------------- model
@@ -62,13 +62,6 @@ class ChatCreated(Message):
     """A new chat was stored."""
 
     chat: Chat
-
-
-@dataclass
-class NewChatRequested(Message):
-    """The person sent a message with no chat open: start a chat with it."""
-
-    first_message: str
 
 
 @dataclass

@@ -21,18 +21,20 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from backend import Engine
-from backend import read_device_memory
+from backend import Engine, read_device_memory
 from storage import Chat, SearchHit, Store
 
+from ...chat.settings import ChatSettings
+from ...jobs import JobRunner
 from .. import messages as m
-from ..chats import ChatLibrary, export_base
 from ..commands import BatonCommands
-from ..model_loader import load_engine
+from ..engine_loader import load_engine
+from ..library import ChatLibrary, export_base
 from ..sessions import BusyError, Sessions
 from ..widgets.chat_list import ChatList
-from ..widgets.chat_pane import ChatPane, chat_settings
+from ..widgets.chat_pane import ChatPane
 from ..widgets.live_panel import LivePanel
+from ..widgets.message_view import MessageView
 from ..widgets.prompt_input import PromptInput
 from ..widgets.status_line import StatusLine
 from .confirm import ConfirmScreen
@@ -49,6 +51,7 @@ class ChatScreen(Screen):
     Args:
         store: the open history store.
         engine: the engine; when not started yet it is started here in a thread worker while the UI works.
+        jobs: the app's job runner (its requests are labelled on the live panel; the jobs screen uses it).
         show_panel: open the live panel at once.
         panel_interval: seconds between the live panel's refreshes.
     """
@@ -73,11 +76,13 @@ class ChatScreen(Screen):
         Binding("ctrl+l", "focus_chats", "Chat list", show=False, tooltip="Focus the chat list"),
     ]
 
-    def __init__(self, store: Store, engine: Engine, *, show_panel: bool = False, panel_interval: float = 0.5) -> None:
+    def __init__(self, store: Store, engine: Engine, jobs: JobRunner, *, show_panel: bool = False,
+                 panel_interval: float = 0.5) -> None:
         super().__init__()
         self.store = store
+        self.jobs = jobs
         self.sessions = Sessions(store, post=self._post, launch=self._launch)
-        self.pane = ChatPane(self.sessions, id="chat-pane")
+        self.pane = ChatPane(id="chat-pane")
         self.library = ChatLibrary(store, self.sessions, self._post)
         self.show_archived = False
         self._engine = engine
@@ -181,7 +186,7 @@ class ChatScreen(Screen):
     def action_settings(self) -> None:
         """Edit the open chat's settings."""
         if chat := self._open_chat():
-            self.app.push_screen(SettingsScreen(chat.title, chat_settings(chat)),
+            self.app.push_screen(SettingsScreen(chat.title, ChatSettings.of(chat)),
                                  lambda s: s and self._run(self.library.save_settings(chat.id, s)))
 
     def action_export_chat(self) -> None:
@@ -210,12 +215,11 @@ class ChatScreen(Screen):
 
     def _describe(self, request_id: str) -> tuple[str, str]:
         """A live panel row's label: a background job's item, else a chat's answer."""
-        runner = getattr(self.app, "job_runner", None)
-        return (runner.describe(request_id) if runner is not None else None) or self.sessions.describe(request_id)
+        return self.jobs.describe(request_id) or self.sessions.describe(request_id)
 
     def action_jobs(self) -> None:
         """Show the background jobs."""
-        self.app.push_screen(JobsScreen(self.store))
+        self.app.push_screen(JobsScreen(self.store, self.jobs), lambda chat_id: chat_id and self.show_chat(chat_id))
 
     def show_chat(self, chat_id: int) -> None:
         """List (and highlight) a chat and open it, e.g. an agent task's transcript."""
@@ -251,6 +255,36 @@ class ChatScreen(Screen):
         """Focus the chat list."""
         self.query_one(ChatList).focus()
 
+    # ------------------------------------------------------------------------ the prompt
+    @on(PromptInput.Submitted)
+    def _submitted(self, event: PromptInput.Submitted) -> None:
+        """Send what the user typed into the open chat (or start a chat with it), or resend an edit."""
+        event.stop()
+        chat = self.pane.chat
+        if chat is None:  # typing into the empty screen starts a chat, as a person expects
+            if event.editing is None:
+                self._run(self.library.create(event.text))
+                self.pane.prompt_sent()
+            return
+        try:
+            if event.editing is None:
+                self.sessions.send(chat, event.text)
+            else:
+                self.sessions.edit_and_resend(chat, event.editing, event.text)
+        except BusyError as exc:
+            self.notify(str(exc), severity="warning")
+            return
+        self.pane.prompt_sent()
+
+    @on(MessageView.EditRequested)
+    def _edit(self, event: MessageView.EditRequested) -> None:
+        event.stop()
+        chat = self.pane.chat
+        if chat is not None and chat.id in self.sessions.busy_chats():
+            self.notify("This chat is still answering: Esc stops it first", severity="warning")
+            return
+        self.pane.begin_edit(event.message_id, event.text)
+
     # ------------------------------------------------------------------------ the list
     @on(ChatList.ChatChosen)
     def _chat_chosen(self, event: ChatList.ChatChosen) -> None:
@@ -267,10 +301,6 @@ class ChatScreen(Screen):
     @on(m.ChatOpened)
     def _opened(self, event: m.ChatOpened) -> None:
         self.query_one(ChatList).highlight_chat(event.chat.id)
-
-    @on(m.NewChatRequested)
-    def _new_chat_with_message(self, event: m.NewChatRequested) -> None:
-        self._run(self.library.create(event.first_message))
 
     @on(m.ChatCreated)
     def _created(self, event: m.ChatCreated) -> None:
@@ -300,6 +330,7 @@ class ChatScreen(Screen):
     def _model_loaded(self, event: m.ModelLoaded) -> None:
         model = event.engine.model
         self.sessions.attach_engine(event.engine)
+        self.pane.model_name = model.name
         self.query_one(StatusLine).ready(model.name, str(model.device))
         if event.seconds is not None:
             self.notify(f"{model.name} loaded in {event.seconds:.1f} s", title="Model ready")

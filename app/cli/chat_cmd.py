@@ -1,37 +1,24 @@
-"""Headless chat on the engine: stream one answer, or hold a conversation over stdin, printing to stdout.
+"""`baton chat`: stream one answer, or hold a conversation over stdin, printing to stdout.
 
 Talks to the engine only through the public `backend` API. Errors the user must fix (a model that cannot be
-loaded, a prompt that does not fit) raise `UsageError`; the CLI turns that into a one-line message and exit
-status 2. `app.batch_runner` runs OpenAI Batch files on the same helpers.
+loaded, a prompt that does not fit) raise `UsageError`; `app.cli.main` turns that into a one-line message and
+exit status 2.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from backend import Engine, EngineConfig, ModelLoadError, Priority, SamplingParams, TokenOutput
+from backend import EngineConfig, Priority, SamplingParams
 
+from ..chat.answer import is_complete
+from .engine_options import start_engine
+from .errors import UsageError
 
-class UsageError(Exception):
-    """A bad argument or input that the user must fix (the CLI exits with status 2)."""
-
-
-def start_engine(config: EngineConfig) -> Engine:
-    """Load the model and start an engine.
-
-    Args:
-        config: the engine configuration.
-    Returns:
-        A started `Engine` (call `shutdown()` when done).
-    Raises:
-        UsageError: the model cannot be loaded (unknown spec, missing package or file, no GPU).
-    """
-    try:
-        return Engine(config).start()
-    except ModelLoadError as exc:
-        raise UsageError(str(exc)) from exc
+if TYPE_CHECKING:
+    from backend import Engine, TokenOutput
 
 
 def chat_messages(question: str, system: str | None = None) -> list[dict[str, str]]:
@@ -168,7 +155,7 @@ async def stream_answer(engine: Engine, messages: list[dict[str, str]], params: 
 
 def _report(last: TokenOutput, err: IO[str]) -> int:
     """0 for a finished answer; else print why it failed and return 1."""
-    if last.finish_reason in ("stop", "length"):
+    if is_complete(last.finish_reason):
         return 0
     print(f"baton: error: generation {last.finish_reason}: {last.error or 'no detail'}", file=err)
     return 1

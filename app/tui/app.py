@@ -16,18 +16,17 @@ import sys
 import warnings
 
 from textual import on
-from textual.app import App
+from textual.app import App, ScreenStackError
 from textual.worker import Worker, WorkerState
 
 from backend import Engine, EngineConfig
 from storage import StorageError, Store
 from themes import register_themes
 
-from .jobs import JobRunner
+from ..jobs import JobProgress, JobRunner
 from .messages import JobProgressed, ModelLoaded, PanelToggled
 from .preferences import PreferencesWarning, load_preferences, save_preferences
 from .screens.chat import ChatScreen
-from .screens.jobs import JobsScreen
 
 FAILURE_TITLES = {"generation": "Answer failed", "model": "Model failed to load", "store": "Storage error",
                   "search": "Search failed", "jobs": "Background jobs failed"}
@@ -65,7 +64,7 @@ class BatonApp(App[None]):
         self._remember_theme = False
         self.startup_error: str | None = None
         self._chat_screen: ChatScreen | None = None
-        self.job_runner: JobRunner | None = None  # runs the stored job queue once the engine is ready
+        self.job_runner: JobRunner | None = None  # the stored job queue's runner (runs once the engine is ready)
         self._jobs_worker: Worker | None = None
 
     @property
@@ -87,7 +86,9 @@ class BatonApp(App[None]):
                 self.startup_error = str(exc)
                 self.exit(return_code=2, message=str(exc))
                 return
-        self._chat_screen = ChatScreen(self.store, self.engine, show_panel=self.preferences.show_panel,
+        self.job_runner = JobRunner(self.store, self.engine,
+                                    on_progress=self._job_progressed)
+        self._chat_screen = ChatScreen(self.store, self.engine, self.job_runner, show_panel=self.preferences.show_panel,
                                        panel_interval=self.preferences.panel_interval_s)
         await self.push_screen(self._chat_screen)
 
@@ -118,18 +119,17 @@ class BatonApp(App[None]):
     @on(ModelLoaded)
     def _start_jobs(self, event: ModelLoaded) -> None:
         """The engine is ready: run queued background jobs (and those submitted later) while the app is open."""
-        if self.job_runner is not None or self.store is None:
+        if self.job_runner is None or self._jobs_worker is not None:
             return
-        self.job_runner = JobRunner(self.store, event.engine, on_progress=lambda p: self.post_message(JobProgressed(p)))
         self._jobs_worker = self.run_worker(self.job_runner.run_queued(watch=True), name="background jobs",
                                             group="jobs", exit_on_error=False)
 
-    @on(JobProgressed)
-    def _job_progressed(self, event: JobProgressed) -> None:
-        """Hand a job's progress to the jobs screen, when it is open."""
-        for screen in self.screen_stack:
-            if isinstance(screen, JobsScreen):
-                screen.show_progress(event.progress)
+    def _job_progressed(self, progress: JobProgress) -> None:
+        """Tell the active screen that a job moved on (the jobs screen shows it; the others ignore it)."""
+        try:
+            self.screen.post_message(JobProgressed(progress))
+        except ScreenStackError:  # no screen (starting or closing)
+            pass
 
     async def stop_jobs(self) -> None:
         """Stop the job runner: jobs it runs go back to `queued` (their finished items are kept)."""

@@ -12,10 +12,10 @@ Every action takes `--db PATH` (default: `storage.default_db_path()`). `export` 
 line like `baton batch`: a done item's output line, a failed item's error line, and for an item not run yet
 (the job is paused, cancelled or unfinished) an error line with code `not_run`.
 
-Hook into `app/cli.py`: `add_jobs_subparser(sub, engine)` with the `baton` subparsers and the engine options
-parent parser; each action sets `handler` (args -> exit status) and raises `headless.UsageError` for
-anything the user must fix (a bad file, an unknown job, a database that cannot be used: exit status 2).
-`main(argv)` runs a `baton` parser that has only the `jobs` command (`python -m app.jobs_cli jobs ...`).
+Hook into `app.cli.main`: `add_jobs_subparser(sub, engine)` with the `baton` subparsers and the engine
+options parent parser; each action sets `handler` (args -> exit status) and raises `UsageError` for anything
+the user must fix (a bad file, an unknown job, a database that cannot be used: exit status 2). `list`, `show`
+and the other store-only actions never import torch; only `run` loads the engine.
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ import sys
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from . import headless, jobs, openai_batch
-from .batch_runner import _atomic_output
-from .engine_options import engine_config
+from .. import jobs
+from ..chat.batch_file import dumps_line
+from .atomic_output import atomic_output
+from .engine_options import engine_config, start_engine
+from .errors import UsageError
 
 JOBS_DESCRIPTION = ("Persistent background jobs, stored in the history database: OpenAI Batch files (.jsonl, "
                     "like 'baton batch') and agent tasks (.yaml/.yml/.json: a system prompt and steps whose "
@@ -102,7 +104,7 @@ def _with_store(body: Callable[[Any, argparse.Namespace], Awaitable[int]]) -> Ca
         try:
             return asyncio.run(go())
         except (StorageError, ValueError) as exc:
-            raise headless.UsageError(str(exc)) from exc
+            raise UsageError(str(exc)) from exc
     handler.__doc__ = body.__doc__
     return handler
 
@@ -179,9 +181,9 @@ async def handle_cancel(store, args: argparse.Namespace) -> int:
 async def handle_export(store, args: argparse.Namespace) -> int:
     """`jobs export ID -o OUT.jsonl`: written atomically; a summary line on stderr."""
     lines = await jobs.export_lines(store, args.job_id)
-    with _atomic_output(Path(args.output)) as out:
+    with atomic_output(Path(args.output)) as out:
         for line in lines:
-            out.write(openai_batch.dumps_line(line) + "\n")
+            out.write(dumps_line(line) + "\n")
     ok = sum(1 for x in lines if x["error"] is None)
     not_run = sum(1 for x in lines if x["error"] is not None and x["error"]["code"] == "not_run")
     print(f"baton: jobs: wrote {len(lines)} lines to {args.output} ({ok} ok, {len(lines) - ok - not_run} failed, "
@@ -194,11 +196,11 @@ async def handle_run(store, args: argparse.Namespace) -> int:
     """`jobs run [--watch]`: load the model (only when there is work) and run the queued jobs."""
     config = engine_config(args)
     if args.poll <= 0:
-        raise headless.UsageError(f"--poll: must be > 0, got {args.poll}")
+        raise UsageError(f"--poll: must be > 0, got {args.poll}")
     if not args.watch and not any(j.status == "queued" for j in await store.list_jobs()):
         print("baton: jobs: no queued jobs", file=sys.stderr)
         return 0
-    engine = await asyncio.to_thread(headless.start_engine, config)
+    engine = await asyncio.to_thread(start_engine, config)
     try:
         runner = jobs.JobRunner(store, engine, on_progress=jobs.ProgressPrinter(sys.stderr), poll_s=args.poll)
         ran = await runner.run_queued(watch=args.watch, poll_s=args.poll)
@@ -222,14 +224,3 @@ def _short(text: str, width: int) -> str:
 
 def _time(stamp) -> str:
     return stamp.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m app.jobs_cli jobs ...`: the same as `baton jobs ...` (`app.cli.main`, same exit status)."""
-    from .cli import main as baton_main  # app.cli imports this module: import it at call time
-
-    return baton_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

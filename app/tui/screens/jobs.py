@@ -1,8 +1,9 @@
 """The jobs screen (F9): every background job with its progress; pause, resume, cancel, submit, open a transcript.
 
-The app's `JobRunner` (`app.tui`) runs the queue while the TUI is open; this screen only shows the store's jobs
-(read every `REFRESH_S`) merged with the runner's live `JobProgress` (`app.messages.JobProgressed`), and
-changes job statuses through the runner (or `app.jobs.control` before the model is loaded).
+The app's `JobRunner` runs the queue while the TUI is open (once the model is loaded); the screen is handed
+it, shows the store's jobs (read every `REFRESH_S`) merged with the runner's live `JobProgress` (and the
+`JobProgressed` messages the app posts to the active screen), and changes job statuses through the runner.
+Opening an agent task's transcript dismisses the screen with the transcript's chat id.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from textual.widgets import DataTable, DirectoryTree, Footer, Label, ProgressBar
 
 from storage import Job, Store
 
-from ..jobs import JobProgress, control
+from ...jobs import JobProgress, JobRunner, submit_job
+from ..messages import JobProgressed
 
 COLUMNS = (("id", "id"), ("kind", "kind"), ("name", "name"), ("status", "status"), ("done/failed/total", "items"),
            ("tok/s", "rate"), ("ETA", "eta"))
@@ -78,6 +80,8 @@ class JobsScreen(Screen):
 
     Args:
         store: the open store holding the jobs.
+        runner: the app's job runner (pause, resume and cancel go through it; its live progress is shown).
+    Dismissed with: the chat id of an agent task's transcript to open, or None.
     """
 
     DEFAULT_CSS = """
@@ -101,9 +105,10 @@ class JobsScreen(Screen):
                 tooltip="Open an agent task's transcript chat"),
     ]
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, runner: JobRunner) -> None:
         super().__init__()
         self.store = store
+        self.runner = runner
         self.jobs: dict[int, Job] = {}
         self.live: dict[int, JobProgress] = {}
 
@@ -131,17 +136,20 @@ class JobsScreen(Screen):
 
     async def _reload(self) -> None:
         jobs = await self.store.list_jobs()
-        runner = self.app.job_runner
         for job in jobs:  # the runner's counts are ahead of the store's (rates, ETA)
-            live = runner.progress(job.id) if runner is not None else None
+            live = self.runner.progress(job.id)
             if live is not None:
                 self.live[job.id] = live
             elif job.status != "running":
                 self.live.pop(job.id, None)
         self.show_jobs(jobs)
 
+    @on(JobProgressed)
+    def _progressed(self, event: JobProgressed) -> None:
+        self.show_progress(event.progress)
+
     def show_progress(self, progress: JobProgress) -> None:
-        """Show a running job's latest progress (from the app's `JobProgressed`)."""
+        """Show a running job's latest progress."""
         self.live[progress.job_id] = progress
         job = self.jobs.get(progress.job_id)
         if job is None:
@@ -221,7 +229,7 @@ class JobsScreen(Screen):
 
     async def _submit(self, path: Path) -> None:
         try:
-            job = await control.submit_job(self.store, path)
+            job = await submit_job(self.store, path)
         except ValueError as exc:
             self.notify(str(exc), title="Cannot submit the job", severity="error", timeout=10)
             return
@@ -232,14 +240,12 @@ class JobsScreen(Screen):
     def action_pause(self) -> None:
         """Pause the selected job."""
         if job := self._selected():
-            runner = self.app.job_runner
-            self._change(runner.pause(job.id) if runner else control.pause_job(self.store, job.id))
+            self._change(self.runner.pause(job.id))
 
     def action_resume(self) -> None:
         """Resume the selected job."""
         if job := self._selected():
-            runner = self.app.job_runner
-            self._change(runner.resume(job.id) if runner else control.resume_job(self.store, job.id))
+            self._change(self.runner.resume(job.id))
 
     def action_cancel_job(self) -> None:
         """Cancel the selected job, after a confirmation."""
@@ -251,8 +257,7 @@ class JobsScreen(Screen):
 
     def cancel(self, job_id: int) -> None:
         """Cancel a job (no question asked)."""
-        runner = self.app.job_runner
-        self._change(runner.cancel(job_id) if runner else control.cancel_job(self.store, job_id))
+        self._change(self.runner.cancel(job_id))
 
     def _change(self, change) -> None:
         async def work() -> None:
@@ -276,7 +281,4 @@ class JobsScreen(Screen):
             self.notify(f"job {job.id} is a batch job: its results are exported with `baton jobs export "
                         f"{job.id}`", severity="warning")
             return
-        chat_screen = self.app.chat_screen
-        self.dismiss()
-        if chat_screen is not None:
-            chat_screen.show_chat(chat_id)
+        self.dismiss(chat_id)  # the chat screen opens it

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from storage import Store
 
 from . import messages as m
-from .chat_settings import ChatSettings
+from ..chat.settings import ChatSettings
 from .sessions import DEFAULT_TITLE, Sessions
 
 

@@ -1,14 +1,20 @@
 """The command-line options that configure the engine, shared by every `baton` command that runs one (the TUI,
-`chat`, `batch`, `jobs run`), and the mapping of `EngineConfig`'s field-named errors back to those options."""
+`chat`, `batch`, `jobs run`), the mapping of `EngineConfig`'s field-named errors back to those options, and
+`start_engine` (the only place the CLI imports the engine itself, and with it torch)."""
 
 from __future__ import annotations
 
 import argparse
 import re
 
+from typing import TYPE_CHECKING
+
 from backend import DEFAULT_MODEL, EngineConfig
 
-from .headless import UsageError
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    from backend import Engine
 
 #: `EngineConfig` field (the first word of its ValueError messages) -> the option that sets it.
 ENGINE_OPTIONS = {"model": "--model", "device": "--device", "dtype": "--dtype", "max_batch_size": "--max-batch-size",
@@ -68,3 +74,21 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
                             kv_budget_bytes=args.kv_budget)
     except ValueError as exc:
         raise UsageError(option_message(exc)) from exc
+
+
+def start_engine(config: EngineConfig) -> Engine:
+    """Load the model and start an engine (imports torch and transformers on first use).
+
+    Args:
+        config: the engine configuration.
+    Returns:
+        A started `Engine` (call `shutdown()` when done).
+    Raises:
+        UsageError: the model cannot be loaded (unknown spec, missing package or file, no GPU).
+    """
+    from backend import Engine, ModelLoadError
+
+    try:
+        return Engine(config).start()
+    except ModelLoadError as exc:
+        raise UsageError(str(exc)) from exc

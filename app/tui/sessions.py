@@ -3,7 +3,8 @@
 `Sessions` is the TUI's controller between the store, the engine and the screen (no widgets here). For one
 turn it stores the user's message first, then streams the answer from `Engine.generate` at interactive
 priority, creating the assistant message at the first token, writing its text at least every
-`flush_interval` seconds, and finishing it with its stats (`finish_message`). It posts `app.messages` as it
+`flush_interval` seconds, and finishing it with its stats (`app.chat.recorder.AnswerRecorder`, the same
+recorder agent tasks use). It posts `app.messages` as it
 goes; the screen shows whichever chat it likes, and `live(chat_id)` gives the text streamed so far.
 
 Messages sent before the model is loaded wait (stored, marked queued) and start on `attach_engine`.
@@ -14,16 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from typing import Any, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
-from backend import Engine, Priority, TokenOutput
+from backend import Priority
 from storage import Chat, NotFoundError, Store
 from storage import Message as StoredMessage
 
+from ..chat.prompt import build_prompt
+from ..chat.recorder import FLUSH_INTERVAL_S, AnswerRecorder
+from ..chat.settings import ChatSettings
 from . import messages as m
-from .chat_settings import ChatSettings
-from .turn import LiveAnswer, StreamStats, prompt_messages
+from .live_answer import LiveAnswer
+
+if TYPE_CHECKING:
+    from backend import Engine, TokenOutput
 
 DEFAULT_TITLE = "New chat"
 TITLE_LENGTH = 40
@@ -52,7 +57,7 @@ class Sessions:
             token would flood the UI's queue ahead of the user's keys).
     """
 
-    def __init__(self, store: Store, post: Callable[[Any], object], launch: Launch, flush_interval: float = 0.5,
+    def __init__(self, store: Store, post: Callable[[Any], object], launch: Launch, flush_interval: float = FLUSH_INTERVAL_S,
                  post_interval: float = 0.05):
         self.store = store
         self.engine: Engine | None = None
@@ -201,63 +206,52 @@ class Sessions:
         gen.state = "running"
         self._titles[gen.request_id] = gen.title
         self._post(m.GenerationStarted(gen.chat_id, gen.request_id))
-        stream = StreamStats()
+        reason: str | None = None
         failure: BaseException | None = None
         try:
-            await self._stream(gen, stream)
+            await self._stream(gen)
         except asyncio.CancelledError:  # the app is closing: keep the partial answer
-            stream.finish_reason = "cancelled"
+            reason = "cancelled"
             raise
         except NotFoundError:  # the chat was deleted while it answered: nothing left to store
-            stream.finish_reason = "cancelled"
+            reason = "cancelled"
         except Exception as exc:
             failure = exc
             raise
         finally:
-            await self._finish(gen, stream, failure)
+            await self._finish(gen, reason, failure)
 
-    async def _stream(self, gen: LiveAnswer, stream: StreamStats) -> None:
+    async def _stream(self, gen: LiveAnswer) -> None:
         engine = self.engine
         if engine is None:
             raise GenerationError("the model is not loaded")
         chat = await self.store.get_chat(gen.chat_id)
         if chat is None:
             raise GenerationError(f"chat {gen.chat_id} was deleted")
-        settings = ChatSettings.from_chat(chat.system_prompt, chat.params)
+        settings = ChatSettings.of(chat)
         stored = await self.store.list_messages(chat.id)
-        prompt = prompt_messages(settings.system_prompt, stored)
+        prompt = build_prompt(settings.system_prompt, stored)
         parent = next((x.id for x in reversed(stored) if x.role == "user"), None)
         try:
             params = settings.sampling_params()
-            stream.submitted = time.perf_counter()
+            gen.recorder = AnswerRecorder(self.store, chat.id, parent, engine.model.name, self.flush_interval)
             outputs = engine.generate(prompt, params, Priority.INTERACTIVE, request_id=gen.request_id)
             async with contextlib.aclosing(outputs):  # leaving early (an error) cancels the request
                 async for out in outputs:
-                    await self._take(gen, stream, out, chat.id, parent, engine)
+                    await self._take(gen, out, engine)
         except ValueError as exc:  # the engine rejected the prompt or the params
             raise GenerationError(str(exc)) from exc
-        if stream.finish_reason == "error":
-            raise GenerationError(stream.error or "the engine failed")
+        if gen.recorder.stats.finish_reason == "error":
+            raise GenerationError(gen.recorder.stats.error or "the engine failed")
 
-    async def _take(self, gen: LiveAnswer, stream: StreamStats, out: TokenOutput, chat_id: int,
-                    parent: int | None, engine: Engine) -> None:
-        """One engine output: keep its text, create or flush the stored answer, note how it ended."""
-        if gen.stop_requested and not stream.cancel_sent and not out.finished:
-            stream.cancel_sent = engine.cancel(gen.request_id) or True
-        stream.prompt_tokens, stream.completion_tokens = out.prompt_tokens, out.completion_tokens
+    async def _take(self, gen: LiveAnswer, out: TokenOutput, engine: Engine) -> None:
+        """One engine output: post its text, store it (the recorder), and pass on a stop request."""
+        if gen.stop_requested and not gen.cancel_sent and not out.finished:
+            gen.cancel_sent = engine.cancel(gen.request_id) or True
         if out.text:
             gen.parts.append(out.text)
             self._schedule_post(gen)
-        now = time.perf_counter()
-        if out.token_id is not None and stream.first_token is None:
-            stream.first_token = stream.last_flush = now
-            message = await self.store.start_assistant_message(chat_id, parent, engine.model.name, gen.text)
-            gen.message_id = message.id
-        elif gen.message_id is not None and now - stream.last_flush >= self.flush_interval:
-            stream.last_flush = now
-            await self.store.update_message_text(gen.message_id, gen.text)
-        if out.finished:
-            stream.finish_reason, stream.error = out.finish_reason, out.error
+        await gen.recorder.take(out)
 
     def _schedule_post(self, gen: LiveAnswer) -> None:
         if gen.flush is None:
@@ -273,15 +267,17 @@ class Sessions:
             self._post(m.TokensStreamed(gen.chat_id, gen.request_id, text[gen.posted:]))
             gen.posted = len(text)
 
-    async def _finish(self, gen: LiveAnswer, stream: StreamStats, failure: BaseException | None) -> None:
+    async def _finish(self, gen: LiveAnswer, reason: str | None, failure: BaseException | None) -> None:
         """Store the final text and stats, forget the turn, and tell the screen."""
-        reason = "error" if failure is not None else (stream.finish_reason or "cancelled")
+        recorder = gen.recorder
+        if failure is not None:
+            reason = "error"
+        elif reason is None:
+            reason = (recorder.stats.finish_reason if recorder is not None else None) or "cancelled"
         message: StoredMessage | None = None
         try:
-            if gen.message_id is not None:
-                message = await asyncio.shield(self.store.finish_message(
-                    gen.message_id, gen.text, reason, stream.prompt_tokens, stream.completion_tokens,
-                    *stream.rates()))
+            if recorder is not None:
+                message = await recorder.finish(reason)
         except NotFoundError:  # the chat was deleted while it answered
             message = None
         finally:
@@ -292,4 +288,3 @@ class Sessions:
                 self._post(m.GenerationFailed(gen.chat_id, gen.request_id, str(failure), message))
             else:
                 self._post(m.GenerationFinished(gen.chat_id, gen.request_id, reason, message))
-

@@ -1,0 +1,62 @@
+"""How one engine stream went: its token counts, times and end (`AnswerStats`), and which ends count as a
+complete answer.
+
+The rates follow vLLM's `benchmark_serving` definitions: TTFT from submission to the first token, and decode
+tokens/s over the tokens after the first (so a one-token answer has no decode rate).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from backend import TokenOutput
+
+#: finish reasons of an answer that ran to its end (an EOS or stop string, or `max_tokens`)
+COMPLETE_REASONS = frozenset({"stop", "length"})
+
+
+def is_complete(finish_reason: str | None) -> bool:
+    """Whether an answer with this finish reason ran to its end (`stop` or `length`), as opposed to one that
+    was cancelled, failed or is still running."""
+    return finish_reason in COMPLETE_REASONS
+
+
+@dataclass
+class AnswerStats:
+    """What one engine stream produced: counts from its latest output, times from `time.perf_counter` (s).
+
+    Attributes:
+        finish_reason, error: from the stream's last output (None while it runs).
+        prompt_tokens, completion_tokens: token counts (tokens).
+        submitted: when the request was sent (s, perf_counter).
+        first_token: when its first token arrived (s, perf_counter), None before.
+    """
+
+    finish_reason: str | None = None
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    submitted: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None
+
+    def take(self, out: TokenOutput) -> bool:
+        """Note one engine output. Returns True when it carries the stream's first token."""
+        self.prompt_tokens, self.completion_tokens = out.prompt_tokens, out.completion_tokens
+        if out.finished:
+            self.finish_reason, self.error = out.finish_reason, out.error
+        if out.token_id is not None and self.first_token is None:
+            self.first_token = time.perf_counter()
+            return True
+        return False
+
+    def rates(self) -> tuple[float | None, float | None]:
+        """(TTFT in ms, decode tokens/s after the first token) as of now; None where unknown."""
+        if self.first_token is None:
+            return None, None
+        ttft_ms = (self.first_token - self.submitted) * 1000
+        elapsed = time.perf_counter() - self.first_token
+        rate = (self.completion_tokens - 1) / elapsed if self.completion_tokens > 1 and elapsed > 0 else None
+        return ttft_ms, rate

@@ -1,0 +1,17 @@
+"""The `baton` command line: argparse front ends that import no Textual (the TUI is imported only when it
+runs) and no torch until a command loads the model.
+
+| module | owns |
+| --- | --- |
+| `main.py` | the `baton` parser, `main(argv)`, exit statuses, the TUI command (imports `app.tui` when it runs) |
+| `chat_cmd.py` | `baton chat`: one streamed answer, or a conversation over stdin |
+| `batch_cmd.py` | `baton batch`: an OpenAI Batch file through the engine, with a rich progress bar |
+| `jobs_cmd.py` | `baton jobs ...`: the persistent job queue (`app.jobs`) from the command line |
+| `engine_options.py` | the engine options every command shares, `engine_config`, `start_engine` |
+| `atomic_output.py` | output files that appear whole or not at all |
+| `errors.py` | `UsageError` (exit status 2) |
+"""
+
+from .main import build_parser, main
+
+__all__ = ["build_parser", "main"]
