@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .errors import NotFoundError, StorageError
-from .models import Chat, Job, JobItem, Message, SearchHit
+from .records import Chat, Job, JobItem, Message, SearchHit
 
 if TYPE_CHECKING:
     from .db import default_db_path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .models import Chat, Message
+from .records import Chat, Message
 
 EXPORT_FORMAT = "baton.chat"
 EXPORT_VERSION = 1

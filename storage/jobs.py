@@ -9,7 +9,7 @@ from typing import Any
 
 from .base import StoreBase
 from .errors import NotFoundError
-from .models import JOB_KINDS, JOB_STATUSES, Job, JobItem
+from .records import JOB_KINDS, JOB_STATUSES, Job, JobItem
 from .rows import ITEM_COLUMNS, item_from_row, job_from_row, now, to_json
 
 _JOB_SELECT = """

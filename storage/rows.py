@@ -7,7 +7,7 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .models import Chat, Job, JobItem, Message
+from .records import Chat, Job, JobItem, Message
 
 CHAT_COLUMNS = ("id", "title", "system_prompt", "params", "created_at", "updated_at", "archived")
 MESSAGE_COLUMNS = ("id", "chat_id", "parent_id", "role", "content", "model", "prompt_tokens",

@@ -11,7 +11,7 @@ from . import db, migrations
 from .errors import NotFoundError, StorageError
 from .export import chat_dict, chat_markdown
 from .jobs import JobsMixin
-from .models import FINISH_REASONS, ROLES, Chat, Message, SearchHit
+from .records import FINISH_REASONS, ROLES, Chat, Message, SearchHit
 from .rows import (CHAT_COLUMNS, MESSAGE_COLUMNS, chat_from_row, fts_query, message_from_row, now,
                    select_list, to_json)
 
