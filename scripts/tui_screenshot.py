@@ -25,10 +25,10 @@ QUESTIONS = ("Write a Python function that checks whether a string is a palindro
 
 
 async def shoot(model: str, output: Path, size: tuple[int, int], tokens: int) -> None:
-    from app.preferences import Preferences, save_preferences
+    from app.tui.preferences import Preferences, save_preferences
     from app.tui import BatonApp
-    from app.widgets.chat_list import ChatList
-    from app.widgets.prompt_input import PromptInput
+    from app.tui.widgets.chat_list import ChatList
+    from app.tui.widgets.prompt_input import PromptInput
     from backend import EngineConfig
 
     with tempfile.TemporaryDirectory() as tmp:
