@@ -1,7 +1,8 @@
 """The Textual app: opens the store, applies the saved theme, shows the chat screen, reports failed workers.
 
-The screens and widgets do the work (`app/screens/`, `app/widgets/`); `Sessions` runs the turns. This module
-only wires them together and owns what lives as long as the app: the store, the engine, the preferences.
+The screens and widgets do the work (`app/tui/screens/`, `app/tui/widgets/`); `Sessions` runs the turns. This
+module only wires them together and owns what lives as long as the app: the store, the engine, the
+preferences and the job runner (handed to the screens that use it).
 
     run_tui(EngineConfig(model="random:tiny"), db_path="chats.db")   # what `baton` does
     BatonApp(engine=started_engine, db_path=tmp / "chats.db")          # what tests do (run_test / Pilot)

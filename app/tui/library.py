@@ -1,6 +1,6 @@
 """Chat library operations for the TUI: list, open, create, rename, archive, delete, settings, search, export.
 
-`ChatLibrary` wraps the async store; each method does its storage work and posts one `app.messages` fact
+`ChatLibrary` wraps the async store; each method does its storage work and posts one `app.tui.messages` fact
 for the screen to show. The screen runs these coroutines as workers, so a `StorageError` fails the worker
 (and is shown as a notification) rather than the UI.
 """

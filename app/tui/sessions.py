@@ -4,8 +4,8 @@
 turn it stores the user's message first, then streams the answer from `Engine.generate` at interactive
 priority, creating the assistant message at the first token, writing its text at least every
 `flush_interval` seconds, and finishing it with its stats (`app.chat.recorder.AnswerRecorder`, the same
-recorder agent tasks use). It posts `app.messages` as it
-goes; the screen shows whichever chat it likes, and `live(chat_id)` gives the text streamed so far.
+recorder agent tasks use). It posts `app.tui.messages` as it goes; the screen shows whichever chat it likes,
+and `live(chat_id)` gives the text streamed so far.
 
 Messages sent before the model is loaded wait (stored, marked queued) and start on `attach_engine`.
 Failures raise (after posting `GenerationFailed`) so the worker that ran the turn reports them.
@@ -49,7 +49,7 @@ class Sessions:
 
     Args:
         store: the open history store.
-        post: called with each `app.messages` message (e.g. a screen's `post_message`).
+        post: called with each `app.tui.messages` message (e.g. a screen's `post_message`).
         launch: runs a coroutine as a background task named by its second argument (a Textual
             `run_worker`, or `asyncio.create_task` in tests); exceptions are the launcher's to report.
         flush_interval: most seconds between two writes of a streaming answer's text to the store.

@@ -1,7 +1,7 @@
 """The main screen: chat list, the open chat, the prompt, the status line and (toggled) the live panel.
 
 Actions start workers (store operations via `ChatLibrary`, turns via `Sessions`); workers post
-`app.messages` facts to the chat pane, which shows those about the open chat and lets them bubble up here,
+`app.tui.messages` facts to the chat pane, which shows those about the open chat and lets them bubble up here,
 where the `@on(...)` handlers keep the chat list and the status line. A chat that is not shown keeps
 streaming into `Sessions`.
 """
