@@ -4,8 +4,10 @@ One call handles a whole batch: greedy rows take the argmax of the raw logits; s
 temperature, top-k and top-p (vLLM semantics: `top_k` in {0, -1} and `top_p == 1` disable the filters; top-p
 keeps the smallest set of most likely tokens whose mass reaches p, always at least one), then draw by
 inverse CDF with one uniform number per row. Each row's uniform comes from its request's own seeded
-`torch.Generator` (or the engine's), so a seeded request is reproducible alone or inside any batch: what a
-request draws never depends on its neighbours.
+`torch.Generator` (or the engine's), and each row's CDF runs over an order fixed by its own parameters alone
+(vocabulary order for a row without filters, descending probability for a row with top-k / top-p), so a
+seeded request is reproducible alone or inside any batch: what a request draws never depends on its
+neighbours (issue #9: a neighbour's top-p used to switch every row to the sorted order).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class SamplingTensors:
         greedy: `[B]` bool.
         all_greedy: every row is greedy (skips all sampling work).
         needs_filter: some row uses top-k or top-p (needs the sort).
+        filter_rows: `[F]` int64, the sampled rows that use top-k or top-p (only they are sorted).
     """
 
     temperature: torch.Tensor
@@ -36,11 +39,13 @@ class SamplingTensors:
     greedy: torch.Tensor
     all_greedy: bool
     needs_filter: bool
+    filter_rows: torch.Tensor
 
     @classmethod
     def build(cls, params: list[SamplingParams], device: torch.device) -> "SamplingTensors":
         """Lay out `params` (one per row, in row order) as tensors on `device`."""
         greedy = [p.greedy for p in params]
+        filtering = [i for i, (p, g) in enumerate(zip(params, greedy)) if not g and (p.top_k > 0 or p.top_p < 1)]
         return cls(
             temperature=torch.tensor([1.0 if g else p.temperature for p, g in zip(params, greedy)],
                                      dtype=torch.float32, device=device),
@@ -48,7 +53,8 @@ class SamplingTensors:
             top_k=torch.tensor([max(p.top_k, 0) for p in params], dtype=torch.long, device=device),
             greedy=torch.tensor(greedy, dtype=torch.bool, device=device),
             all_greedy=all(greedy),
-            needs_filter=any(not g and (p.top_k > 0 or p.top_p < 1) for p, g in zip(params, greedy)),
+            needs_filter=bool(filtering),
+            filter_rows=torch.tensor(filtering, dtype=torch.long, device=device),
         )
 
 
@@ -61,28 +67,42 @@ def draw_uniforms(generators: list[torch.Generator | None], default: torch.Gener
     return u.to(device=device, dtype=torch.float32)
 
 
-def filtered_logits(logits: torch.Tensor, st: SamplingTensors) -> tuple[torch.Tensor, torch.Tensor]:
-    """Temperature-scale and apply top-k/top-p. Excluded tokens get -inf.
+def filtered_logits(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply top-k then top-p to temperature-scaled logits, in descending order. Excluded tokens get -inf.
 
     Args:
-        logits: `[B, V]` float32.
+        scaled: `[F, V]` float32, logits already divided by each row's temperature.
+        top_k: `[F]` int64, 0 = no top-k; top_p: `[F]` float32, 1 = no top-p.
     Returns:
-        (scaled logits sorted descending `[B, V]`, their token ids `[B, V]`) when a filter is active,
-        else (scaled logits `[B, V]`, identity ids `[B, V]` broadcast view).
+        (the filtered logits sorted descending `[F, V]`, their token ids `[F, V]`).
     """
-    B, V = logits.shape
-    scaled = logits / st.temperature[:, None]
-    if not st.needs_filter:
-        ids = torch.arange(V, device=logits.device).expand(B, V)
-        return scaled, ids
+    V = scaled.shape[-1]
     sorted_logits, sorted_ids = scaled.sort(dim=-1, descending=True)
-    rank = torch.arange(V, device=logits.device)[None, :]
-    k = torch.where(st.top_k > 0, st.top_k, V)[:, None]
+    rank = torch.arange(V, device=scaled.device)[None, :]
+    k = torch.where(top_k > 0, top_k, V)[:, None]
     sorted_logits = sorted_logits.masked_fill(rank >= k, float("-inf"))
     probs = sorted_logits.softmax(dim=-1)
     mass_before = probs.cumsum(dim=-1) - probs  # probability of strictly more likely tokens
-    sorted_logits = sorted_logits.masked_fill((mass_before >= st.top_p[:, None]) & (rank > 0), float("-inf"))
+    sorted_logits = sorted_logits.masked_fill((mass_before >= top_p[:, None]) & (rank > 0), float("-inf"))
     return sorted_logits, sorted_ids
+
+
+def _inverse_cdf(scaled: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """The position each row's uniform falls at in the CDF of `softmax(scaled)` along the row's own order.
+
+    Args:
+        scaled: `[R, V]` float32 (-inf on excluded tokens, which must form a suffix when sorted).
+        uniforms: `[R]` float32 in [0, 1).
+    Returns:
+        positions `[R, 1]` int64 into the rows of `scaled`.
+    """
+    cdf = scaled.softmax(dim=-1).cumsum(dim=-1)  # [R, V]
+    target = (uniforms * cdf[:, -1])[:, None]
+    pick = torch.searchsorted(cdf, target, right=True)  # [R, 1]
+    # Round-off can push `target` onto the flat tail of the CDF; excluded tokens form a suffix when sorted.
+    n_kept = torch.isfinite(scaled).sum(dim=-1, keepdim=True)
+    return torch.minimum(pick, n_kept - 1)
 
 
 def sample(logits: torch.Tensor, st: SamplingTensors, uniforms: torch.Tensor | None) -> torch.Tensor:
@@ -99,12 +119,10 @@ def sample(logits: torch.Tensor, st: SamplingTensors, uniforms: torch.Tensor | N
     greedy_ids = logits.argmax(dim=-1)
     if st.all_greedy:
         return greedy_ids
-    scaled, ids = filtered_logits(logits, st)
-    cdf = scaled.softmax(dim=-1).cumsum(dim=-1)  # [B, V]
-    target = (uniforms * cdf[:, -1])[:, None]
-    pick = torch.searchsorted(cdf, target, right=True)  # [B, 1]
-    # Round-off can push `target` onto the flat tail of the CDF; excluded tokens form a suffix when sorted.
-    n_kept = torch.isfinite(scaled).sum(dim=-1, keepdim=True)
-    pick = torch.minimum(pick, n_kept - 1)
-    sampled = ids.gather(1, pick)[:, 0]
+    scaled = logits / st.temperature[:, None]  # [B, V]
+    sampled = _inverse_cdf(scaled, uniforms)[:, 0]  # vocabulary order: rows without filters
+    if st.needs_filter:  # rows with top-k / top-p draw along their own descending order
+        rows = st.filter_rows
+        kept, ids = filtered_logits(scaled[rows], st.top_k[rows], st.top_p[rows])  # [F, V]
+        sampled[rows] = ids.gather(1, _inverse_cdf(kept, uniforms[rows]))[:, 0]
     return torch.where(st.greedy, greedy_ids, sampled)
