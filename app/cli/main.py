@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"baton: error: {exc}", file=sys.stderr)
         return 2
+    except StdoutClosed as exc:
+        print(f"baton: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("baton: interrupted", file=sys.stderr)
         return 130
@@ -124,6 +127,28 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError, ValueError):  # keep the exit-time flush from failing again
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as exc:  # last: the ones above are Exceptions too
+        if not _interrupted(exc):
+            raise
+        print("baton: interrupted", file=sys.stderr)
+        return 130
+
+
+class StdoutClosed(Exception):
+    """Standard output is closed (`baton chat >&-`): there is nowhere to write the answer (exit status 1)."""
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether `exc` comes from a Ctrl-C: some libraries turn a KeyboardInterrupt raised inside their lazy
+    imports into another exception (transformers: `ModuleNotFoundError: Could not import module ...`), with the
+    KeyboardInterrupt as its cause or context."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _option_message(exc: ValueError) -> str:
@@ -132,6 +157,10 @@ def _option_message(exc: ValueError) -> str:
 
 
 def _chat(args: argparse.Namespace) -> int:
+    if sys.stdout is None:  # checked before the model loads
+        raise StdoutClosed("standard output is closed: nowhere to write the answer")
+    if args.question is None and sys.stdin is None:
+        raise UsageError("standard input is closed: give the question as an argument, or pipe the conversation in")
     try:
         params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
     except ValueError as exc:
