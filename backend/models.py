@@ -196,8 +196,23 @@ def _load_folder(path: Path, dtype: torch.dtype, attn: str):
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"cannot load the model folder {path}: {exc}") from exc
+        raise ModelLoadError(f"cannot load the model folder {path}: {_attention_hint(exc) or exc}") from exc
     return model, tok
+
+
+def _attention_hint(exc: Exception) -> str | None:
+    """What to tell a user whose model has no SDPA attention in transformers (e.g. Gemma 2, whose logit
+    softcapping needs the eager path), instead of transformers' advice to pass `attn_implementation`, which is
+    not a Baton option. None for any other error."""
+    text = str(exc)
+    marker = " does not support an attention implementation through"
+    if marker not in text:
+        return None
+    arch = text.split(marker)[0].split()[-1]
+    return (f"{arch} has no SDPA attention in transformers (it needs the eager attention path); Baton's engine "
+            "runs SDPA-based attention only (ragged decode and packed prefill are built on SDPA), so it cannot "
+            "serve this model: choose a model whose architecture supports SDPA (Llama, Mistral, Qwen2, Phi-3, "
+            "Gemma 3, ...)")
 
 
 def _cache_key(gguf: Path) -> str:
@@ -224,7 +239,7 @@ def _load_gguf(gguf: Path, dtype: torch.dtype, attn: str):
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
                                                      attn_implementation=attn)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelLoadError(f"cannot read the GGUF file {gguf}: {exc}") from exc
+        raise ModelLoadError(f"cannot read the GGUF file {gguf}: {_attention_hint(exc) or exc}") from exc
     _write_cache(model, tok, folder, gguf)
     return model.to(dtype), tok, "gguf"
 

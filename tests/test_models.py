@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -91,3 +89,19 @@ def test_cuda_without_gpu_is_a_clear_error():
         pytest.skip("a GPU is present")
     with pytest.raises(ModelLoadError, match="no CUDA GPU"):
         load_model("random:tiny", device="cuda")
+
+
+def test_a_model_without_sdpa_attention_says_which_attention_it_needs(tmp_path):
+    """Issue #9.9: Gemma 2 has no SDPA attention in transformers; the error used to tell the user to pass an
+    argument Baton does not have (`attn_implementation="eager"`)."""
+    from transformers import AutoModelForCausalLM, Gemma2Config
+
+    config = Gemma2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                          num_key_value_heads=1, head_dim=16, vocab_size=300)
+    AutoModelForCausalLM.from_config(config, attn_implementation="eager").save_pretrained(tmp_path / "gemma2")
+    models.byte_level_tokenizer(300).save_pretrained(tmp_path / "gemma2")
+    with pytest.raises(ModelLoadError) as info:
+        load_model(str(tmp_path / "gemma2"))
+    message = str(info.value)
+    assert "Gemma2ForCausalLM" in message and "eager" in message and "SDPA" in message
+    assert "attn_implementation" not in message  # not an option a Baton user can pass
