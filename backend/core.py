@@ -20,6 +20,7 @@ import psutil
 import torch
 
 from .config import EngineConfig, Priority
+from .kv_budget import kv_window_bytes
 from .memory import read_device_memory
 from .models import LoadedModel
 from .request import Request, RequestStatus, TokenOutput
@@ -266,7 +267,7 @@ class EngineCore:
             return fixed
         mem = read_device_memory(self.runner.device)
         used = mem.used_bytes - mem.torch_reserved_bytes + mem.torch_allocated_bytes  # other processes + live tensors
-        window = len(self.rows) * (self.batch.seq_len + 1) * self.batch.bytes_per_token
+        window = kv_window_bytes(len(self.rows), self.batch.seq_len, self.batch.bytes_per_token, decode_column=True)
         return max(self.batch.bytes_per_token, window + mem.total_bytes - used)
 
     def _prefill_group(self, group: list[Request]) -> None:
@@ -442,7 +443,7 @@ class EngineCore:
         waiting_reqs = self.scheduler.waiting()
         waiting = tuple(RowStats(r.request_id, r.priority.name.lower(), r.status.value, r.context_len,
                                  r.num_output_tokens) for r in waiting_reqs)
-        window = b.size * b.seq_len * b.bytes_per_token
+        window = kv_window_bytes(b.size, b.seq_len, b.bytes_per_token, decode_column=False)
         held = self._prefill_cache_bytes()
         self.window.peak("peak_kv_window_bytes", window)
         self.window.peak("peak_kv_bytes", window + held)

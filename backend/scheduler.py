@@ -12,61 +12,18 @@ Pure Python (no torch), so it is testable without a model (the nano-vllm habit).
 - Each iteration admits prompts up to a prefill token budget; a prompt longer than what is left of it is
   prefilled in chunks over several iterations (chunked prefill), so decoding rows wait for at most one
   budget's worth of prompt tokens per step.
-- Memory: the padded window the decode step touches costs `rows x (S + 1) x bytes_per_token`. New work is
-  admitted while the window after the insert stays under the low watermark of the budget; before a decode
-  step, rows are swapped out (lowest priority first) while the window would exceed the high watermark.
+- Memory (`kv_budget.py`): new work is admitted while the padded window after the insert stays under the low
+  watermark of the budget; before a decode step, rows are swapped out (lowest priority first) while the
+  window would exceed the high watermark.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from dataclasses import dataclass
 
+from .kv_budget import MemoryView  # noqa: F401 (the scheduler's view of KV memory; imported from here too)
 from .request import Request
-
-
-@dataclass(frozen=True)
-class MemoryView:
-    """What the scheduler needs to know about the batch's KV memory (all in bytes or tokens).
-
-    Attributes:
-        rows: live rows B.
-        seq_len: window length S (tokens).
-        bytes_per_token: K/V bytes of one token of one row (all layers).
-        budget_bytes: most bytes the window may take (None: unlimited).
-        low_watermark, high_watermark: fractions of the budget (admit below low, swap out above high).
-        held_bytes: K/V held outside the window that the budget must also cover: long prompts between
-            prefill chunks (bytes; 0 where the budget is read from free device memory, which already
-            excludes them).
-    """
-
-    rows: int
-    seq_len: int
-    bytes_per_token: int
-    budget_bytes: int | None
-    low_watermark: float
-    high_watermark: float
-    held_bytes: int = 0
-
-    def window_bytes(self, rows: int, seq_len: int) -> int:
-        """Bytes of a `[rows, seq_len]` window (the decode step writes one more column: counted)."""
-        return rows * (seq_len + 1) * self.bytes_per_token
-
-    def fits_after_insert(self, length: int) -> bool:
-        """Would the window with one more row of `length` tokens stay under the low watermark?"""
-        if self.budget_bytes is None:
-            return True
-        after = self.window_bytes(self.rows + 1, max(self.seq_len, length)) + self.held_bytes
-        return self.rows == 0 or after <= self.low_watermark * self.budget_bytes
-
-    def over_high_watermark(self) -> bool:
-        """Would the next decode step's window, with the K/V held outside it, exceed the high watermark?
-        Never with a single consumer of memory (one row, or no row at all), which could only make room
-        by giving up all its work."""
-        if self.budget_bytes is None or self.rows == 0 or (self.rows == 1 and not self.held_bytes):
-            return False
-        return self.window_bytes(self.rows, self.seq_len) + self.held_bytes > self.high_watermark * self.budget_bytes
 
 
 class Scheduler:
