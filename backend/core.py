@@ -1,10 +1,11 @@
 """The engine core: the state the engine thread owns and one iteration of the BATON loop.
 
-Iteration (BATON, arXiv 2410.18701 §4): admit waiting requests by priority -> prefill the newcomers apart from
-the decoding rows (one packed forward for those admitted together; a prompt longer than the iteration's token
-budget in chunks over several iterations) and embed each one's K/V into the batch (§4.1 vector shaping, §4.2 KV
-embedding) -> one decode step for all rows -> sample -> emit tokens -> retire finished rows at once (and trim
-all-padding columns). Preemption swaps rows out to host memory and back (§4.3).
+Iteration (BATON, arXiv 2410.18701 §4): the scheduler plans (`Scheduler.schedule` -> `SchedulerOutput`: which
+waiting requests are admitted by priority, which rows are preempted) -> the core executes the plan: swap-ins,
+prefills of the newcomers apart from the decoding rows (one packed forward for those admitted together; a prompt
+longer than the iteration's token budget in chunks over several iterations) with each one's K/V embedded into
+the batch (§4.1 vector shaping, §4.2 KV embedding), preemptions that swap rows out to host memory (§4.3) -> one
+decode step for all rows -> sample -> emit tokens -> retire finished rows at once (and trim all-padding columns).
 
 Only the engine thread touches an `EngineCore`; `backend.engine.Engine` is the thread-safe front end that feeds
 it requests and cancels. An error in one request (a failed prefill, a broken consumer) fails that request only.
@@ -12,23 +13,22 @@ it requests and cancels. An error in one request (a failed prefill, a broken con
 
 from __future__ import annotations
 
-import itertools
 import time
 from typing import Callable, Sequence
 
 import psutil
 import torch
 
-from .config import EngineConfig, Priority
+from .config import EngineConfig
+from .kv_budget import kv_window_bytes
 from .memory import read_device_memory
 from .models import LoadedModel
 from .request import Request, RequestStatus, TokenOutput
 from .runner import ModelRunner
 from .sampler import SamplingTensors, draw_uniforms, sample
-from .scheduler import MemoryView, Scheduler
+from .sched_output import ADMISSIONS, DropPrefill, Preempt, PrefillChunk, PrefillGroup, SchedulerOutput, Step, SwapIn
+from .scheduler import BatchSnapshot, Scheduler
 from .stats import EngineStats, RowStats, StatsWindow
-
-_MIN_CHUNK_TOKENS = 128  # a prefill chunk that only fills the rest of an iteration's budget is at least this long
 
 
 class EngineCore:
@@ -56,7 +56,7 @@ class EngineCore:
         self.rows: list[Request] = []
         self._row_params: SamplingTensors | None = None
         self.scheduler = Scheduler(config.max_preemptions)
-        self._start_counter = itertools.count()
+        self._next_start_seq = 0  # admission number of the next row that starts decoding
         self._cpu_kv_budget = min(8 * 2**30, int(0.4 * psutil.virtual_memory().total))
         self._budget: int | None = None  # this iteration's KV budget (bytes), set by step()
         self.window = StatsWindow()
@@ -83,14 +83,23 @@ class EngineCore:
             self.window.count("num_requests_received")
 
     def step(self) -> None:
-        """One iteration: admit (prefill, swap in, preempt), relieve memory pressure, decode, publish."""
+        """One iteration: schedule, execute the plan (swap-ins, prefills, preemptions), decode every row
+        (emitting its token and retiring it when finished), publish stats and final outputs."""
         self._budget = self._kv_budget()  # one device-memory reading per iteration
-        self._admit()
-        self._relieve_memory_pressure()
+        self._execute(self.scheduler.schedule(self.snapshot()))
         if self.rows:
             self._decode_step()
         self._publish_stats()
         self._send_final_outputs()
+
+    def snapshot(self) -> BatchSnapshot:
+        """The running batch and this iteration's budgets as the scheduler reads them (no tensors)."""
+        cfg, b = self.config, self.batch
+        return BatchSnapshot(b.bytes_per_token, self._budget, cfg.memory_low_watermark, cfg.memory_high_watermark,
+                             cfg.max_batch_size, cfg.max_prefill_tokens, cfg.max_background_prefill_tokens,
+                             rows=tuple(self.rows), row_lengths=tuple(b.lengths), seq_len=b.seq_len,
+                             budget_is_fixed=self.fixed_kv_budget() is not None,
+                             next_start_seq=self._next_start_seq)
 
     def recover(self, exc: Exception) -> None:
         """After an unexpected fault in `step`: fail the running rows and go on from an empty batch."""
@@ -130,80 +139,42 @@ class EngineCore:
             self._remove_row(row)
         self._finish(req, RequestStatus.FINISHED_ABORTED)
 
-    def _admit(self) -> None:
-        """Admit queued work by priority: swap-ins and prefills while rows and memory allow, preempting
-        lower-priority rows for higher-priority work (BATON §4.3).
+    def _execute(self, plan: SchedulerOutput) -> None:
+        """Carry out the scheduler's plan, step by step in its order (BATON §4: swap-ins, prefills apart from
+        the decoding rows with KV embedding, preemptions, dropped partial prefills).
 
-        Consecutive newcomers of one priority class are prefilled together in one packed forward
-        (`ModelRunner.prefill_packed`); a higher class never waits for a lower one's prompts.
+        A step whose request is no longer where the plan expects it (it failed, or ended at its first token,
+        earlier in this plan) is skipped: a failure only frees room. An unexpected exception (an engine fault)
+        fails the requests the step took from the queue, so that none is lost, and is raised again.
         """
-        group: list[Request] = []  # newcomers admitted but not yet prefilled
-        try:
-            self._admit_into(group)
-        except Exception as exc:  # an engine fault: the admitted requests fail rather than get lost
-            for req in group:
-                if not req.status.is_finished and all(r is not req for r in self.rows):
-                    self._finish(req, RequestStatus.FINISHED_ERROR, error=f"engine fault: {exc!r}")
-            raise
+        for step in plan.steps:
+            try:
+                self._run_step(step)
+            except Exception as exc:
+                if isinstance(step, ADMISSIONS):
+                    for req in step.requests:
+                        if not (req.status.is_finished or req in self.rows or req in self.scheduler):
+                            self._finish(req, RequestStatus.FINISHED_ERROR, error=f"engine fault: {exc!r}")
+                raise
 
-    def _prefill_budget(self, req: Request, group: list[Request]) -> int:
-        """Prompt tokens this iteration may prefill up to and including `req` (see `EngineConfig`)."""
-        budget, background = self.config.max_prefill_tokens, self.config.max_background_prefill_tokens
-        if background is None or req.priority == Priority.INTERACTIVE:
-            return budget
-        chatting = any(r.priority == Priority.INTERACTIVE for r in itertools.chain(self.rows, group))
-        return min(budget, background) if chatting else budget
-
-    def _admit_into(self, group: list[Request]) -> None:
-        spent = 0
-        while (req := self.scheduler.peek()) is not None:
-            if req.swapped is not None:
-                length, take = req.swapped.length, 0
-            else:  # prompt tokens to prefill now: all that is left, or a chunk of what the budget has left
-                length = req.num_prompt_tokens
-                budget = self._prefill_budget(req, group)
-                remaining, left = length - req.num_prefilled, budget - spent
-                min_chunk = min(_MIN_CHUNK_TOKENS, budget)
-                take = remaining if remaining <= left else (left if left >= min_chunk or not spent else 0)
-                if not take:
-                    break  # the rest waits for the next iteration: running rows are not held up further
-            if group and req.priority != group[0].priority:
-                self._prefill_group(group)
-            if (len(self.rows) + len(group) < self.config.max_batch_size
-                    and self._memory_view(group, admitting=req).fits_after_insert(length)):
-                self.scheduler.pop()
-                spent += take
-                if req.swapped is not None:
+    def _run_step(self, step: Step) -> None:
+        """Run one step of a plan; the requests it admits are taken from the queue first."""
+        match step:
+            case SwapIn(req):
+                if req.swapped is not None and self.scheduler.take(req):
                     self._swap_in(req)
-                elif take == length:  # a whole prompt: prefilled with the group, in one packed forward
-                    group.append(req)
-                else:  # a chunk of a long prompt, alone (it attends to its own earlier chunks)
-                    self._prefill_group(group)
-                    self._prefill_chunk(req, take)
-                continue
-            if group:  # room may have been the group's: prefill it, then see again
-                self._prefill_group(group)
-                continue
-            victim = self.scheduler.choose_victim(self.rows, int(req.priority))
-            if victim is None:
-                break
-            self._swap_out(victim)
-        self._prefill_group(group)
-
-    def _relieve_memory_pressure(self) -> None:
-        """While the next step would pass the high watermark, free memory from the lowest-priority work:
-        swap out a row (lowest priority, most recent first), or, where a long prompt between prefill chunks
-        has no higher priority than that row, drop its partial K/V (its prefill restarts later; nothing was
-        emitted, so nothing is lost or repeated)."""
-        while self._memory_view().over_high_watermark():
-            victim = self.scheduler.choose_victim(self.rows, None)
-            holder = self.scheduler.choose_prefill_to_drop()
-            if holder is not None and (victim is None or holder.priority >= self.rows[victim].priority):
-                self._drop_partial_prefill(holder)
-            elif victim is not None:
-                self._swap_out(victim)
-            else:
-                return
+            case PrefillGroup(reqs):
+                self._prefill_group([r for r in reqs if self.scheduler.take(r)])
+            case PrefillChunk(req, start, num_tokens):
+                if req.num_prefilled == start and self.scheduler.take(req):
+                    self._prefill_chunk(req, num_tokens)
+            case Preempt(req):
+                row = next((i for i, r in enumerate(self.rows) if r is req), None)
+                if row is not None:
+                    self._swap_out(row)
+            case DropPrefill(req):
+                if req.held_prefill_tokens:
+                    self._drop_partial_prefill(req)
 
     def _drop_partial_prefill(self, req: Request) -> None:
         """Free the K/V a queued long prompt holds between prefill chunks; it starts its prefill again."""
@@ -232,22 +203,6 @@ class EngineCore:
         self.rows.append(req)
         self._row_params = None
 
-    def _memory_view(self, pending: Sequence[Request] = (), admitting: Request | None = None) -> MemoryView:
-        """The batch's memory as the scheduler sees it, with `pending` newcomers counted as rows already.
-
-        Under a fixed budget the K/V that long prompts hold between prefill chunks count too (except
-        `admitting`'s own, which its new row replaces); a budget read from free device memory already
-        excludes them.
-        """
-        b = self.batch
-        seq_len = max([b.seq_len, *(r.num_prompt_tokens for r in pending)])
-        held = 0
-        if self.fixed_kv_budget() is not None:
-            own = admitting.held_prefill_tokens if admitting is not None else 0
-            held = self._prefill_cache_bytes() - own * b.bytes_per_token
-        return MemoryView(len(self.rows) + len(pending), seq_len, b.bytes_per_token, self._budget,
-                          self.config.memory_low_watermark, self.config.memory_high_watermark, held)
-
     def _prefill_cache_bytes(self) -> int:
         """K/V bytes held by long prompts between prefill chunks (outside the batch's buffers)."""
         return self.scheduler.prefilled_tokens() * self.batch.bytes_per_token
@@ -266,13 +221,13 @@ class EngineCore:
             return fixed
         mem = read_device_memory(self.runner.device)
         used = mem.used_bytes - mem.torch_reserved_bytes + mem.torch_allocated_bytes  # other processes + live tensors
-        window = len(self.rows) * (self.batch.seq_len + 1) * self.batch.bytes_per_token
+        window = kv_window_bytes(len(self.rows), self.batch.seq_len, self.batch.bytes_per_token, decode_column=True)
         return max(self.batch.bytes_per_token, window + mem.total_bytes - used)
 
     def _prefill_group(self, group: list[Request]) -> None:
         """Prefill newcomers (together, in one packed forward), emit their first tokens, and embed their
-        K/V as new batch rows; `group` is emptied. When the shared forward fails, each prompt is retried
-        alone so that only the faulty request fails."""
+        K/V as new batch rows. When the shared forward fails, each prompt is retried alone so that only the
+        faulty request fails."""
         if not group:
             return
         t0 = time.perf_counter()
@@ -285,7 +240,6 @@ class EngineCore:
             else:
                 for req in group:
                     self._prefill_group([req])
-            group.clear()
             return
         self.window.prefill(sum(r.num_prompt_tokens for r in group), time.perf_counter() - t0,
                              rows_waiting=len(self.rows), requests=len(group))
@@ -295,7 +249,6 @@ class EngineCore:
             pass
         for req, token, row_kv in zip(group, tokens, row_kvs):
             self._start_decoding(req, token, row_kv)
-        group.clear()
 
     def _prefill_chunk(self, req: Request, n: int) -> None:
         """Prefill the next `n` prompt tokens of a long prompt (chunked prefill). After the last chunk the
@@ -329,7 +282,7 @@ class EngineCore:
     def _start_decoding(self, req: Request, token: int, row_kv) -> None:
         """Emit a prefilled request's first token and embed its K/V as a new batch row (unless it is done)."""
         req.status = RequestStatus.RUNNING
-        req.start_seq = next(self._start_counter)
+        req.start_seq, self._next_start_seq = self._next_start_seq, self._next_start_seq + 1
         if self._accept_token(req, token):
             return
         try:
@@ -442,7 +395,7 @@ class EngineCore:
         waiting_reqs = self.scheduler.waiting()
         waiting = tuple(RowStats(r.request_id, r.priority.name.lower(), r.status.value, r.context_len,
                                  r.num_output_tokens) for r in waiting_reqs)
-        window = b.size * b.seq_len * b.bytes_per_token
+        window = kv_window_bytes(b.size, b.seq_len, b.bytes_per_token, decode_column=False)
         held = self._prefill_cache_bytes()
         self.window.peak("peak_kv_window_bytes", window)
         self.window.peak("peak_kv_bytes", window + held)

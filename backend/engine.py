@@ -1,10 +1,11 @@
 """The engine's front end: the public API, request intake and the engine thread.
 
 `Engine` validates and tokenizes requests on the caller's thread, hands them to the engine thread through a
-thread-safe inbox, and streams results back through each request's `emit` callback (`generate` wires it to
-an asyncio queue, `generate_batch` to a `queue.Queue`). The engine thread drains the inbox and steps the
-`EngineCore` (`backend/core.py`), which owns the model, the running batch and every tensor and runs the BATON
-loop (arXiv 2410.18701 §4). Bad input raises for that request only.
+thread-safe inbox of typed commands (`AddRequests`, `Cancel`, `Stop`), and streams results back through each
+request's `emit` callback (`generate` wires it to an asyncio queue, `generate_batch` to a `queue.Queue`). The
+engine thread drains the inbox and steps the `EngineCore` (`backend/core.py`), which owns the model, the
+running batch and every tensor and runs the BATON loop (arXiv 2410.18701 §4). Bad input raises for that
+request only.
 """
 
 from __future__ import annotations
@@ -28,6 +29,29 @@ from .request import Request, TokenOutput
 from .stats import EngineStats
 
 Prompt = str | Sequence[int] | Sequence[dict]
+
+
+# ------------------------------------------------------------------- the engine thread's inbox commands
+@dataclass(frozen=True)
+class AddRequests:
+    """Queue new requests; those of one command reach the scheduler in the same iteration."""
+
+    requests: tuple[Request, ...]
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Cancel a queued or running request (it ends `cancelled`); a finished one is left alone."""
+
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Stop the engine thread: every unfinished request ends `cancelled` ("engine shut down")."""
+
+
+Command = AddRequests | Cancel | Stop
 
 
 @dataclass(frozen=True)
@@ -73,7 +97,7 @@ class Engine:
     def __init__(self, config: EngineConfig | None = None, loaded: LoadedModel | None = None):
         self.config = config or EngineConfig()
         self._loaded = loaded
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # guards the tokenizer, _live and _finished_ids across threads
         self._live: dict[str, Request] = {}
@@ -115,7 +139,7 @@ class Engine:
         """Stop the engine thread; unfinished requests end with `cancelled`. Idempotent."""
         if self._thread is None:
             return
-        self._inbox.put(("stop", None))
+        self._inbox.put(Stop())
         self._thread.join(timeout)
         self._thread = None
         self._stopped = True
@@ -147,7 +171,7 @@ class Engine:
         items: asyncio.Queue[TokenOutput] = asyncio.Queue()
         req = self._make_request(prompt, params, priority, request_id,
                                  lambda out: loop.call_soon_threadsafe(items.put_nowait, out))
-        self._inbox.put(("add", req))
+        self._inbox.put(AddRequests((req,)))
         finished = False
         try:
             while not finished:
@@ -156,7 +180,7 @@ class Engine:
                 yield out
         finally:
             if not finished:
-                self._inbox.put(("cancel", req.request_id))
+                self._inbox.put(Cancel(req.request_id))
 
     def generate_batch(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams] | None = None,
                        priority: Priority = Priority.BATCH,
@@ -188,7 +212,7 @@ class Engine:
                 continue
             pending[req.request_id] = i
             reqs.append(req)
-        self._inbox.put(("add_many", reqs))  # one command: the engine sees them all in the same iteration
+        self._inbox.put(AddRequests(tuple(reqs)))  # one command: the engine sees them all in the same iteration
         acc: dict[str, tuple[list[str], list[int], list[float | None]]] = {
             rid: ([], [], [None]) for rid in pending}
         while pending:
@@ -218,7 +242,7 @@ class Engine:
         """
         with self._lock:
             if request_id in self._live:
-                self._inbox.put(("cancel", request_id))
+                self._inbox.put(Cancel(request_id))
                 return True
             if request_id in self._finished_ids:
                 return False
@@ -295,29 +319,30 @@ class Engine:
             late = []  # requests that raced with the stop command
             while True:
                 try:
-                    cmd, arg = self._inbox.get_nowait()
+                    cmd = self._inbox.get_nowait()
                 except queue.Empty:
                     break
-                if cmd in ("add", "add_many"):
-                    late.extend([arg] if cmd == "add" else arg)
+                if isinstance(cmd, AddRequests):
+                    late.extend(cmd.requests)
             core.shut_down(late)
         core.close()
 
     def _drain_inbox(self, block: bool) -> bool:
         """Apply queued commands to the core. Returns False on stop."""
         try:
-            cmd, arg = self._inbox.get() if block else self._inbox.get_nowait()
+            cmd = self._inbox.get() if block else self._inbox.get_nowait()
         except queue.Empty:
             return True
         while True:
-            if cmd == "stop":
-                return False
-            if cmd in ("add", "add_many"):
-                self._core.add([arg] if cmd == "add" else arg)
-            elif cmd == "cancel":
-                self._core.cancel(arg)
+            match cmd:
+                case Stop():
+                    return False
+                case AddRequests(reqs):
+                    self._core.add(reqs)
+                case Cancel(request_id):
+                    self._core.cancel(request_id)
             try:
-                cmd, arg = self._inbox.get_nowait()
+                cmd = self._inbox.get_nowait()
             except queue.Empty:
                 return True
 

@@ -12,12 +12,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-import torch
-
 from .config import Priority, SamplingParams
 from .detokenizer import IncrementalDetokenizer
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: this module imports no torch, so the scheduler is testable without it
+    import torch
+
     from .batch import RowKV
 
 

@@ -1,6 +1,10 @@
-"""Who runs next: priority classes, preemption choice, and the KV memory budget.
+"""Who runs next: the waiting queue, priority classes, preemption choice, and each iteration's plan.
 
-Pure Python (no torch), so it is testable without a model (the nano-vllm habit). Rules:
+Pure Python (no torch), so it is testable without a model (the nano-vllm habit). Once per iteration
+`Scheduler.schedule(batch)` reads a `BatchSnapshot` (the running batch and the budgets) and returns a
+`SchedulerOutput` (`sched_output.py`, vLLM v1's name): the ordered steps the engine core executes. Planning
+changes nothing; it runs against a projection of the batch and the queue in which every earlier step has
+succeeded (the projection is in `sched_plan.py`). Rules:
 
 - Priority classes are served strictly in order (`Priority.INTERACTIVE` < `AGENT` < `BATCH`), first come,
   first served within a class. A swapped-out (preempted) request comes back before new work of its own
@@ -11,10 +15,11 @@ Pure Python (no torch), so it is testable without a model (the nano-vllm habit).
   so background work always finishes (bounded starvation).
 - Each iteration admits prompts up to a prefill token budget; a prompt longer than what is left of it is
   prefilled in chunks over several iterations (chunked prefill), so decoding rows wait for at most one
-  budget's worth of prompt tokens per step.
-- Memory: the padded window the decode step touches costs `rows x (S + 1) x bytes_per_token`. New work is
-  admitted while the window after the insert stays under the low watermark of the budget; before a decode
-  step, rows are swapped out (lowest priority first) while the window would exceed the high watermark.
+  budget's worth of prompt tokens per step. Newcomers of one class admitted together share one packed
+  prefill; a higher class never waits for a lower one's prompts.
+- Memory (`kv_budget.py`): new work is admitted while the padded window after the insert stays under the low
+  watermark of the budget; before a decode step, rows are swapped out (lowest priority first), or a long
+  prompt's K/V held between chunks dropped, while the window would exceed the high watermark.
 """
 
 from __future__ import annotations
@@ -22,55 +27,80 @@ from __future__ import annotations
 import heapq
 import itertools
 from dataclasses import dataclass
+from typing import Protocol, Sequence
 
+from .kv_budget import MemoryView
 from .request import Request
+from .sched_output import SchedulerOutput
+from .sched_plan import Planner
+
+MIN_CHUNK_TOKENS = 128  # a prefill chunk that only fills the rest of an iteration's budget is at least this long
 
 
 @dataclass(frozen=True)
-class MemoryView:
-    """What the scheduler needs to know about the batch's KV memory (all in bytes or tokens).
+class BatchSnapshot:
+    """The scheduler's input: a model-free snapshot of the running batch and the engine's budgets, taken at
+    the start of an iteration (`EngineCore.snapshot`).
 
     Attributes:
-        rows: live rows B.
-        seq_len: window length S (tokens).
-        bytes_per_token: K/V bytes of one token of one row (all layers).
-        budget_bytes: most bytes the window may take (None: unlimited).
+        rows: the running requests, in row order.
+        row_lengths: cached tokens of each row (tokens), in row order.
+        seq_len: the batch's window length S (tokens; 0 when empty).
+        bytes_per_token: K/V bytes of one token of one row, all layers (bytes).
+        budget_bytes: this iteration's KV budget (bytes; None: unlimited).
+        budget_is_fixed: the budget is a fixed number of bytes, so K/V that long prompts hold between prefill
+            chunks count against it; False where it follows free device memory, which already excludes them.
         low_watermark, high_watermark: fractions of the budget (admit below low, swap out above high).
-        held_bytes: K/V held outside the window that the budget must also cover: long prompts between
-            prefill chunks (bytes; 0 where the budget is read from free device memory, which already
-            excludes them).
+        max_batch_size: most rows (rows).
+        max_prefill_tokens: prompt tokens prefilled per iteration (tokens).
+        max_background_prefill_tokens: the same for agent and batch prompts while an interactive request is
+            decoding (tokens); None: no separate budget.
+        min_chunk_tokens: a chunk that only fills the rest of an iteration's budget is at least this long
+            (tokens).
+        next_start_seq: the admission number the next newly started row will get (preemption takes the most
+            recently started row).
+
+    Raises:
+        ValueError: `rows` and `row_lengths` differ in length.
     """
 
-    rows: int
-    seq_len: int
     bytes_per_token: int
     budget_bytes: int | None
     low_watermark: float
     high_watermark: float
-    held_bytes: int = 0
+    max_batch_size: int
+    max_prefill_tokens: int
+    max_background_prefill_tokens: int | None
+    rows: tuple[Request, ...] = ()
+    row_lengths: tuple[int, ...] = ()
+    seq_len: int = 0
+    budget_is_fixed: bool = False
+    min_chunk_tokens: int = MIN_CHUNK_TOKENS
+    next_start_seq: int = 0
 
-    def window_bytes(self, rows: int, seq_len: int) -> int:
-        """Bytes of a `[rows, seq_len]` window (the decode step writes one more column: counted)."""
-        return rows * (seq_len + 1) * self.bytes_per_token
+    def __post_init__(self) -> None:
+        if len(self.rows) != len(self.row_lengths):
+            raise ValueError(f"row_lengths: {len(self.row_lengths)} lengths for {len(self.rows)} rows")
 
-    def fits_after_insert(self, length: int) -> bool:
-        """Would the window with one more row of `length` tokens stay under the low watermark?"""
-        if self.budget_bytes is None:
-            return True
-        after = self.window_bytes(self.rows + 1, max(self.seq_len, length)) + self.held_bytes
-        return self.rows == 0 or after <= self.low_watermark * self.budget_bytes
+    def memory_view(self, rows: int, seq_len: int, held_tokens: int) -> MemoryView:
+        """The KV memory of a `[rows, seq_len]` window (rows, tokens) with `held_tokens` tokens of K/V held
+        between prefill chunks (counted only under a fixed budget)."""
+        held = held_tokens * self.bytes_per_token if self.budget_is_fixed else 0
+        return MemoryView(rows, seq_len, self.bytes_per_token, self.budget_bytes, self.low_watermark,
+                          self.high_watermark, held)
 
-    def over_high_watermark(self) -> bool:
-        """Would the next decode step's window, with the K/V held outside it, exceed the high watermark?
-        Never with a single consumer of memory (one row, or no row at all), which could only make room
-        by giving up all its work."""
-        if self.budget_bytes is None or self.rows == 0 or (self.rows == 1 and not self.held_bytes):
-            return False
-        return self.window_bytes(self.rows, self.seq_len) + self.held_bytes > self.high_watermark * self.budget_bytes
+
+class RowLike(Protocol):
+    """What the preemption choice reads of a row (a `Request`, or a row of a projected batch)."""
+
+    priority: int
+    start_seq: int
+    num_preemptions: int
 
 
 class Scheduler:
-    """The waiting queue (new and swapped-out requests) and the preemption policy.
+    """The waiting queue (new, swapped-out and part-prefilled requests), the preemption policy, and the plan
+    of each iteration (`schedule`).
 
     Args:
         max_preemptions: times one request may be preempted before it is left to finish.
@@ -85,6 +115,34 @@ class Scheduler:
     def __len__(self) -> int:
         return len(self._waiting)
 
+    def __contains__(self, req: Request) -> bool:
+        """Is `req` waiting in the queue?"""
+        return self._waiting.get(req.request_id) is req
+
+    # ------------------------------------------------------------------------------------- the plan
+    def schedule(self, batch: BatchSnapshot) -> SchedulerOutput:
+        """Plan one iteration: which queued requests to swap in, which new prompts to prefill together, which
+        long prompt gets a chunk of how many tokens, which rows to preempt for them, and what to free under
+        memory pressure (BATON §4.3). Changes nothing: the engine core executes the plan.
+
+        Args:
+            batch: the running batch and the budgets, as they are now.
+        Returns:
+            the plan (`SchedulerOutput`), its steps in execution order.
+        Raises:
+            AssertionError: the plan breaks one of its invariants (a scheduler bug; vLLM's habit).
+        """
+        return Planner(self, batch).plan()
+
+    def memory_view(self, batch: BatchSnapshot, admitting: Request | None = None) -> MemoryView:
+        """The batch's KV memory as admission sees it now: the window, and under a fixed budget the K/V that
+        queued long prompts hold between prefill chunks (except `admitting`'s own, which its new row
+        replaces)."""
+        own = admitting.held_prefill_tokens if admitting is not None else 0
+        held = self.prefilled_tokens() - own if batch.budget_is_fixed else 0
+        return batch.memory_view(len(batch.rows), batch.seq_len, held)
+
+    # ------------------------------------------------------------------------------------ the queue
     def add(self, req: Request) -> None:
         """Queue a new request (its `seq` is set to its arrival order)."""
         req.seq = next(self._counter)
@@ -96,10 +154,14 @@ class Scheduler:
         self._push(req)
 
     @staticmethod
-    def _order(req: Request) -> tuple[int, int, int]:
+    def order_key(priority: int, started: bool, seq: int) -> tuple[int, int, int]:
         """Admission order: priority class, then started work (swapped out, part-prefilled) before new, then
         arrival."""
-        return int(req.priority), 0 if req.swapped is not None or req.num_prefilled else 1, req.seq
+        return int(priority), 0 if started else 1, seq
+
+    @classmethod
+    def _order(cls, req: Request) -> tuple[int, int, int]:
+        return cls.order_key(req.priority, req.swapped is not None or bool(req.num_prefilled), req.seq)
 
     def _push(self, req: Request) -> None:
         self._waiting[req.request_id] = req
@@ -108,6 +170,14 @@ class Scheduler:
     def remove(self, request_id: str) -> Request | None:
         """Take a waiting request out of the queue (cancel). Returns it, or None when it is not waiting."""
         return self._waiting.pop(request_id, None)  # its heap entry is dropped lazily by peek
+
+    def take(self, req: Request) -> bool:
+        """Take `req` out of the queue to run it (a step of a plan). Returns False when it is not waiting."""
+        if req not in self:
+            return False
+        del self._waiting[req.request_id]
+        self.peek()  # drops its heap entry when it is the head, as it is when a plan runs as planned
+        return True
 
     def peek(self) -> Request | None:
         """The request that would be admitted next, or None."""
@@ -126,11 +196,16 @@ class Scheduler:
         del self._waiting[req.request_id]
         return req
 
-    def choose_victim(self, running: list[Request], for_priority: int | None) -> int | None:
+    def waiting(self) -> list[Request]:
+        """Waiting and swapped requests in admission order (a copy)."""
+        return sorted(self._waiting.values(), key=self._order)
+
+    # ------------------------------------------------------------------------------------- choices
+    def choose_victim(self, running: Sequence[RowLike], for_priority: int | None) -> int | None:
         """The row to preempt: lowest priority, then most recently started; None when no row qualifies.
 
         Args:
-            running: the batch's requests in row order.
+            running: the batch's rows in row order (requests, or rows of a projected batch).
             for_priority: only rows of strictly lower priority (higher value) qualify; None: any row
                 (memory pressure).
         """
@@ -153,8 +228,10 @@ class Scheduler:
         """The queued request between prefill chunks whose held K/V go first under memory pressure: lowest
         priority, then latest arrival; None when no request holds any."""
         holders = [r for r in self._waiting.values() if r.held_prefill_tokens]
-        return max(holders, key=lambda r: (int(r.priority), r.seq), default=None)
+        return max(holders, key=self.drop_key, default=None)
 
-    def waiting(self) -> list[Request]:
-        """Waiting and swapped requests in admission order (a copy)."""
-        return sorted(self._waiting.values(), key=self._order)
+    @staticmethod
+    def drop_key(req: Request) -> tuple[int, int]:
+        """Which held partial prefill goes first under memory pressure: the largest key (lowest priority,
+        then latest arrival)."""
+        return int(req.priority), req.seq

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from backend import Priority, SamplingParams
+from backend.engine import AddRequests
 from conftest import queued, solo_greedy
 
 QUESTIONS = [
@@ -105,7 +106,7 @@ def test_packed_prefill_respects_the_prefill_token_budget_and_priority_classes(m
              for p in short[:2]]
     chat = engine._make_request(short[3], SamplingParams(max_tokens=3), Priority.INTERACTIVE, None,
                                 lambda o: None)
-    engine._inbox.put(("add_many", [*batch, chat]))
+    engine._inbox.put(AddRequests((*batch, chat)))
     for _ in range(200):
         if not engine.stats().rows and engine.stats().counters["num_prefills"] == 7:
             break

@@ -207,8 +207,8 @@ def test_only_k_v_held_mid_prefill_count_as_held(tiny):
     holder.num_prefilled, holder.prefill_cache = 16, object()
     swapped.num_prefilled = 40  # its prefill finished long ago; its K/V are on the host
     core.scheduler.add(holder)
-    assert core._memory_view(admitting=swapped).held_bytes == 16 * core.bytes_per_token
-    assert core._memory_view(admitting=holder).held_bytes == 0
+    assert core.scheduler.memory_view(core.snapshot(), admitting=swapped).held_bytes == 16 * core.bytes_per_token
+    assert core.scheduler.memory_view(core.snapshot(), admitting=holder).held_bytes == 0
 
 
 def test_the_lowest_priority_latest_partial_prefill_is_dropped_first():
