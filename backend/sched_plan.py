@@ -14,7 +14,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from .config import Priority
 from .sched_output import DropPrefill, Preempt, PrefillChunk, PrefillGroup, SchedulerOutput, Step, SwapIn
@@ -22,7 +22,21 @@ from .sched_output import DropPrefill, Preempt, PrefillChunk, PrefillGroup, Sche
 if TYPE_CHECKING:
     from .kv_budget import MemoryView
     from .request import Request
-    from .scheduler import BatchSnapshot, Scheduler
+    from .sched_input import BatchSnapshot
+
+
+class SchedulerState(Protocol):
+    """What planning reads of `backend.scheduler.Scheduler` (named here so this module does not import it: the
+    scheduler imports the planner)."""
+
+    _heap: list[Any]
+    _waiting: dict[str, Request]
+    order_key: Callable[..., tuple[int, int, int]]
+    drop_key: Callable[[Request], tuple[int, int]]
+
+    def prefilled_tokens(self) -> int: ...
+
+    def choose_victim(self, running: Sequence[Any], for_priority: int | None) -> int | None: ...
 
 
 @dataclass
@@ -83,7 +97,7 @@ class QueueView:
         held_tokens: tokens of K/V that queued long prompts hold between prefill chunks (tokens).
     """
 
-    def __init__(self, scheduler: Scheduler):
+    def __init__(self, scheduler: SchedulerState):
         self._heap = list(scheduler._heap)  # a copy of the entries: popping it leaves the scheduler's heap as it is
         self._waiting = scheduler._waiting
         self._order_key = scheduler.order_key
@@ -150,7 +164,7 @@ class Planner:
         batch: the running batch and the budgets.
     """
 
-    def __init__(self, scheduler: Scheduler, batch: BatchSnapshot):
+    def __init__(self, scheduler: SchedulerState, batch: BatchSnapshot):
         self.scheduler, self.batch = scheduler, batch
         self.queue = QueueView(scheduler)
         self.rows = [ProjectedRow(r, n, r.start_seq, r.num_preemptions) for r, n in zip(batch.rows, batch.row_lengths)]

@@ -26,77 +26,13 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Sequence
 
 from .kv_budget import MemoryView
 from .request import Request
+from .sched_input import MIN_CHUNK_TOKENS, BatchSnapshot, RowLike
 from .sched_output import SchedulerOutput
 from .sched_plan import Planner
-
-MIN_CHUNK_TOKENS = 128  # a prefill chunk that only fills the rest of an iteration's budget is at least this long
-
-
-@dataclass(frozen=True)
-class BatchSnapshot:
-    """The scheduler's input: a model-free snapshot of the running batch and the engine's budgets, taken at
-    the start of an iteration (`EngineCore.snapshot`).
-
-    Attributes:
-        rows: the running requests, in row order.
-        row_lengths: cached tokens of each row (tokens), in row order.
-        seq_len: the batch's window length S (tokens; 0 when empty).
-        bytes_per_token: K/V bytes of one token of one row, all layers (bytes).
-        budget_bytes: this iteration's KV budget (bytes; None: unlimited).
-        budget_is_fixed: the budget is a fixed number of bytes, so K/V that long prompts hold between prefill
-            chunks count against it; False where it follows free device memory, which already excludes them.
-        low_watermark, high_watermark: fractions of the budget (admit below low, swap out above high).
-        max_batch_size: most rows (rows).
-        max_prefill_tokens: prompt tokens prefilled per iteration (tokens).
-        max_background_prefill_tokens: the same for agent and batch prompts while an interactive request is
-            decoding (tokens); None: no separate budget.
-        min_chunk_tokens: a chunk that only fills the rest of an iteration's budget is at least this long
-            (tokens).
-        next_start_seq: the admission number the next newly started row will get (preemption takes the most
-            recently started row).
-
-    Raises:
-        ValueError: `rows` and `row_lengths` differ in length.
-    """
-
-    bytes_per_token: int
-    budget_bytes: int | None
-    low_watermark: float
-    high_watermark: float
-    max_batch_size: int
-    max_prefill_tokens: int
-    max_background_prefill_tokens: int | None
-    rows: tuple[Request, ...] = ()
-    row_lengths: tuple[int, ...] = ()
-    seq_len: int = 0
-    budget_is_fixed: bool = False
-    min_chunk_tokens: int = MIN_CHUNK_TOKENS
-    next_start_seq: int = 0
-
-    def __post_init__(self) -> None:
-        if len(self.rows) != len(self.row_lengths):
-            raise ValueError(f"row_lengths: {len(self.row_lengths)} lengths for {len(self.rows)} rows")
-
-    def memory_view(self, rows: int, seq_len: int, held_tokens: int) -> MemoryView:
-        """The KV memory of a `[rows, seq_len]` window (rows, tokens) with `held_tokens` tokens of K/V held
-        between prefill chunks (counted only under a fixed budget)."""
-        held = held_tokens * self.bytes_per_token if self.budget_is_fixed else 0
-        return MemoryView(rows, seq_len, self.bytes_per_token, self.budget_bytes, self.low_watermark,
-                          self.high_watermark, held)
-
-
-class RowLike(Protocol):
-    """What the preemption choice reads of a row (a `Request`, or a row of a projected batch)."""
-
-    priority: int
-    start_seq: int
-    num_preemptions: int
-
 
 class Scheduler:
     """The waiting queue (new, swapped-out and part-prefilled requests), the preemption policy, and the plan
