@@ -23,6 +23,7 @@ import torch
 from .config import EngineConfig, Priority, SamplingParams
 from .core import EngineCore
 from .detokenizer import IncrementalDetokenizer
+from .intake import text_problem
 from .models import LoadedModel, load_model
 from .request import Request, TokenOutput
 from .stats import EngineStats
@@ -230,20 +231,32 @@ class Engine:
 
     # -------------------------------------------------------------------------- request intake
     def tokenize(self, prompt: Prompt) -> list[int]:
-        """Token ids of a prompt (chat messages go through the chat template). Raises ValueError."""
+        """Token ids of a prompt (chat messages go through the chat template).
+
+        Raises:
+            ValueError: `prompt: ...` when the prompt is empty, holds text that is not valid UTF-8 (a lone
+                surrogate, which the tokenizer cannot take), or is malformed.
+        """
         tok = self.model.tokenizer
         if isinstance(prompt, str):
             if not prompt.strip():
                 raise ValueError("prompt: must not be empty")
+            problem = text_problem(prompt)
+            if problem is not None:
+                raise ValueError(f"prompt: {problem}")
             with self._lock:
                 return tok(prompt).input_ids
         prompt = list(prompt)
         if not prompt:
             raise ValueError("prompt: must not be empty")
         if all(isinstance(t, dict) for t in prompt):
-            for m in prompt:
+            for i, m in enumerate(prompt):
                 if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                     raise ValueError("prompt: every chat message needs string 'role' and 'content' fields")
+                for key in ("role", "content"):
+                    problem = text_problem(m[key])
+                    if problem is not None:
+                        raise ValueError(f"prompt: message {i} {key}: {problem}")
             with self._lock:
                 text = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
                 return tok(text, add_special_tokens=False).input_ids

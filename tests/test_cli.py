@@ -163,6 +163,25 @@ def test_chat_into_a_closed_pipe_stops_quietly(capsys, monkeypatch):
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_chat_stdin_that_is_not_utf8_is_one_usage_error_naming_the_line(capsys, monkeypatch):
+    """Undecodable bytes on stdin end the conversation with exit status 2 (not a traceback, not a guess)."""
+    stdin = io.TextIOWrapper(io.BytesIO(b"first question\nsecond \xff\xfe question\nthird\n"), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    assert main(["chat", *TINY, "--max-tokens", "3", "--temperature", "0"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.count("\n") == 1  # the first question was answered; the third never asked
+    line = one_error_line(captured.err)
+    assert "stdin line 2" in line and "UTF-8" in line and "0xff" in line
+
+
+@pytest.mark.parametrize("args", [["hi \udcff"], ["hi", "--system", "be \udcff brief"]], ids=["question", "system"])
+def test_chat_arguments_that_are_not_utf8_exit_2_before_loading_the_model(capsys, monkeypatch, args):
+    """An argument with bytes that are not UTF-8 reaches Python as a lone surrogate (surrogateescape)."""
+    monkeypatch.setattr(chat_cmd, "start_engine", lambda config: pytest.fail("the model was loaded"))
+    assert main(["chat", *args, *TINY]) == 2
+    assert "not valid UTF-8 text" in one_error_line(capsys.readouterr().err)
+
+
 @pytest.mark.parametrize("args, option", [
     (["--temperature", "-1"], "--temperature: must be >= 0"),
     (["--max-tokens", "0"], "--max-tokens: must be >= 1"),
@@ -305,6 +324,18 @@ def test_batch_of_only_bad_lines_completes(tmp_path, capsys):
         (None, "invalid_request"), ("x", "unsupported_parameter"), ("y", "invalid_value")]
     assert "context" in rows[2]["error"]["message"]
     assert "0 ok, 3 failed" in capsys.readouterr().err
+
+
+def test_batch_line_with_a_lone_surrogate_fails_alone(tmp_path, capsys):
+    bad = request("bad").replace("hello bad", "hello \\ud83d")  # valid JSON, not valid UTF-8 text
+    inp = write_lines(tmp_path / "in.jsonl", [bad, request("good", max_tokens=2)])
+    out = tmp_path / "out.jsonl"
+    assert main(["batch", str(inp), "-o", str(out), *TINY]) == 0
+    assert "1 ok, 1 failed" in capsys.readouterr().err
+    bad_row, good_row = read_jsonl(out)
+    assert bad_row["custom_id"] == "bad" and bad_row["error"]["code"] == "invalid_value"
+    assert "body.messages[0].content" in bad_row["error"]["message"]
+    assert good_row["custom_id"] == "good" and good_row["error"] is None
 
 
 def test_batch_progress_bar_goes_to_err(tmp_path, capsys):

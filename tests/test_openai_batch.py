@@ -14,6 +14,7 @@ import pytest
 from app.chat import batch_file as ob
 from app.chat.completions import DEFAULT_MAX_TOKENS
 from app.chat.batch_file import BatchRequest, LineError
+from app.chat.completions import RequestError, parse_body
 
 MSGS = [{"role": "user", "content": "hi"}]
 
@@ -127,3 +128,41 @@ def test_module_does_not_import_torch():
     code = "import sys, app.chat.batch_file; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+# ------------------------------------------------------------------ text and numbers the store can hold
+SURROGATE_LINES = [  # (line text as written in the file, the field the error must name)
+    ('{"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": '
+     '[{"role": "user", "content": "hi \\ud83d"}]}}', "body.messages[0].content"),
+    ('{"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": '
+     '[{"role": "user", "content": [{"type": "text", "text": "\\udc80"}]}]}}', "body.messages[0].content[0].text"),
+    ('{"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": '
+     '[{"role": "user", "content": "hi"}], "stop": ["ok", "\\ud800"]}}', "body.stop[1]"),
+    ('{"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": '
+     '[{"role": "user", "content": "hi"}], "\\ud800x": 1}}', "body"),
+]
+
+
+@pytest.mark.parametrize("text, field", SURROGATE_LINES)
+def test_a_lone_surrogate_fails_only_its_line_naming_the_field(text, field):
+    entries = ob.parse_input("\n".join([text, line(custom_id="ok").decode()]).encode())
+    err, ok = entries
+    assert isinstance(err, LineError) and isinstance(ok, BatchRequest), entries
+    assert (err.code, err.custom_id, err.line_no) == ("invalid_value", "x", 1)
+    assert err.message.startswith(f"line 1: {field}") and "UTF-8" in err.message
+    err.message.encode("utf-8")  # the message itself is storable text
+
+
+def test_a_lone_surrogate_in_the_custom_id_leaves_no_readable_id():
+    err = ob.parse_line(b'{"custom_id": "a\\udfff", "method": "POST", "url": "/v1/chat/completions", '
+                        b'"body": {"messages": [{"role": "user", "content": "hi"}]}}', 3)
+    assert isinstance(err, LineError) and (err.code, err.custom_id) == ("invalid_value", None)
+    assert err.message.startswith("line 3: custom_id") and "UTF-8" in err.message
+
+
+def test_parse_body_refuses_a_lone_surrogate_naming_the_field():
+    with pytest.raises(RequestError) as info:
+        parse_body({"messages": [{"role": "system", "content": "ok"}, {"role": "user", "content": "a\ud83d"}]})
+    assert info.value.code == "invalid_value"
+    assert info.value.message.startswith("body.messages[1].content: ") and "UTF-8" in info.value.message
+    assert parse_body({"messages": [{"role": "user", "content": "\U0001f600 is fine"}]})

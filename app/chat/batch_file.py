@@ -7,8 +7,10 @@ Output line: `{"id": "batch_req_...", "custom_id": ..., "response": {"status_cod
 `"error": {"code": ..., "message": ...}` (the OpenAI `BatchRequestOutput` schema: `error` describes a request
 that failed without an HTTP response, which is every failure here since nothing goes over HTTP).
 
-Blank lines are skipped (they hold no request). The first line with a given `custom_id` runs; later lines
-with the same id fail with `duplicate_custom_id`. Imports neither torch nor the engine.
+Every string in a line must be valid UTF-8 text: a lone surrogate (`"\\ud83d"`) fails that line with
+`invalid_value` naming the field. Blank lines are skipped (they hold no request). The first line with a
+given `custom_id` runs; later lines with the same id fail with `duplicate_custom_id`. Imports neither torch
+nor the engine.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .completions import CHAT_COMPLETIONS_URL, RequestError, chat_completion, parse_body
+from .json_values import text_problem, value_problem
 
 LINE_FIELDS = ("custom_id", "method", "url", "body")
 
@@ -100,7 +103,10 @@ def parse_line(raw: bytes | str, line_no: int) -> BatchRequest | LineError:
         return LineError(line_no, None, "invalid_request",
                          f"line {line_no}: a request line must be a JSON object, got {type(obj).__name__}")
     cid = obj.get("custom_id")
-    cid = cid if isinstance(cid, str) and cid else None
+    cid = cid if isinstance(cid, str) and cid and text_problem(cid) is None else None
+    problem = value_problem(obj, "")
+    if problem is not None:  # text that the tokenizer and the store cannot take (a lone surrogate)
+        return LineError(line_no, cid, "invalid_value", f"line {line_no}: {problem}")
     try:
         return _parse_request(obj, cid, line_no)
     except RequestError as rej:
