@@ -414,6 +414,28 @@ def test_cli_submit_stores_a_line_with_a_lone_surrogate_as_one_failed_item(tmp_p
     assert "failed item 1 (custom_id 'b'): invalid_value: line 2: body.messages[0].content" in shown
 
 
+def test_nan_and_infinity_fail_only_their_line_in_jobs_and_in_baton_batch_alike(tmp_path, capsys):
+    """Before: `jobs submit` refused the whole file (CHECK constraint failed: json_valid(request))."""
+    path = tmp_path / "reqs.jsonl"
+    lines = [request("a", 2), request("nan", 2).replace('"max_tokens": 2', '"max_tokens": NaN'),
+             request("inf", 2).replace('"max_tokens": 2', '"max_tokens": 2, "seed": Infinity'),
+             request("big", 2).replace('"max_tokens": 2', '"max_tokens": 2, "top_p": -1e999'), request("b", 2)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    db = str(tmp_path / "cli.db")
+    assert main(["jobs", "submit", str(path), "--db", db]) == 0
+    assert main(["jobs", "run", "--db", db, "--model", "random:tiny"]) == 0
+    assert main(["jobs", "export", "1", "-o", str(tmp_path / "jobs.jsonl"), "--db", db]) == 0
+    assert main(["batch", str(path), "-o", str(tmp_path / "batch.jsonl"), "--model", "random:tiny"]) == 0
+    capsys.readouterr()
+    for out in ("jobs.jsonl", "batch.jsonl"):
+        rows = [json.loads(x) for x in (tmp_path / out).read_text(encoding="utf-8").splitlines()]
+        assert [r["custom_id"] for r in rows] == ["a", "nan", "inf", "big", "b"]
+        assert [r["error"] and r["error"]["code"] for r in rows] == [None] + ["invalid_value"] * 3 + [None], out
+        assert [r["error"]["message"] for r in rows[1:4]] == [
+            f"line {n}: body.{field}: {value} is not a finite number (JSON has no NaN or Infinity)"
+            for n, field, value in [(2, "max_tokens", "nan"), (3, "seed", "inf"), (4, "top_p", "-inf")]]
+
+
 def test_cli_submit_of_a_file_whose_name_is_not_utf8(tmp_path, capsys):
     db = str(tmp_path / "cli.db")
     assert main(["jobs", "submit", str(batch_file(tmp_path / "req\udcff.jsonl", 1)), "--db", db]) == 0

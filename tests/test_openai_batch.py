@@ -166,3 +166,27 @@ def test_parse_body_refuses_a_lone_surrogate_naming_the_field():
     assert info.value.code == "invalid_value"
     assert info.value.message.startswith("body.messages[1].content: ") and "UTF-8" in info.value.message
     assert parse_body({"messages": [{"role": "user", "content": "\U0001f600 is fine"}]})
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999", "-1e999"])
+def test_nan_and_infinity_fail_only_their_line(number):
+    bad = ('{"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": '
+           f'[{{"role": "user", "content": "hi"}}], "temperature": {number}}}}}')
+    err, ok = ob.parse_input(f"{bad}\n{line(custom_id='ok').decode()}\n".encode())
+    assert isinstance(ok, BatchRequest)
+    assert isinstance(err, LineError) and (err.code, err.custom_id) == ("invalid_value", "x"), err
+    assert err.message.startswith("line 1: body.temperature: ") and "not a finite number" in err.message
+
+
+def test_parse_body_refuses_a_number_that_is_not_finite():
+    with pytest.raises(RequestError) as info:
+        parse_body({"messages": MSGS, "stop": ["a"], "temperature": float("nan")})
+    assert (info.value.code, info.value.message) == ("invalid_value", "body.temperature: nan is not a finite "
+                                                                     "number (JSON has no NaN or Infinity)")
+
+
+def test_an_integer_too_long_to_read_fails_only_its_line():
+    bad = line({"messages": MSGS, "seed": 7}).replace(b'"seed": 7', b'"seed": 1' + b"0" * 5000)
+    err, ok = ob.parse_input(bad + b"\n" + line(custom_id="ok"))
+    assert isinstance(ok, BatchRequest)
+    assert isinstance(err, LineError) and err.code == "invalid_json_line" and "4300 digits" in err.message

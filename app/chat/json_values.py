@@ -1,13 +1,19 @@
 """Checks that user input holds only values the engine and the store can take.
 
-A Python `str` can hold a lone surrogate (U+D800..U+DFFF): JSON's `"\\ud83d"` escape, YAML's, or a command
-line argument whose bytes were not UTF-8 (Python's `surrogateescape`) all make one. Such a string cannot be
-encoded as UTF-8, so a tokenizer or SQLite fails on it; every parser of user input refuses it here, naming
-the field, so only that request or line fails. Imports nothing from the engine.
+- Text: a Python `str` can hold a lone surrogate (U+D800..U+DFFF): JSON's `"\\ud83d"` escape, YAML's, or a
+  command line argument whose bytes were not UTF-8 (Python's `surrogateescape`) all make one. Such a string
+  cannot be encoded as UTF-8, so a tokenizer or SQLite fails on it.
+- Numbers: Python's `json` reads `NaN`, `Infinity` and `-Infinity` (not JSON, RFC 8259 §6) and turns `1e999`
+  into `inf`; YAML has `.nan` and `.inf`. The store keeps requests as JSON (`CHECK (json_valid(...))`), so a
+  number that is not finite cannot be stored.
+
+Every parser of user input refuses such values, naming the field, so only that request or line fails.
+Imports nothing from the engine.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -28,7 +34,8 @@ def text_problem(text: str) -> str | None:
 
 
 def value_problem(value: Any, path: str) -> str | None:
-    """The first string (a value or a mapping key) inside a JSON-like value that is not valid UTF-8 text.
+    """The first string (a value or a mapping key) inside a JSON-like value that is not valid UTF-8 text, or
+    float that is not finite.
 
     Walks dicts, lists and tuples without recursion (deep nesting is fine) and each container once (a YAML
     alias is not walked again). Other values are not looked at.
@@ -36,7 +43,8 @@ def value_problem(value: Any, path: str) -> str | None:
         value: a parsed JSON or YAML value.
         path: the name of `value` in messages, e.g. `body` (`body.messages[0].content` for a nested field).
     Returns:
-        `<path of the field>: <text_problem>`, or None when every string is valid.
+        `<path of the field>: <text_problem>` or `<path>: nan is not a finite number (...)`, or None when every
+        string and number is valid.
     """
     stack: list[tuple[Any, str]] = [(value, path)]
     seen: set[int] = set()
@@ -46,6 +54,8 @@ def value_problem(value: Any, path: str) -> str | None:
             problem = text_problem(item)
             if problem is not None:
                 return f"{where}: {problem}"
+        elif isinstance(item, float) and not math.isfinite(item):
+            return f"{where}: {item} is not a finite number (JSON has no NaN or Infinity)"
         elif isinstance(item, (dict, list, tuple)) and id(item) not in seen:
             seen.add(id(item))
             if isinstance(item, dict):
