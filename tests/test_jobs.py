@@ -116,6 +116,8 @@ def test_agent_file_yaml_or_json(tmp_path, suffix):
     ("params.yaml", "steps: [{prompt: hi}]\nparams: {temperature: -1}\n", "params.temperature: must be >= 0"),
     ("pkey.yaml", "steps: [{prompt: hi}]\nparams: {tools: 1}\n", "params: unknown field(s) tools"),
     ("what.txt", "hello there\n", "not a job file"),
+    ("deep.yaml", "[" * 100_000, "not valid YAML: nested too deeply"),
+    ("deep.json", '{"steps": ' * 100_000, "not valid JSON: nested too deeply"),
 ])
 def test_bad_job_files_raise_value_errors_naming_file_and_problem(tmp_path, name, text, message):
     path = tmp_path / name

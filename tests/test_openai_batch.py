@@ -190,3 +190,9 @@ def test_an_integer_too_long_to_read_fails_only_its_line():
     err, ok = ob.parse_input(bad + b"\n" + line(custom_id="ok"))
     assert isinstance(ok, BatchRequest)
     assert isinstance(err, LineError) and err.code == "invalid_json_line" and "4300 digits" in err.message
+
+
+def test_json_nested_too_deeply_fails_only_its_line():
+    err, ok = ob.parse_input(b"[" * 100_000 + b"\n" + line(custom_id="ok"))
+    assert isinstance(ok, BatchRequest)
+    assert isinstance(err, LineError) and err.code == "invalid_json_line" and "deep" in err.message

@@ -101,6 +101,8 @@ def parse_line(raw: bytes | str, line_no: int) -> BatchRequest | LineError:
         obj = json.loads(text)
     except ValueError as exc:  # not UTF-8, not JSON, an integer of more than 4300 digits
         return LineError(line_no, None, "invalid_json_line", f"line {line_no}: not valid JSON: {exc}")
+    except RecursionError:  # the decoder recurses once per level of arrays and objects
+        return LineError(line_no, None, "invalid_json_line", f"line {line_no}: not valid JSON: nested too deeply")
     if not isinstance(obj, dict):
         return LineError(line_no, None, "invalid_request",
                          f"line {line_no}: a request line must be a JSON object, got {type(obj).__name__}")

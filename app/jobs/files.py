@@ -118,14 +118,18 @@ def _parse_mapping(data: bytes, suffix: str) -> Any:
     if suffix == ".json":
         try:
             return json.loads(text)
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # not JSON, or an integer of more than 4300 digits
             raise ValueError(f"not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ValueError("not valid JSON: nested too deeply") from None
     import yaml  # only agent task files need it
 
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: an integer of more than 4300 digits
         raise ValueError(f"not valid YAML: {exc}".replace("\n", " ")) from None
+    except RecursionError:  # the parser recurses once per level of nesting
+        raise ValueError("not valid YAML: nested too deeply") from None
 
 
 def _agent(obj: Any, name: str | None, stem: str) -> JobFile:
