@@ -326,6 +326,37 @@ def test_batch_of_only_bad_lines_completes(tmp_path, capsys):
     assert "0 ok, 3 failed" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("how", ["same path", "another path", "symlink", "hard link"])
+def test_batch_refuses_to_write_over_its_input_before_loading_the_model(tmp_path, capsys, monkeypatch, how):
+    inp = write_lines(tmp_path / "in.jsonl", [request("a")])
+    before = inp.read_bytes()
+    (tmp_path / "sub").mkdir()
+    out = {"same path": inp, "another path": tmp_path / "sub" / ".." / "in.jsonl",
+           "symlink": tmp_path / "link.jsonl", "hard link": tmp_path / "hard.jsonl"}[how]
+    if how == "symlink":
+        out.symlink_to(inp)
+    elif how == "hard link":
+        out.hardlink_to(inp)
+    monkeypatch.setattr(batch_cmd, "start_engine", lambda config: pytest.fail("the model was loaded"))
+    assert main(["batch", str(inp), "-o", str(out), *TINY]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert str(out) in line and "is the input file" in line
+    assert inp.read_bytes() == before and (how != "symlink" or out.is_symlink())
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n\t\n"], ids=["empty", "blank"])
+def test_batch_and_jobs_submit_refuse_a_file_without_requests_alike(tmp_path, capsys, monkeypatch, content):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(content, encoding="utf-8")
+    monkeypatch.setattr(batch_cmd, "start_engine", lambda config: pytest.fail("the model was loaded"))
+    assert main(["batch", str(inp), "-o", str(tmp_path / "out.jsonl"), *TINY]) == 2
+    batch_line = one_error_line(capsys.readouterr().err)
+    assert batch_line == f"baton: error: {inp}: the batch file has no requests (it is empty or every line is blank)"
+    assert not (tmp_path / "out.jsonl").exists()
+    assert main(["jobs", "submit", str(inp), "--db", str(tmp_path / "jobs.db")]) == 2
+    assert one_error_line(capsys.readouterr().err) == batch_line
+
+
 def test_batch_line_with_a_lone_surrogate_fails_alone(tmp_path, capsys):
     bad = request("bad").replace("hello bad", "hello \\ud83d")  # valid JSON, not valid UTF-8 text
     inp = write_lines(tmp_path / "in.jsonl", [bad, request("good", max_tokens=2)])

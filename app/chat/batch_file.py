@@ -26,6 +26,8 @@ from .completions import CHAT_COMPLETIONS_URL, RequestError, chat_completion, pa
 from .json_values import text_problem, value_problem
 
 LINE_FIELDS = ("custom_id", "method", "url", "body")
+#: What `baton batch` and `baton jobs submit` both say about a file whose `parse_input` is empty.
+NO_REQUESTS = "the batch file has no requests (it is empty or every line is blank)"
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,8 @@ def parse_input(data: bytes) -> list[BatchRequest | LineError]:
     Args:
         data: the file's bytes (UTF-8 JSONL; `\\r\\n` line ends are fine).
     Returns:
-        A `BatchRequest` or a `LineError` per non-blank line. Never raises for bad content.
+        A `BatchRequest` or a `LineError` per non-blank line (none for an empty file: callers refuse that
+        with `NO_REQUESTS`). Never raises for bad content.
     """
     entries: list[BatchRequest | LineError] = []
     seen: set[str] = set()

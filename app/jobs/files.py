@@ -106,7 +106,7 @@ def _batch(data: bytes, name: str) -> JobFile:
             items.append({"custom_id": entry.custom_id, "line_no": entry.line_no,
                           "messages": entry.messages, "sampling": entry.sampling})
     if not items:
-        raise ValueError("the batch file has no requests (every line is blank)")
+        raise ValueError(batch_file.NO_REQUESTS)
     return "batch", name, items, {"format": BATCH_FORMAT}
 
 
