@@ -6,6 +6,7 @@ console script in a subprocess. `real_model` tests load the default SmolLM2-135M
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import re
@@ -460,6 +461,12 @@ def test_engine_options_reach_the_engine_config_of_every_command(argv):
                                         ("64kb", 64_000), ("3b", 3)])
 def test_kv_budget_sizes(text, size):
     assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["1" * 400, "9" * 309 + "GiB", "9223372036854775808", "8EiB", "16777216TiB"])
+def test_a_size_too_large_is_a_usage_error_not_an_overflow(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="must be a positive size"):
+        parse_size(text)
 
 
 def test_a_bad_kv_budget_is_one_usage_line(capsys):
