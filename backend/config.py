@@ -12,6 +12,8 @@ import enum
 import math
 from dataclasses import dataclass
 
+from .intake import text_problem
+
 
 class Priority(enum.IntEnum):
     """Scheduling class of a request; a lower value is more urgent (BATON §4.3 preemptive scheduling).
@@ -40,8 +42,8 @@ class SamplingParams:
         top_k: keep only the k most likely tokens; 0 or -1 disables it.
         seed: seed of this request's own `torch.Generator`, so a sampled output is reproducible
             whatever else shares the batch; None draws from the engine's generator.
-        stop: a string or list of strings; generation ends before the first occurrence, which is not
-            included in the text (vLLM semantics).
+        stop: a string or list of strings (valid UTF-8 text); generation ends before the first occurrence,
+            which is not included in the text (vLLM semantics).
         ignore_eos: keep generating after the end-of-sequence token (benchmarks use it).
 
     Raises:
@@ -85,6 +87,8 @@ class SamplingParams:
             stop = tuple(stop)
         for s in stop:
             _check(isinstance(s, str) and s != "", "stop", f"every stop string must be a non-empty string, got {s!r}")
+            problem = text_problem(s)
+            _check(problem is None, "stop", f"{s!r} is {problem}")
         object.__setattr__(self, "stop", stop)
 
     @property

@@ -24,6 +24,7 @@ import torch
 from .config import EngineConfig, Priority, SamplingParams
 from .core import EngineCore
 from .detokenizer import IncrementalDetokenizer
+from .intake import max_token_chars, text_problem
 from .models import LoadedModel, load_model
 from .request import Request, TokenOutput
 from .stats import EngineStats
@@ -254,27 +255,57 @@ class Engine:
 
     # -------------------------------------------------------------------------- request intake
     def tokenize(self, prompt: Prompt) -> list[int]:
-        """Token ids of a prompt (chat messages go through the chat template). Raises ValueError."""
+        """Token ids of a prompt (chat messages go through the chat template).
+
+        Raises:
+            ValueError: `prompt: ...` when the prompt is empty, holds text that is not valid UTF-8 (a lone
+                surrogate, which the tokenizer cannot take), is malformed, or is longer in characters than
+                `max_model_len` tokens can ever be (refused before tokenizing it: `backend.intake`).
+        """
         tok = self.model.tokenizer
         if isinstance(prompt, str):
-            if not prompt.strip():
+            if prompt.isspace() or not prompt:  # no stripped copy of a long prompt
                 raise ValueError("prompt: must not be empty")
+            self._check_text(prompt, "the prompt")
             with self._lock:
                 return tok(prompt).input_ids
         prompt = list(prompt)
         if not prompt:
             raise ValueError("prompt: must not be empty")
         if all(isinstance(t, dict) for t in prompt):
-            for m in prompt:
+            for i, m in enumerate(prompt):
                 if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                     raise ValueError("prompt: every chat message needs string 'role' and 'content' fields")
+                for key in ("role", "content"):
+                    problem = text_problem(m[key])
+                    if problem is not None:
+                        raise ValueError(f"prompt: message {i} {key}: {problem}")
             with self._lock:
                 text = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+            self._check_text(text, "the prompt with its chat template")  # what is tokenized: the rendered text
+            with self._lock:
                 return tok(text, add_special_tokens=False).input_ids
         vocab = self.model.model.config.vocab_size
         if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in prompt):
             raise ValueError(f"prompt: token ids must be integers in [0, {vocab})")
         return prompt
+
+    def _check_text(self, text: str, what: str) -> None:
+        """Refuse text that the tokenizer cannot take or that cannot fit in the context, without tokenizing it.
+
+        Raises:
+            ValueError: `prompt: not valid UTF-8 text ...`, or `prompt: <what> is N characters, ...` when N is
+                more than `max_model_len` times the most characters one token stands for.
+        """
+        problem = text_problem(text)
+        if problem is not None:
+            raise ValueError(f"prompt: {problem}")
+        per_token = max_token_chars(self.model.tokenizer)
+        max_len = getattr(self, "max_model_len", None) or self.model.max_model_len  # set by start()
+        if per_token is not None and len(text) > max_len * per_token:
+            raise ValueError(f"prompt: {what} is {len(text)} characters, which cannot fit in the context of "
+                             f"{max_len} tokens (max_model_len): one token of this model stands for at most "
+                             f"{per_token} characters")
 
     def _make_request(self, prompt: Prompt, params: SamplingParams | None, priority: Priority,
                       request_id: str | None, emit: Callable[[TokenOutput], None]) -> Request:

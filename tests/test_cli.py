@@ -6,6 +6,7 @@ console script in a subprocess. `real_model` tests load the default SmolLM2-135M
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import re
@@ -163,6 +164,25 @@ def test_chat_into_a_closed_pipe_stops_quietly(capsys, monkeypatch):
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_chat_stdin_that_is_not_utf8_is_one_usage_error_naming_the_line(capsys, monkeypatch):
+    """Undecodable bytes on stdin end the conversation with exit status 2 (not a traceback, not a guess)."""
+    stdin = io.TextIOWrapper(io.BytesIO(b"first question\nsecond \xff\xfe question\nthird\n"), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    assert main(["chat", *TINY, "--max-tokens", "3", "--temperature", "0"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.count("\n") == 1  # the first question was answered; the third never asked
+    line = one_error_line(captured.err)
+    assert "stdin line 2" in line and "UTF-8" in line and "0xff" in line
+
+
+@pytest.mark.parametrize("args", [["hi \udcff"], ["hi", "--system", "be \udcff brief"]], ids=["question", "system"])
+def test_chat_arguments_that_are_not_utf8_exit_2_before_loading_the_model(capsys, monkeypatch, args):
+    """An argument with bytes that are not UTF-8 reaches Python as a lone surrogate (surrogateescape)."""
+    monkeypatch.setattr(chat_cmd, "start_engine", lambda config: pytest.fail("the model was loaded"))
+    assert main(["chat", *args, *TINY]) == 2
+    assert "not valid UTF-8 text" in one_error_line(capsys.readouterr().err)
+
+
 @pytest.mark.parametrize("args, option", [
     (["--temperature", "-1"], "--temperature: must be >= 0"),
     (["--max-tokens", "0"], "--max-tokens: must be >= 1"),
@@ -307,6 +327,49 @@ def test_batch_of_only_bad_lines_completes(tmp_path, capsys):
     assert "0 ok, 3 failed" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("how", ["same path", "another path", "symlink", "hard link"])
+def test_batch_refuses_to_write_over_its_input_before_loading_the_model(tmp_path, capsys, monkeypatch, how):
+    inp = write_lines(tmp_path / "in.jsonl", [request("a")])
+    before = inp.read_bytes()
+    (tmp_path / "sub").mkdir()
+    out = {"same path": inp, "another path": tmp_path / "sub" / ".." / "in.jsonl",
+           "symlink": tmp_path / "link.jsonl", "hard link": tmp_path / "hard.jsonl"}[how]
+    if how == "symlink":
+        out.symlink_to(inp)
+    elif how == "hard link":
+        out.hardlink_to(inp)
+    monkeypatch.setattr(batch_cmd, "start_engine", lambda config: pytest.fail("the model was loaded"))
+    assert main(["batch", str(inp), "-o", str(out), *TINY]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert str(out) in line and "is the input file" in line
+    assert inp.read_bytes() == before and (how != "symlink" or out.is_symlink())
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n\t\n"], ids=["empty", "blank"])
+def test_batch_and_jobs_submit_refuse_a_file_without_requests_alike(tmp_path, capsys, monkeypatch, content):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(content, encoding="utf-8")
+    monkeypatch.setattr(batch_cmd, "start_engine", lambda config: pytest.fail("the model was loaded"))
+    assert main(["batch", str(inp), "-o", str(tmp_path / "out.jsonl"), *TINY]) == 2
+    batch_line = one_error_line(capsys.readouterr().err)
+    assert batch_line == f"baton: error: {inp}: the batch file has no requests (it is empty or every line is blank)"
+    assert not (tmp_path / "out.jsonl").exists()
+    assert main(["jobs", "submit", str(inp), "--db", str(tmp_path / "jobs.db")]) == 2
+    assert one_error_line(capsys.readouterr().err) == batch_line
+
+
+def test_batch_line_with_a_lone_surrogate_fails_alone(tmp_path, capsys):
+    bad = request("bad").replace("hello bad", "hello \\ud83d")  # valid JSON, not valid UTF-8 text
+    inp = write_lines(tmp_path / "in.jsonl", [bad, request("good", max_tokens=2)])
+    out = tmp_path / "out.jsonl"
+    assert main(["batch", str(inp), "-o", str(out), *TINY]) == 0
+    assert "1 ok, 1 failed" in capsys.readouterr().err
+    bad_row, good_row = read_jsonl(out)
+    assert bad_row["custom_id"] == "bad" and bad_row["error"]["code"] == "invalid_value"
+    assert "body.messages[0].content" in bad_row["error"]["message"]
+    assert good_row["custom_id"] == "good" and good_row["error"] is None
+
+
 def test_batch_progress_bar_goes_to_err(tmp_path, capsys):
     inp = write_lines(tmp_path / "in.jsonl", [request(str(i), max_tokens=4, ignore_eos=True) for i in range(3)])
     err = io.StringIO()
@@ -398,6 +461,12 @@ def test_engine_options_reach_the_engine_config_of_every_command(argv):
                                         ("64kb", 64_000), ("3b", 3)])
 def test_kv_budget_sizes(text, size):
     assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["1" * 400, "9" * 309 + "GiB", "9223372036854775808", "8EiB", "16777216TiB"])
+def test_a_size_too_large_is_a_usage_error_not_an_overflow(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="must be a positive size"):
+        parse_size(text)
 
 
 def test_a_bad_kv_budget_is_one_usage_line(capsys):

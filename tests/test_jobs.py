@@ -116,6 +116,8 @@ def test_agent_file_yaml_or_json(tmp_path, suffix):
     ("params.yaml", "steps: [{prompt: hi}]\nparams: {temperature: -1}\n", "params.temperature: must be >= 0"),
     ("pkey.yaml", "steps: [{prompt: hi}]\nparams: {tools: 1}\n", "params: unknown field(s) tools"),
     ("what.txt", "hello there\n", "not a job file"),
+    ("deep.yaml", "[" * 100_000, "not valid YAML: nested too deeply"),
+    ("deep.json", '{"steps": ' * 100_000, "not valid JSON: nested too deeply"),
 ])
 def test_bad_job_files_raise_value_errors_naming_file_and_problem(tmp_path, name, text, message):
     path = tmp_path / name
@@ -123,6 +125,27 @@ def test_bad_job_files_raise_value_errors_naming_file_and_problem(tmp_path, name
     with pytest.raises(ValueError) as info:
         load_job_file(path)
     assert str(info.value).startswith(f"{path}: ") and message in str(info.value)
+
+
+@pytest.mark.parametrize("name, text, field", [
+    ("task.yaml", 'steps: [{prompt: "hi \\ud83d"}]\n', "steps[0].prompt"),
+    ("task.json", '{"system": "\\udc80", "steps": [{"prompt": "hi"}]}', "system"),
+    ("task.yml", 'steps: [{prompt: hi}]\nparams: {stop: ["\\ud800"]}\n', "params.stop[0]"),
+])
+def test_agent_task_with_a_lone_surrogate_names_the_file_and_field(tmp_path, name, text, field):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError) as info:
+        load_job_file(path)
+    assert str(info.value).startswith(f"{path}: {field}: not valid UTF-8 text")
+
+
+def test_a_job_name_that_is_not_utf8_is_refused_and_a_file_name_made_readable(tmp_path):
+    path = batch_file(tmp_path / "req\udcff.jsonl", 1)  # a file name with the byte 0xff (surrogateescape)
+    with pytest.raises(ValueError, match="^name: not valid UTF-8 text"):
+        load_job_file(path, name="night\udcff")
+    kind, name, items, spec = load_job_file(path)
+    assert name == "req\ufffd"
 
 
 def test_missing_job_file_is_a_value_error(tmp_path):
@@ -377,6 +400,50 @@ def test_cli_submit_list_show_pause_resume_cancel(tmp_path, capsys):
     capsys.readouterr()
     assert main(["jobs", "--db", db]) == 0  # plain `jobs` lists
     assert [x.split()[3] for x in capsys.readouterr().out.splitlines()[1:]] == ["cancelled", "queued"]
+
+
+def test_cli_submit_stores_a_line_with_a_lone_surrogate_as_one_failed_item(tmp_path, capsys):
+    db = str(tmp_path / "cli.db")
+    path = tmp_path / "reqs.jsonl"
+    path.write_text("\n".join([request("a"), request("b").replace("hello b", "hello \\ud83d"), request("c")]) + "\n",
+                    encoding="utf-8")
+    assert main(["jobs", "submit", str(path), "--db", db]) == 0
+    assert main(["jobs", "run", "--db", db, "--model", "random:tiny"]) == 0
+    capsys.readouterr()
+    assert main(["jobs", "show", "1", "--db", db]) == 0
+    shown = capsys.readouterr().out
+    assert "2 done, 1 failed, 0 pending, 3 total" in shown
+    assert "failed item 1 (custom_id 'b'): invalid_value: line 2: body.messages[0].content" in shown
+
+
+def test_nan_and_infinity_fail_only_their_line_in_jobs_and_in_baton_batch_alike(tmp_path, capsys):
+    """Before: `jobs submit` refused the whole file (CHECK constraint failed: json_valid(request))."""
+    path = tmp_path / "reqs.jsonl"
+    lines = [request("a", 2), request("nan", 2).replace('"max_tokens": 2', '"max_tokens": NaN'),
+             request("inf", 2).replace('"max_tokens": 2', '"max_tokens": 2, "seed": Infinity'),
+             request("big", 2).replace('"max_tokens": 2', '"max_tokens": 2, "top_p": -1e999'), request("b", 2)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    db = str(tmp_path / "cli.db")
+    assert main(["jobs", "submit", str(path), "--db", db]) == 0
+    assert main(["jobs", "run", "--db", db, "--model", "random:tiny"]) == 0
+    assert main(["jobs", "export", "1", "-o", str(tmp_path / "jobs.jsonl"), "--db", db]) == 0
+    assert main(["batch", str(path), "-o", str(tmp_path / "batch.jsonl"), "--model", "random:tiny"]) == 0
+    capsys.readouterr()
+    for out in ("jobs.jsonl", "batch.jsonl"):
+        rows = [json.loads(x) for x in (tmp_path / out).read_text(encoding="utf-8").splitlines()]
+        assert [r["custom_id"] for r in rows] == ["a", "nan", "inf", "big", "b"]
+        assert [r["error"] and r["error"]["code"] for r in rows] == [None] + ["invalid_value"] * 3 + [None], out
+        assert [r["error"]["message"] for r in rows[1:4]] == [
+            f"line {n}: body.{field}: {value} is not a finite number (JSON has no NaN or Infinity)"
+            for n, field, value in [(2, "max_tokens", "nan"), (3, "seed", "inf"), (4, "top_p", "-inf")]]
+
+
+def test_cli_submit_of_a_file_whose_name_is_not_utf8(tmp_path, capsys):
+    db = str(tmp_path / "cli.db")
+    assert main(["jobs", "submit", str(batch_file(tmp_path / "req\udcff.jsonl", 1)), "--db", db]) == 0
+    capsys.readouterr()
+    assert main(["jobs", "list", "--db", db]) == 0
+    assert "req\ufffd" in capsys.readouterr().out
 
 
 def test_cli_run_then_show_and_export(tmp_path, capsys):

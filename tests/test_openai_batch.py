@@ -14,6 +14,7 @@ import pytest
 from app.chat import batch_file as ob
 from app.chat.completions import DEFAULT_MAX_TOKENS
 from app.chat.batch_file import BatchRequest, LineError
+from app.chat.completions import RequestError, parse_body
 
 MSGS = [{"role": "user", "content": "hi"}]
 
@@ -127,3 +128,71 @@ def test_module_does_not_import_torch():
     code = "import sys, app.chat.batch_file; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+# ------------------------------------------------------------------ text and numbers the store can hold
+SURROGATE_LINES = [  # (line text as written in the file, the field the error must name)
+    ('{"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": '
+     '[{"role": "user", "content": "hi \\ud83d"}]}}', "body.messages[0].content"),
+    ('{"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": '
+     '[{"role": "user", "content": [{"type": "text", "text": "\\udc80"}]}]}}', "body.messages[0].content[0].text"),
+    ('{"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": '
+     '[{"role": "user", "content": "hi"}], "stop": ["ok", "\\ud800"]}}', "body.stop[1]"),
+    ('{"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": '
+     '[{"role": "user", "content": "hi"}], "\\ud800x": 1}}', "body"),
+]
+
+
+@pytest.mark.parametrize("text, field", SURROGATE_LINES)
+def test_a_lone_surrogate_fails_only_its_line_naming_the_field(text, field):
+    entries = ob.parse_input("\n".join([text, line(custom_id="ok").decode()]).encode())
+    err, ok = entries
+    assert isinstance(err, LineError) and isinstance(ok, BatchRequest), entries
+    assert (err.code, err.custom_id, err.line_no) == ("invalid_value", "x", 1)
+    assert err.message.startswith(f"line 1: {field}") and "UTF-8" in err.message
+    err.message.encode("utf-8")  # the message itself is storable text
+
+
+def test_a_lone_surrogate_in_the_custom_id_leaves_no_readable_id():
+    err = ob.parse_line(b'{"custom_id": "a\\udfff", "method": "POST", "url": "/v1/chat/completions", '
+                        b'"body": {"messages": [{"role": "user", "content": "hi"}]}}', 3)
+    assert isinstance(err, LineError) and (err.code, err.custom_id) == ("invalid_value", None)
+    assert err.message.startswith("line 3: custom_id") and "UTF-8" in err.message
+
+
+def test_parse_body_refuses_a_lone_surrogate_naming_the_field():
+    with pytest.raises(RequestError) as info:
+        parse_body({"messages": [{"role": "system", "content": "ok"}, {"role": "user", "content": "a\ud83d"}]})
+    assert info.value.code == "invalid_value"
+    assert info.value.message.startswith("body.messages[1].content: ") and "UTF-8" in info.value.message
+    assert parse_body({"messages": [{"role": "user", "content": "\U0001f600 is fine"}]})
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999", "-1e999"])
+def test_nan_and_infinity_fail_only_their_line(number):
+    bad = ('{"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": '
+           f'[{{"role": "user", "content": "hi"}}], "temperature": {number}}}}}')
+    err, ok = ob.parse_input(f"{bad}\n{line(custom_id='ok').decode()}\n".encode())
+    assert isinstance(ok, BatchRequest)
+    assert isinstance(err, LineError) and (err.code, err.custom_id) == ("invalid_value", "x"), err
+    assert err.message.startswith("line 1: body.temperature: ") and "not a finite number" in err.message
+
+
+def test_parse_body_refuses_a_number_that_is_not_finite():
+    with pytest.raises(RequestError) as info:
+        parse_body({"messages": MSGS, "stop": ["a"], "temperature": float("nan")})
+    assert (info.value.code, info.value.message) == ("invalid_value", "body.temperature: nan is not a finite "
+                                                                     "number (JSON has no NaN or Infinity)")
+
+
+def test_an_integer_too_long_to_read_fails_only_its_line():
+    bad = line({"messages": MSGS, "seed": 7}).replace(b'"seed": 7', b'"seed": 1' + b"0" * 5000)
+    err, ok = ob.parse_input(bad + b"\n" + line(custom_id="ok"))
+    assert isinstance(ok, BatchRequest)
+    assert isinstance(err, LineError) and err.code == "invalid_json_line" and "4300 digits" in err.message
+
+
+def test_json_nested_too_deeply_fails_only_its_line():
+    err, ok = ob.parse_input(b"[" * 100_000 + b"\n" + line(custom_id="ok"))
+    assert isinstance(ok, BatchRequest)
+    assert isinstance(err, LineError) and err.code == "invalid_json_line" and "deep" in err.message

@@ -7,8 +7,12 @@ Output line: `{"id": "batch_req_...", "custom_id": ..., "response": {"status_cod
 `"error": {"code": ..., "message": ...}` (the OpenAI `BatchRequestOutput` schema: `error` describes a request
 that failed without an HTTP response, which is every failure here since nothing goes over HTTP).
 
-Blank lines are skipped (they hold no request). The first line with a given `custom_id` runs; later lines
-with the same id fail with `duplicate_custom_id`. Imports neither torch nor the engine.
+Every string in a line must be valid UTF-8 text and every number finite: a lone surrogate (`"\\ud83d"`),
+`NaN`, `Infinity`, `-Infinity` (Python's extensions to JSON) or a number beyond a double (`1e999`) fails
+that line with `invalid_value` naming the field (`app.chat.json_values`), its `custom_id` kept. `baton batch`
+and batch jobs (which store each line as JSON) thus fail the same lines. Blank lines are skipped (they hold
+no request). The first line with a given `custom_id` runs; later lines with the same id fail with
+`duplicate_custom_id`. Imports neither torch nor the engine.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .completions import CHAT_COMPLETIONS_URL, RequestError, chat_completion, parse_body
+from .json_values import text_problem, value_problem
 
 LINE_FIELDS = ("custom_id", "method", "url", "body")
+#: What `baton batch` and `baton jobs submit` both say about a file whose `parse_input` is empty.
+NO_REQUESTS = "the batch file has no requests (it is empty or every line is blank)"
 
 
 @dataclass(frozen=True)
@@ -64,7 +71,8 @@ def parse_input(data: bytes) -> list[BatchRequest | LineError]:
     Args:
         data: the file's bytes (UTF-8 JSONL; `\\r\\n` line ends are fine).
     Returns:
-        A `BatchRequest` or a `LineError` per non-blank line. Never raises for bad content.
+        A `BatchRequest` or a `LineError` per non-blank line (none for an empty file: callers refuse that
+        with `NO_REQUESTS`). Never raises for bad content.
     """
     entries: list[BatchRequest | LineError] = []
     seen: set[str] = set()
@@ -94,13 +102,18 @@ def parse_line(raw: bytes | str, line_no: int) -> BatchRequest | LineError:
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         obj = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # not UTF-8, not JSON, an integer of more than 4300 digits
         return LineError(line_no, None, "invalid_json_line", f"line {line_no}: not valid JSON: {exc}")
+    except RecursionError:  # the decoder recurses once per level of arrays and objects
+        return LineError(line_no, None, "invalid_json_line", f"line {line_no}: not valid JSON: nested too deeply")
     if not isinstance(obj, dict):
         return LineError(line_no, None, "invalid_request",
                          f"line {line_no}: a request line must be a JSON object, got {type(obj).__name__}")
     cid = obj.get("custom_id")
-    cid = cid if isinstance(cid, str) and cid else None
+    cid = cid if isinstance(cid, str) and cid and text_problem(cid) is None else None
+    problem = value_problem(obj, "")
+    if problem is not None:  # what the tokenizer or the store cannot take: a lone surrogate, NaN, Infinity
+        return LineError(line_no, cid, "invalid_value", f"line {line_no}: {problem}")
     try:
         return _parse_request(obj, cid, line_no)
     except RequestError as rej:

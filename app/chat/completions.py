@@ -17,6 +17,8 @@ as any string. Every other body field (`tools`, `logit_bias`, ...) is an error.
 Messages: `role` one of system, user, assistant, developer (`developer` is sent as `system`, as OpenAI does
 for models without a developer role); `content` a string or a list of `{"type": "text", "text": ...}` parts
 (joined with newlines, as vLLM does). Other message fields (`name`, `tool_calls`, ...) are errors.
+Every string in the body (field names too) must be valid UTF-8 text and every number finite: a lone
+surrogate, NaN or Infinity is an `invalid_value` error naming the field (`app.chat.json_values`).
 
 Imports neither torch nor the engine: sampling values are handed on as `SamplingParams` keyword arguments,
 and the engine's `SamplingParams` validates them (its `ValueError` names the field).
@@ -28,6 +30,8 @@ import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from .json_values import value_problem
 
 CHAT_COMPLETIONS_URL = "/v1/chat/completions"
 DEFAULT_MAX_TOKENS = 256
@@ -72,10 +76,15 @@ def parse_body(body: Any) -> ChatRequest:
     """Check a chat-completions request body and turn it into messages and sampling arguments.
 
     Raises:
-        RequestError: the body, a message or a field is invalid or unsupported (see the module docstring).
+        RequestError: the body, a message or a field is invalid or unsupported (see the module docstring);
+            `invalid_value` naming the field for a string that is not valid UTF-8 text (a lone surrogate) or a
+            number that is not finite.
     """
     if not isinstance(body, dict):
         raise RequestError("invalid_request", f"body must be a JSON object, got {type(body).__name__}")
+    problem = value_problem(body, "body")
+    if problem is not None:
+        raise RequestError("invalid_value", problem)
     return ChatRequest(_parse_messages(body.get("messages")), _parse_sampling(body))
 
 

@@ -1,10 +1,11 @@
 """`baton batch`: run an OpenAI Batch API input file through the engine, all lines at once.
 
 Every valid line becomes one `run_request` (`app.chat.run_request`) at `Priority.BATCH`, all submitted
-together so the engine batches them; invalid lines get an error line without running. The output (one line per non-blank input
-line, in input order) is written to a temporary file and renamed into place only when complete. A rich
-progress bar (requests done / total, output tokens and tokens/s) goes to stderr when it is a terminal, and
-a one-line summary always does; stdout stays empty.
+together so the engine batches them; invalid lines get an error line without running. The output (one line
+per non-blank input line, in input order) is written to a temporary file and renamed into place only when
+complete; it is never the input file, and an input without requests is refused, both before the model
+loads. A rich progress bar (requests done / total, output tokens and tokens/s) goes to stderr when it is a
+terminal, and a one-line summary always does; stdout stays empty.
 """
 
 from __future__ import annotations
@@ -71,20 +72,25 @@ def run_batch(config: EngineConfig, input_path: str | os.PathLike, output_path: 
     Args:
         config: engine configuration (the model is loaded here, after the files are checked).
         input_path: the JSONL input file.
-        output_path: where the JSONL output goes (replaced if it exists).
+        output_path: where the JSONL output goes (replaced if it exists; never the input file).
         progress: show a progress bar on `err`; None shows it when `err` is a terminal.
         err: where the progress bar and the summary go (default `sys.stderr`).
     Returns:
         The run's `BatchSummary`.
     Raises:
-        UsageError: the input cannot be read, the output cannot be written, or the model cannot be loaded.
+        UsageError: the input cannot be read or has no requests, the output is the input file (the same
+            file by any path or link) or cannot be written, or the model cannot be loaded; all but the last
+            before the model is loaded.
     """
     err = err or sys.stderr
     try:
         data = Path(input_path).read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read the input file {str(input_path)!r}: {exc.strerror or exc}") from exc
+    _refuse_overwriting_input(input_path, output_path)
     entries = batch_file.parse_input(data)
+    if not entries:
+        raise UsageError(f"{input_path}: {batch_file.NO_REQUESTS}")
     with atomic_output(Path(output_path)) as out:
         t0 = time.perf_counter()
         engine = start_engine(config)
@@ -101,6 +107,18 @@ def run_batch(config: EngineConfig, input_path: str | os.PathLike, output_path: 
     summary = BatchSummary(len(lines) - failed, failed, tokens, seconds, load_seconds)
     print(f"baton: batch: {summary.line()}; wrote {output_path}", file=err)
     return summary
+
+
+def _refuse_overwriting_input(input_path: str | os.PathLike, output_path: str | os.PathLike) -> None:
+    """Raise UsageError when the output path names the input file: the same path, another path to it, a
+    symbolic link to it or a hard link of it (the output would replace or rewrite the input)."""
+    try:
+        same = os.path.samefile(input_path, output_path)
+    except OSError:  # no output file yet (or not one we can look at: writing it reports why)
+        same = False
+    if same:  # samefile compares the files (device and inode) after following links
+        raise UsageError(f"the output file {str(output_path)!r} is the input file {str(input_path)!r}; "
+                         "write the output to another file")
 
 
 class _TokenRateColumn(ProgressColumn):

@@ -1,19 +1,22 @@
 """`baton chat`: stream one answer, or hold a conversation over stdin, printing to stdout.
 
 Talks to the engine only through the public `backend` API. Errors the user must fix (a model that cannot be
-loaded, a prompt that does not fit) raise `UsageError`; `app.cli.main` turns that into a one-line message and
-exit status 2.
+loaded, a prompt that does not fit, text that is not valid UTF-8) raise `UsageError`; `app.cli.main` turns
+that into a one-line message and exit status 2.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
+import itertools
 import sys
 from typing import IO, TYPE_CHECKING
 
 from backend import EngineConfig, Priority, SamplingParams
 
 from ..chat.answer import is_complete
+from ..chat.json_values import text_problem
 from .engine_options import start_engine
 from .errors import UsageError
 
@@ -30,10 +33,13 @@ def chat_messages(question: str, system: str | None = None) -> list[dict[str, st
     Returns:
         `[{"role": "system", ...}, {"role": "user", ...}]` (the system message only when given).
     Raises:
-        UsageError: the question or the system prompt is blank.
+        UsageError: the question or the system prompt is blank or not valid UTF-8 text (an argument whose
+            bytes are not UTF-8 reaches Python as lone surrogates).
     """
     if not question.strip():
         raise UsageError("the question must not be empty")
+    if text_problem(question) is not None:
+        raise UsageError(f"the question is {text_problem(question)}")
     return system_messages(system) + [{"role": "user", "content": question}]
 
 
@@ -41,12 +47,14 @@ def system_messages(system: str | None) -> list[dict[str, str]]:
     """`[{"role": "system", "content": system}]`, or `[]` for None.
 
     Raises:
-        UsageError: the system prompt is blank.
+        UsageError: the system prompt is blank or not valid UTF-8 text.
     """
     if system is None:
         return []
     if not system.strip():
         raise UsageError("--system: must not be empty")
+    if text_problem(system) is not None:
+        raise UsageError(f"--system: {text_problem(system)}")
     return [{"role": "system", "content": system}]
 
 
@@ -80,7 +88,8 @@ def run_conversation(config: EngineConfig, params: SamplingParams, system: str |
     whole conversation so far as context, until end of input (Ctrl-D). Blank lines are skipped.
 
     On a terminal a `> ` prompt is shown and a greeting goes to `err`. A turn that no longer fits in the
-    model's context is reported on `err` and dropped; the conversation goes on.
+    model's context is reported on `err` and dropped; the conversation goes on. A line that cannot be decoded
+    ends the conversation with a `UsageError` (see `read_turn`).
 
     Args:
         config: engine configuration (the model is loaded once, here).
@@ -90,7 +99,8 @@ def run_conversation(config: EngineConfig, params: SamplingParams, system: str |
     Returns:
         0 at end of input, 1 when a generation failed in the engine.
     Raises:
-        UsageError: the model cannot be loaded or the system prompt is blank.
+        UsageError: the model cannot be loaded, the system prompt is blank, or a line of `inp` is not text in
+            its encoding (`read_turn`).
     """
     inp, out, err = inp or sys.stdin, out or sys.stdout, err or sys.stderr
     messages = system_messages(system)
@@ -99,11 +109,11 @@ def run_conversation(config: EngineConfig, params: SamplingParams, system: str |
     try:
         if interactive:
             print(f"baton: chatting with {engine.model.name} (Ctrl-D to end)", file=err)
-        while True:
+        for line_no in itertools.count(1):
             if interactive:
                 out.write("> ")
                 out.flush()
-            line = inp.readline()
+            line = read_turn(inp, line_no)
             if not line:
                 if interactive:
                     out.write("\n")
@@ -121,6 +131,38 @@ def run_conversation(config: EngineConfig, params: SamplingParams, system: str |
             messages = turn + [{"role": "assistant", "content": text}]
     finally:
         engine.shutdown()
+
+
+def read_turn(inp: IO[str], line_no: int) -> str:
+    """The next line of `inp` (with its line end; "" at end of input), decoded strictly.
+
+    Bytes that are not text in the stream's encoding (UTF-8 on every usual system) are refused, not
+    replaced: `U+FFFD` in place of what the user wrote would have the model answer a question nobody asked,
+    and a script that pipes a file in needs a failure status it can act on rather than a silently altered
+    conversation. Batch lines and job files refuse such input the same way. The bytes are read from the
+    stream's binary buffer when it has one, so the error names the right line (a text stream decodes ahead,
+    in blocks) and the lone surrogates of a `surrogateescape` stream (the POSIX locale) never appear.
+    Args:
+        inp: the input stream (a text stream, with or without a binary `buffer`).
+        line_no: the 1-based number of this line, for the message.
+    Raises:
+        UsageError: `stdin line N: not valid UTF-8 text (byte 0xff at byte 6); baton chat reads UTF-8 text`.
+    """
+    buffer = getattr(inp, "buffer", None)
+    encoding = getattr(inp, "encoding", None) or "utf-8"
+    name = "UTF-8" if codecs.lookup(encoding).name == "utf-8" else encoding
+    if buffer is None:
+        line = inp.readline()
+        problem = text_problem(line)
+        if problem is not None:
+            raise UsageError(f"stdin line {line_no}: {problem}")
+        return line
+    raw = buffer.readline()
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"stdin line {line_no}: not valid {name} text (byte 0x{raw[exc.start]:02x} at byte "
+                         f"{exc.start}); baton chat reads {name} text") from None
 
 
 async def stream_answer(engine: Engine, messages: list[dict[str, str]], params: SamplingParams,

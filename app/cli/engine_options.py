@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from decimal import Decimal
 
 from typing import TYPE_CHECKING
 
@@ -21,17 +22,26 @@ ENGINE_OPTIONS = {"model": "--model", "device": "--device", "dtype": "--dtype", 
                   "max_prefill_tokens": "--max-prefill-tokens", "kv_budget_bytes": "--kv-budget"}
 
 _SIZE = re.compile(r"(\d+(?:\.\d*)?)\s*(|b|kb|mb|gb|tb|kib|mib|gib|tib)", re.IGNORECASE)
+MAX_SIZE = 2**63  # bytes: what a signed 64-bit integer holds
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
 def parse_size(text: str) -> int:
     """A size in bytes from `512MiB`, `2GiB`, `1.5GB` or `1048576` (KiB/MiB/GiB/TiB are powers of 1024,
-    KB/MB/GB/TB of 1000). Raises argparse.ArgumentTypeError (a one-line usage error)."""
+    KB/MB/GB/TB of 1000), at least 1 and below 2**63 bytes (8 EiB).
+
+    Raises:
+        argparse.ArgumentTypeError: not such a size (a one-line usage error).
+    """
     m = _SIZE.fullmatch(text.strip())
-    if m is None or float(m.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive size such as 512MiB or 2GiB, got {text!r}")
-    return max(1, int(float(m.group(1)) * _UNITS[m.group(2).lower()]))
+    size = Decimal(0)
+    if m is not None and len(m.group(1).split(".")[0].lstrip("0")) <= 20:  # more digits: far beyond 8 EiB
+        size = Decimal(m.group(1)) * _UNITS[m.group(2).lower()]  # decimal: no float overflow
+    if not 0 < size < MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"must be a positive size such as 512MiB or 2GiB (below 8 EiB), "
+                                         f"got {text!r}")
+    return max(1, int(size))
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:

@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "top_k and ignore_eos; model is ignored. Fields that cannot be honoured fail their line.")
     batch.add_argument("input", metavar="INPUT.jsonl", help="OpenAI Batch API input file")
     batch.add_argument("-o", "--output", metavar="OUTPUT.jsonl", required=True,
-                       help="output file (written atomically; replaced if it exists)")
+                       help="output file (written atomically; replaced if it exists; not the input file)")
     batch.set_defaults(handler=_batch)
     add_jobs_subparser(sub, engine)
     return parser

@@ -16,7 +16,7 @@ from storage import Job, NotFoundError, Store
 
 from . import batch_job
 from .agent_task import create_agent_chat
-from .files import load_job_file
+from .files import load_job_file, path_text
 
 PAUSABLE = ("queued", "running")
 RESUMABLE = ("paused", "failed")
@@ -42,7 +42,7 @@ async def submit_job(store: Store, path: str | Path, name: str | None = None) ->
     kind, job_name, items, spec = load_job_file(path, name)
     if kind == "agent":
         spec = {**spec, "chat_id": await create_agent_chat(store, job_name, spec)}
-    return await store.create_job(kind, job_name, items, spec, source_path=str(Path(path).resolve()))
+    return await store.create_job(kind, job_name, items, spec, source_path=path_text(Path(path).resolve()))
 
 
 async def pause_job(store: Store, job_id: int) -> Job:

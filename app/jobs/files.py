@@ -13,17 +13,23 @@
 
 Another extension is decided by content: a JSON/YAML mapping with `"steps"` is an agent task, lines of JSON
 objects a batch file.
+
+Every string must be valid UTF-8 text (no lone surrogate, which JSON's and YAML's `\\ud83d` escapes can
+make): in a batch file that line fails alone; in an agent task, the file is refused naming the field. A
+name taken from the file name is made readable (bytes that are not UTF-8 become U+FFFD, see `path_text`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from backend import SamplingParams
 
 from ..chat import batch_file
+from ..chat.json_values import text_problem, value_problem
 from ..chat.settings import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from .templates import check_template
 
@@ -46,7 +52,9 @@ def load_job_file(path: str | Path, name: str | None = None) -> JobFile:
         `(kind, name, items, spec)` with kind `"batch"` or `"agent"` (see the module docstring).
     Raises:
         ValueError: `<path>: <what is wrong>` when the file cannot be read, is empty, is not valid
-            JSON/YAML, has no valid structure, or (agent) has a bad field, parameter or step prompt.
+            JSON/YAML, has no valid structure, or (agent) has a bad field, parameter or step prompt, or a
+            string that is not valid UTF-8 text (`<path>: steps[0].prompt: not valid UTF-8 text: ...`);
+            `name: ...` when `name` is blank or not valid UTF-8 text.
     """
     path = Path(path)
     try:
@@ -55,15 +63,23 @@ def load_job_file(path: str | Path, name: str | None = None) -> JobFile:
         raise ValueError(f"{path}: cannot read the job file: {exc.strerror or exc}") from None
     if name is not None and not name.strip():
         raise ValueError("name: must not be empty")
-    suffix = path.suffix.lower()
+    if name is not None and text_problem(name) is not None:
+        raise ValueError(f"name: {text_problem(name)}")
+    suffix, stem = path.suffix.lower(), path_text(path.stem)
     try:
         if suffix == ".jsonl":
-            return _batch(data, name or path.stem)
+            return _batch(data, name or stem)
         if suffix in (".yaml", ".yml", ".json"):
-            return _agent(_parse_mapping(data, suffix), name, path.stem)
-        return _sniff(data, name, path.stem)
+            return _agent(_parse_mapping(data, suffix), name, stem)
+        return _sniff(data, name, stem)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
+
+
+def path_text(path: str | os.PathLike) -> str:
+    """A file path (or name) as valid UTF-8 text, for names and the store: bytes of the name that are not
+    UTF-8 (which Python holds as lone surrogates) become U+FFFD."""
+    return os.fsencode(path).decode("utf-8", "replace")
 
 
 def _sniff(data: bytes, name: str | None, stem: str) -> JobFile:
@@ -90,7 +106,7 @@ def _batch(data: bytes, name: str) -> JobFile:
             items.append({"custom_id": entry.custom_id, "line_no": entry.line_no,
                           "messages": entry.messages, "sampling": entry.sampling})
     if not items:
-        raise ValueError("the batch file has no requests (every line is blank)")
+        raise ValueError(batch_file.NO_REQUESTS)
     return "batch", name, items, {"format": BATCH_FORMAT}
 
 
@@ -102,19 +118,26 @@ def _parse_mapping(data: bytes, suffix: str) -> Any:
     if suffix == ".json":
         try:
             return json.loads(text)
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # not JSON, or an integer of more than 4300 digits
             raise ValueError(f"not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ValueError("not valid JSON: nested too deeply") from None
     import yaml  # only agent task files need it
 
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: an integer of more than 4300 digits
         raise ValueError(f"not valid YAML: {exc}".replace("\n", " ")) from None
+    except RecursionError:  # the parser recurses once per level of nesting
+        raise ValueError("not valid YAML: nested too deeply") from None
 
 
 def _agent(obj: Any, name: str | None, stem: str) -> JobFile:
     if not isinstance(obj, dict):
         raise ValueError(f"an agent task must be a mapping with \"steps\", got {type(obj).__name__}")
+    problem = value_problem(obj, "")
+    if problem is not None:
+        raise ValueError(problem)
     if "steps" not in obj:
         raise ValueError("an agent task needs \"steps\" (a batch file must end in .jsonl)")
     unknown = sorted(str(k) for k in set(obj) - set(AGENT_FIELDS))
