@@ -65,14 +65,33 @@ class JobsMixin(StoreBase):
         rows = await self._fetchall(_JOB_SELECT + " ORDER BY j.created_at DESC, j.id DESC")
         return [job_from_row(r) for r in rows]
 
+    async def claim_job(self, job_id: int) -> Job | None:
+        """Start running a queued job: one compare-and-swap from 'queued' to 'running', owned by this process.
+
+        Of several runners claiming the same job at once (on any connections, in any processes), exactly
+        one gets the running job back; the others, and anyone claiming a job that is not queued, get None
+        and must leave the job alone. Raises NotFoundError (no such job), StorageError.
+        """
+        async with self._write():
+            count, _ = await self._run(
+                "UPDATE job SET status = 'running', owner_pid = ?, updated_at = ? WHERE id = ? AND status = 'queued'",
+                (os.getpid(), now(), job_id))  # the owner: see Store._recover
+            if count == 0 and await self._fetchone("SELECT 1 FROM job WHERE id = ?", (job_id,)) is None:
+                raise NotFoundError(f"{self._path}: job {job_id} does not exist", self._path)
+        return await self._require_job(job_id) if count else None
+
     async def set_job_status(self, job_id: int, status: str) -> Job:
-        """Set a job's status. Raises ValueError (unknown status), NotFoundError, StorageError."""
+        """Set a job's status (any but 'running': a runner takes a job with `claim_job`).
+
+        Raises ValueError (unknown status, or 'running'), NotFoundError, StorageError.
+        """
         if status not in JOB_STATUSES:
             raise ValueError(f"status: must be one of {', '.join(JOB_STATUSES)}, not {status!r}")
+        if status == "running":
+            raise ValueError("status: a job starts running only through claim_job (which one runner wins)")
         async with self._write():
-            owner = os.getpid() if status == "running" else None  # see Store._recover
-            count, _ = await self._run("UPDATE job SET status = ?, owner_pid = ?, updated_at = ? WHERE id = ?",
-                                       (status, owner, now(), job_id))
+            count, _ = await self._run("UPDATE job SET status = ?, owner_pid = NULL, updated_at = ? WHERE id = ?",
+                                       (status, now(), job_id))
         if count == 0:
             raise NotFoundError(f"{self._path}: job {job_id} does not exist", self._path)
         return await self._require_job(job_id)

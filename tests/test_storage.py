@@ -413,7 +413,7 @@ async def test_jobs_resume_after_restart_without_rerunning_items(tmp_path):
             "batch", "queued", 5, 0, {"model": "m"}, "/in.jsonl")
         pending = await s.pending_items(job.id)
         assert [(p.idx, p.custom_id, p.request) for p in pending] == [(i, f"req-{i}", items[i]) for i in range(5)]
-        await s.set_job_status(job.id, "running")
+        assert (await s.claim_job(job.id)).status == "running"
         assert await s.complete_item(pending[0].id, {"text": "a0"}) is True
         assert await s.complete_item(pending[0].id, {"text": "again"}) is False  # no duplicate, no overwrite
         assert await s.fail_item(pending[1].id, "boom") is True
@@ -461,6 +461,25 @@ async def test_job_listing_statuses_and_errors(store):
     assert [j.id for j in await store.list_jobs()] == [b.id]
 
 
+async def test_a_queued_job_is_claimed_by_exactly_one_connection(tmp_path):
+    """`claim_job` is a compare-and-swap: of two connections (two runners) claiming one queued job at once,
+    one gets it running, owned by this process; the other, and any later claim, gets None."""
+    path = tmp_path / "baton.db"
+    async with await Store.open(path) as a, await Store.open(path) as b:
+        job = await a.create_job("batch", "contested", [{"x": 1}])
+        claims = await asyncio.gather(a.claim_job(job.id), b.claim_job(job.id))
+        assert sorted(c is None for c in claims) == [False, True]
+        assert next(c for c in claims if c is not None).status == "running"
+        assert (await b._fetchone("SELECT owner_pid FROM job WHERE id = ?", (job.id,)))[0] == os.getpid()
+        assert await a.claim_job(job.id) is None and await b.claim_job(job.id) is None  # running: not claimable
+        await a.set_job_status(job.id, "paused")
+        assert await b.claim_job(job.id) is None  # paused: not claimable either
+        with pytest.raises(ValueError, match="claim_job"):
+            await a.set_job_status(job.id, "running")
+        with pytest.raises(NotFoundError):
+            await a.claim_job(999)
+
+
 # ---- export ----------------------------------------------------------------------------------
 
 async def test_export_markdown_and_json(store):
@@ -498,7 +517,7 @@ async def test_a_version_1_database_gains_the_job_owner_column(tmp_path):
     async with await Store.open(path) as store:
         assert await store.schema_version() == migrations.LATEST >= 2
         assert [j.name for j in await store.list_jobs()] == ["old job"]
-        await store.set_job_status(1, "running")
+        await store.claim_job(1)
         assert (await store._fetchone("SELECT owner_pid FROM job WHERE id = 1"))[0] == os.getpid()
 
 
