@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 from collections.abc import Sequence
 from typing import Any
 
+from . import writers
 from .base import StoreBase
 from .errors import NotFoundError
 from .records import JOB_KINDS, JOB_STATUSES, Job, JobItem
@@ -66,16 +65,18 @@ class JobsMixin(StoreBase):
         return [job_from_row(r) for r in rows]
 
     async def claim_job(self, job_id: int) -> Job | None:
-        """Start running a queued job: one compare-and-swap from 'queued' to 'running', owned by this process.
+        """Start running a queued job: one compare-and-swap from 'queued' to 'running', owned by this process
+        (its pid and start time are recorded: while it lives, opening the store leaves the job running).
 
         Of several runners claiming the same job at once (on any connections, in any processes), exactly
         one gets the running job back; the others, and anyone claiming a job that is not queued, get None
         and must leave the job alone. Raises NotFoundError (no such job), StorageError.
         """
+        owner_pid, owner_started = writers.this_process()  # see Store._recover
         async with self._write():
             count, _ = await self._run(
-                "UPDATE job SET status = 'running', owner_pid = ?, updated_at = ? WHERE id = ? AND status = 'queued'",
-                (os.getpid(), now(), job_id))  # the owner: see Store._recover
+                "UPDATE job SET status = 'running', owner_pid = ?, owner_started = ?, updated_at = ? "
+                "WHERE id = ? AND status = 'queued'", (owner_pid, owner_started, now(), job_id))
             if count == 0 and await self._fetchone("SELECT 1 FROM job WHERE id = ?", (job_id,)) is None:
                 raise NotFoundError(f"{self._path}: job {job_id} does not exist", self._path)
         return await self._require_job(job_id) if count else None
@@ -90,8 +91,8 @@ class JobsMixin(StoreBase):
         if status == "running":
             raise ValueError("status: a job starts running only through claim_job (which one runner wins)")
         async with self._write():
-            count, _ = await self._run("UPDATE job SET status = ?, owner_pid = NULL, updated_at = ? WHERE id = ?",
-                                       (status, now(), job_id))
+            count, _ = await self._run("UPDATE job SET status = ?, owner_pid = NULL, owner_started = NULL, "
+                                       "updated_at = ? WHERE id = ?", (status, now(), job_id))
         if count == 0:
             raise NotFoundError(f"{self._path}: job {job_id} does not exist", self._path)
         return await self._require_job(job_id)

@@ -7,6 +7,7 @@ import os
 import asyncio
 import json
 import sqlite3
+import subprocess
 import sys
 
 import pytest
@@ -39,6 +40,13 @@ def assert_write_lock_free(path) -> None:
         other.execute("ROLLBACK")
     finally:
         other.close()
+
+
+def exited_pid() -> int:
+    """The pid of a process that has exited (and been waited for)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert proc.wait(timeout=60) == 0
+    return proc.pid
 
 
 # ---- schema and connection -------------------------------------------------------------------
@@ -421,6 +429,8 @@ async def test_jobs_resume_after_restart_without_rerunning_items(tmp_path):
         assert await s.complete_item(pending[3].id, ["a3"]) is True
         assert await s.job_progress(job.id) == (2, 1, 5)
         first_ids = [p.id for p in pending]
+    with sqlite3.connect(path) as raw:  # the runner that claimed the job is gone (as after a kill)
+        raw.execute("UPDATE job SET owner_pid = ? WHERE id = ?", (exited_pid(), job.id))
     # "restart": the job was left running, so it comes back queued, with only unfinished items pending
     async with await Store.open(path) as s:
         job2 = await s.get_job(job.id)
@@ -561,3 +571,48 @@ async def test_a_version_2_database_keeps_its_rows_and_stops_reusing_ids(tmp_pat
         assert [h.message.id for h in await store.search("ice")] == [3]
         assert not await store._fetchall("PRAGMA foreign_key_check")
         assert (await store._fetchone("PRAGMA foreign_keys"))[0] == 1
+
+
+async def test_a_version_3_database_keeps_every_row_and_its_unfinished_work_is_recovered_as_before(tmp_path):
+    """Schema step 4 adds the writer process (pid, start time) of streaming answers and running jobs. Rows
+    written before it have none: an unfinished answer is marked interrupted and a job left running by this
+    pid is queued again on open (the old rule), and nothing else changes."""
+    path = tmp_path / "old.db"
+    conn = await sdb.connect(str(path), 1.0)
+    try:
+        assert await migrations.migrate(conn, migrations.STEPS[:3]) == 3
+        stamp = "2026-01-01T00:00:00+00:00"
+        await conn.execute("INSERT INTO chat (id, title, created_at, updated_at) VALUES (1, 'kept', ?, ?)",
+                           (stamp, stamp))
+        for mid, parent, role, content, reason in [(1, None, "user", "tell me about otters", None),
+                                                   (2, 1, "assistant", "Otters hold hands", "stop"),
+                                                   (3, 2, "user", "and more?", None),
+                                                   (4, 3, "assistant", "They sleep flo", None)]:
+            await conn.execute("INSERT INTO message (id, chat_id, parent_id, role, content, finish_reason, "
+                               "created_at, updated_at) VALUES (?, 1, ?, ?, ?, ?, ?, ?)",
+                               (mid, parent, role, content, reason, stamp, stamp))
+        await conn.execute("INSERT INTO job (id, kind, name, status, total_items, created_at, updated_at, owner_pid) "
+                           "VALUES (1, 'batch', 'old run', 'running', 2, ?, ?, ?)", (stamp, stamp, os.getpid()))
+        await conn.execute("INSERT INTO job (id, kind, name, status, created_at, updated_at) "
+                           "VALUES (2, 'batch', 'old done', 'done', ?, ?)", (stamp, stamp))
+        await conn.execute("INSERT INTO job_item (job_id, idx, request, status) VALUES (1, 0, '{}', 'done')")
+        await conn.execute("INSERT INTO job_item (job_id, idx, request) VALUES (1, 1, '{}')")
+        await conn.commit()
+    finally:
+        await conn.close()
+    async with await Store.open(path) as store:
+        assert await store.schema_version() == migrations.LATEST >= 4
+        assert (store.recovered_messages, store.recovered_jobs) == (1, 1)
+        messages = await store.list_messages(1)
+        assert [(m.id, m.parent_id, m.role, m.content) for m in messages] == [
+            (1, None, "user", "tell me about otters"), (2, 1, "assistant", "Otters hold hands"),
+            (3, 2, "user", "and more?"), (4, 3, "assistant", "They sleep flo")]
+        assert [m.finish_reason for m in messages] == [None, "stop", None, "interrupted"]
+        assert [h.message.id for h in await store.search("otters")] == [2, 1]
+        assert [h.message.id for h in await store.search("sleep")] == [4]
+        assert [(j.id, j.status, j.done, j.total) for j in await store.list_jobs()] == [
+            (2, "done", 0, 0), (1, "queued", 1, 2)]
+        assert not await store._fetchall("PRAGMA foreign_key_check")
+        columns = {r[1] for r in await store._fetchall("PRAGMA table_info(message)")}
+        assert {"writer_pid", "writer_started"} <= columns
+        assert "owner_started" in {r[1] for r in await store._fetchall("PRAGMA table_info(job)")}

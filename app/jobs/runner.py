@@ -112,7 +112,7 @@ class JobRunner:
         Raises:
             NotFoundError: no such job. RuntimeError: the engine is not running, or the job is already
             running in this runner. StorageError: the store fails (the job stays `running` in the store,
-            and is queued again when the store is next opened).
+            and is queued again when the store is opened after this process has ended).
         """
         job = await control.require_job(self.store, job_id)
         if job.status == "running" and job_id in self._runs:
