@@ -38,17 +38,19 @@ class Store(JobsMixin):
     async def open(cls, path: str | os.PathLike[str] | None = None, *, busy_timeout: float = 5.0) -> Store:
         """Open (creating if needed) and upgrade the database; recover what a crash left unfinished.
 
-        `path` defaults to `db.default_db_path()`; ":memory:" gives a throwaway database.
+        `path` defaults to `db.default_db_path()`, whose folder is created if needed; ":memory:" gives a
+        throwaway database. An explicit path's folder must exist (a new file is created in it).
         `busy_timeout` is how many seconds to wait for another process's lock.
-        Raises StorageError, naming the file, when it is a directory, unreadable or unwritable,
-        not an SQLite database, corrupt, of another application, of a newer schema, or locked.
+        Raises StorageError, naming the file, when its folder does not exist (explicit path) or cannot be
+        created (default path), when it is a directory, unreadable or unwritable, not an SQLite
+        database, corrupt, of another application, of a newer schema, or locked.
         A rejected file is never modified.
         """
         if path is not None and str(path) == db.MEMORY:
             label = db.MEMORY
         else:
             label = os.path.abspath(db.default_db_path() if path is None else Path(path).expanduser())
-        conn = await db.connect(label, busy_timeout)
+        conn = await db.connect(label, busy_timeout, create_folder=path is None)
         store = cls(conn, label, busy_timeout)
         try:
             await migrations.check_compatible(conn, label)

@@ -66,8 +66,14 @@ async def test_migrates_an_empty_file_and_reopens_idempotently(tmp_path):
         assert [c.id for c in await s.list_chats()] == [chat.id]
 
 
-async def test_missing_folders_are_created(tmp_path):
+async def test_an_explicit_path_in_a_missing_folder_is_refused(tmp_path):
+    """A mistyped path must not silently start a new, empty history: only the default folder is created."""
     path = tmp_path / "a" / "b" / "baton.db"
+    with pytest.raises(StorageError, match=f"folder {tmp_path / 'a' / 'b'} does not exist") as info:
+        await Store.open(path)
+    assert str(info.value).startswith(f"{path}: ") and info.value.path == str(path)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "a" / "b").mkdir(parents=True)  # once the folder is there, the file is created in it
     async with await Store.open(path) as s:
         await s.create_chat("x")
     assert path.is_file()

@@ -141,11 +141,16 @@ async def test_a_directory_is_refused(tmp_path):
     assert list(folder.iterdir()) == []
 
 
-async def test_a_folder_that_cannot_be_created_is_refused(tmp_path):
+async def test_a_folder_that_is_a_file_or_cannot_be_created_is_refused(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(StorageError, match="cannot create its folder"):
+    with pytest.raises(StorageError, match=f"{blocker} is not a folder"):
         await Store.open(blocker / "baton.db")
+    if sys.platform == "linux":  # the default path's folder is created, and cannot be under a file
+        monkeypatch.setenv("XDG_DATA_HOME", str(blocker / "data"))
+        with pytest.raises(StorageError, match="cannot create its folder"):
+            await Store.open()
+    assert blocker.read_text() == "x"
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores file permissions")
