@@ -19,7 +19,8 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def default_db_path() -> Path:
-    """`<platformdirs user data dir for "baton">/baton.db` (the folder is created on open)."""
+    """`<platformdirs user data dir for "baton">/baton.db` (`Store.open()` creates the folder; an explicit
+    path's folder must already exist)."""
     from platformdirs import user_data_dir
 
     return Path(user_data_dir("baton")) / "baton.db"
@@ -60,21 +61,19 @@ def storage_error(label: str, exc: BaseException, busy_timeout: float, opening: 
     return StorageError(f"{label}: {describe(exc, busy_timeout, opening)}", label)
 
 
-def precheck(path: Path) -> None:
-    """Reject paths SQLite must not open, without modifying anything.
+def precheck(path: Path, create_folder: bool = False) -> None:
+    """Reject paths SQLite must not open, without modifying anything (but the folder, if asked).
 
+    `create_folder`: create a missing folder (for the default path); otherwise a missing folder is an
+    error, so that a mistyped `--db` never starts a new, empty history somewhere.
     Raises StorageError when the path is a directory or not a regular file, cannot be read or
-    written, does not start with the SQLite header, or its folder cannot be created/written.
-    An empty or missing file is fine (a new database is created there).
+    written, does not start with the SQLite header, or its folder does not exist (or cannot be
+    created) or cannot be written. An empty or missing file is fine (a new database is created there).
     """
     if path.is_dir():
         raise StorageError(f"{path}: is a directory, not a database file", str(path))
     if not path.exists():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(f"{path}: cannot create its folder {path.parent} ({exc.strerror or exc})",
-                               str(path)) from exc
+        _check_folder(path, create_folder)
         return
     if not path.is_file():
         raise StorageError(f"{path}: is not a regular file", str(path))
@@ -94,16 +93,33 @@ def precheck(path: Path) -> None:
                            "the -wal and -shm files next to the database)", str(path))
 
 
-async def connect(path: Path | str, busy_timeout: float) -> aiosqlite.Connection:
+def _check_folder(path: Path, create: bool) -> None:
+    """The folder of a database file that does not exist yet: created if `create`, else it must exist."""
+    folder = path.parent
+    if create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"{path}: cannot create its folder {folder} ({exc.strerror or exc})",
+                               str(path)) from exc
+    elif not folder.exists():
+        raise StorageError(f"{path}: the folder {folder} does not exist (check the path, or create the "
+                           "folder first); no database was created", str(path))
+    elif not folder.is_dir():
+        raise StorageError(f"{path}: {folder} is not a folder", str(path))
+
+
+async def connect(path: Path | str, busy_timeout: float, create_folder: bool = False) -> aiosqlite.Connection:
     """Open an autocommit connection with a busy timeout and probe that the file is readable.
 
+    `create_folder`: create the file's folder when it is missing (else that is an error, see `precheck`).
     Explicit transactions (`BEGIN IMMEDIATE` ... `COMMIT`) are the caller's job.
     Raises StorageError (naming the file) for every problem; nothing is written here.
     """
     label = str(path)
     if label != MEMORY:
         try:
-            precheck(Path(path))
+            precheck(Path(path), create_folder)
         except OSError as exc:  # e.g. no permission to look into a parent folder
             raise StorageError(f"{label}: cannot access the database file ({exc.strerror or exc})",
                                label) from exc

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 from collections.abc import Sequence
 from typing import Any
 
+from . import writers
 from .base import StoreBase
 from .errors import NotFoundError
 from .records import JOB_KINDS, JOB_STATUSES, Job, JobItem
@@ -65,14 +64,35 @@ class JobsMixin(StoreBase):
         rows = await self._fetchall(_JOB_SELECT + " ORDER BY j.created_at DESC, j.id DESC")
         return [job_from_row(r) for r in rows]
 
+    async def claim_job(self, job_id: int) -> Job | None:
+        """Start running a queued job: one compare-and-swap from 'queued' to 'running', owned by this process
+        (its pid and start time are recorded: while it lives, opening the store leaves the job running).
+
+        Of several runners claiming the same job at once (on any connections, in any processes), exactly
+        one gets the running job back; the others, and anyone claiming a job that is not queued, get None
+        and must leave the job alone. Raises NotFoundError (no such job), StorageError.
+        """
+        owner_pid, owner_started = writers.this_process()  # see Store._recover
+        async with self._write():
+            count, _ = await self._run(
+                "UPDATE job SET status = 'running', owner_pid = ?, owner_started = ?, updated_at = ? "
+                "WHERE id = ? AND status = 'queued'", (owner_pid, owner_started, now(), job_id))
+            if count == 0 and await self._fetchone("SELECT 1 FROM job WHERE id = ?", (job_id,)) is None:
+                raise NotFoundError(f"{self._path}: job {job_id} does not exist", self._path)
+        return await self._require_job(job_id) if count else None
+
     async def set_job_status(self, job_id: int, status: str) -> Job:
-        """Set a job's status. Raises ValueError (unknown status), NotFoundError, StorageError."""
+        """Set a job's status (any but 'running': a runner takes a job with `claim_job`).
+
+        Raises ValueError (unknown status, or 'running'), NotFoundError, StorageError.
+        """
         if status not in JOB_STATUSES:
             raise ValueError(f"status: must be one of {', '.join(JOB_STATUSES)}, not {status!r}")
+        if status == "running":
+            raise ValueError("status: a job starts running only through claim_job (which one runner wins)")
         async with self._write():
-            owner = os.getpid() if status == "running" else None  # see Store._recover
-            count, _ = await self._run("UPDATE job SET status = ?, owner_pid = ?, updated_at = ? WHERE id = ?",
-                                       (status, owner, now(), job_id))
+            count, _ = await self._run("UPDATE job SET status = ?, owner_pid = NULL, owner_started = NULL, "
+                                       "updated_at = ? WHERE id = ?", (status, now(), job_id))
         if count == 0:
             raise NotFoundError(f"{self._path}: job {job_id} does not exist", self._path)
         return await self._require_job(job_id)

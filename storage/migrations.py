@@ -175,6 +175,11 @@ STEPS: tuple[Step, ...] = (
     Step("job.owner_pid: the process running a job, so opening the store recovers only orphaned jobs",
          ("ALTER TABLE job ADD COLUMN owner_pid INTEGER",)),
     Step("AUTOINCREMENT ids for chats, messages and jobs: a deleted row's id is never reused", _NO_ID_REUSE),
+    Step("the writer process (pid, start time) of a streaming answer and of a running job, so opening the store "
+         "recovers only the work of processes that are gone",
+         ("ALTER TABLE message ADD COLUMN writer_pid INTEGER",
+          "ALTER TABLE message ADD COLUMN writer_started REAL",
+          "ALTER TABLE job ADD COLUMN owner_started REAL")),
 )
 LATEST = len(STEPS)
 

@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from . import db, migrations
+from . import db, migrations, writers
 from .errors import NotFoundError, StorageError
 from .export import chat_dict, chat_markdown
 from .jobs import JobsMixin
@@ -27,9 +27,9 @@ class Store(JobsMixin):
     serialized and each call commits before returning.
     """
 
-    #: Assistant messages left streaming by a previous run and marked 'interrupted' on open.
+    #: Assistant messages left streaming by a process that is gone, marked 'interrupted' on open.
     recovered_messages: int = 0
-    #: Jobs left 'running' by a previous run and put back to 'queued' on open (to be resumed).
+    #: Jobs left 'running' by a process that is gone, put back to 'queued' on open (to be resumed).
     recovered_jobs: int = 0
     #: The journal mode in effect ("wal" for a file, "memory" for ":memory:").
     journal_mode: str = ""
@@ -38,17 +38,19 @@ class Store(JobsMixin):
     async def open(cls, path: str | os.PathLike[str] | None = None, *, busy_timeout: float = 5.0) -> Store:
         """Open (creating if needed) and upgrade the database; recover what a crash left unfinished.
 
-        `path` defaults to `db.default_db_path()`; ":memory:" gives a throwaway database.
+        `path` defaults to `db.default_db_path()`, whose folder is created if needed; ":memory:" gives a
+        throwaway database. An explicit path's folder must exist (a new file is created in it).
         `busy_timeout` is how many seconds to wait for another process's lock.
-        Raises StorageError, naming the file, when it is a directory, unreadable or unwritable,
-        not an SQLite database, corrupt, of another application, of a newer schema, or locked.
+        Raises StorageError, naming the file, when its folder does not exist (explicit path) or cannot be
+        created (default path), when it is a directory, unreadable or unwritable, not an SQLite
+        database, corrupt, of another application, of a newer schema, or locked.
         A rejected file is never modified.
         """
         if path is not None and str(path) == db.MEMORY:
             label = db.MEMORY
         else:
             label = os.path.abspath(db.default_db_path() if path is None else Path(path).expanduser())
-        conn = await db.connect(label, busy_timeout)
+        conn = await db.connect(label, busy_timeout, create_folder=path is None)
         store = cls(conn, label, busy_timeout)
         try:
             await migrations.check_compatible(conn, label)
@@ -64,18 +66,22 @@ class Store(JobsMixin):
         return store
 
     async def _recover(self) -> None:
-        # Also proves at open time that the write lock can be taken within the busy timeout.
+        """Finish what writers that are gone left unfinished (`writers.is_alive`): their streaming answers
+        become 'interrupted', their running jobs 'queued'. Work of a live process (this one included) is left
+        alone. Also proves at open time that the write lock can be taken within the busy timeout."""
         stamp = now()
         async with self._write():
-            self.recovered_messages, _ = await self._run(
-                "UPDATE message SET finish_reason = 'interrupted', updated_at = ? "
-                "WHERE role = 'assistant' AND finish_reason IS NULL", (stamp,))
-            orphans = [row[0] for row in await self._fetchall(
-                "SELECT id, owner_pid FROM job WHERE status = 'running'") if not _process_alive(row[1])]
-            for job_id in orphans:  # a job whose runner is still alive (another Baton process) is left alone
-                await self._run("UPDATE job SET status = 'queued', owner_pid = NULL, updated_at = ? WHERE id = ?",
-                                (stamp, job_id))
-            self.recovered_jobs = len(orphans)
+            answers = [(stamp, row[0]) for row in await self._fetchall(
+                "SELECT id, writer_pid, writer_started FROM message WHERE role = 'assistant' AND finish_reason IS NULL")
+                if not writers.is_alive(row[1], row[2])]
+            await self._run_many("UPDATE message SET finish_reason = 'interrupted', writer_pid = NULL, "
+                                 "writer_started = NULL, updated_at = ? WHERE id = ?", answers)
+            jobs = [(stamp, row[0]) for row in await self._fetchall(
+                "SELECT id, owner_pid, owner_started FROM job WHERE status = 'running'")
+                if not writers.is_alive(row[1], row[2])]
+            await self._run_many("UPDATE job SET status = 'queued', owner_pid = NULL, owner_started = NULL, "
+                                 "updated_at = ? WHERE id = ?", jobs)
+        self.recovered_messages, self.recovered_jobs = len(answers), len(jobs)
 
     async def close(self) -> None:
         """Close the connection (idempotent). Raises StorageError if SQLite fails to close."""
@@ -169,15 +175,17 @@ class Store(JobsMixin):
                               model: str | None, finish_reason: str | None) -> Message:
         if role not in ROLES:
             raise ValueError(f"role: must be one of {', '.join(ROLES)}, not {role!r}")
+        streaming = role == "assistant" and finish_reason is None
+        writer_pid, writer_started = writers.this_process() if streaming else (None, None)  # see _recover
         stamp = now()
         async with self._write():
             count, _ = await self._run("UPDATE chat SET updated_at = ? WHERE id = ?", (stamp, chat_id))
             if count == 0:
                 raise NotFoundError(f"{self._path}: chat {chat_id} does not exist", self._path)
             _, message_id = await self._run(
-                "INSERT INTO message (chat_id, parent_id, role, content, model, finish_reason, created_at, "
-                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (chat_id, parent_id, role, content, model, finish_reason, stamp, stamp))
+                "INSERT INTO message (chat_id, parent_id, role, content, model, finish_reason, writer_pid, "
+                "writer_started, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (chat_id, parent_id, role, content, model, finish_reason, writer_pid, writer_started, stamp, stamp))
         return await self._require_message(message_id)
 
     async def add_message(self, chat_id: int, role: str, content: str, parent_id: int | None = None,
@@ -192,7 +200,12 @@ class Store(JobsMixin):
 
     async def start_assistant_message(self, chat_id: int, parent_id: int | None, model: str | None,
                                       content: str = "") -> Message:
-        """Create the streaming assistant message (finish_reason None) at the first token."""
+        """Create the streaming assistant message (finish_reason None) at the first token.
+
+        This process is recorded as its writer: until it is finished, opening the store (here or in another
+        process) leaves it streaming while this process runs, and marks it 'interrupted' once it has ended.
+        Raises NotFoundError (chat or parent), StorageError.
+        """
         return await self._insert_message(chat_id, "assistant", content, parent_id, model, None)
 
     async def update_message_text(self, message_id: int, content: str) -> None:
@@ -219,7 +232,7 @@ class Store(JobsMixin):
         async with self._write():
             count, _ = await self._run(
                 "UPDATE message SET content = ?, finish_reason = ?, prompt_tokens = ?, completion_tokens = ?, "
-                "ttft_ms = ?, tokens_per_s = ?, updated_at = ? WHERE id = ?",
+                "ttft_ms = ?, tokens_per_s = ?, writer_pid = NULL, writer_started = NULL, updated_at = ? WHERE id = ?",
                 (content, finish_reason, prompt_tokens, completion_tokens, ttft_ms, tokens_per_s, stamp,
                  message_id))
             if count:
@@ -290,18 +303,3 @@ class Store(JobsMixin):
 
 
 __all__ = ["Store", "StorageError", "NotFoundError"]
-
-
-def _process_alive(pid: int | None) -> bool:
-    """Is `pid` a live process other than a dead runner? None (no owner recorded) counts as dead."""
-    if pid is None:
-        return False
-    if pid == os.getpid():
-        return False  # this process is only opening the store: it runs nothing yet
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

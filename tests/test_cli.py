@@ -478,3 +478,14 @@ def test_a_bad_kv_budget_is_one_usage_line(capsys):
 def test_a_kv_budget_too_small_for_the_prompt_is_a_clear_error(capsys):
     assert main(["chat", "hi", *TINY, "--kv-budget", "4KiB", "--max-tokens", "64"]) != 0
     assert "could never run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["jobs", "list"], ["jobs", "submit", "job.jsonl"], ["tui", *TINY]])
+def test_a_db_path_in_a_missing_folder_exits_2_naming_it(tmp_path, capsys, argv):
+    """A typo in `--db` must not start a new, empty history somewhere: one error line, status 2, nothing created."""
+    db = tmp_path / "no" / "such" / "baton.db"
+    assert main([*argv, "--db", str(db)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("baton: error: "), err
+    assert str(db) in err and f"folder {db.parent} does not exist" in err
+    assert not (tmp_path / "no").exists()

@@ -288,6 +288,39 @@ async def test_progress_reports_counts_rate_and_eta_while_running(tmp_path, stor
     assert runner.progress(job.id) is None  # not running any more
 
 
+def pause_after_first_listing(store: Store, barrier: asyncio.Barrier) -> None:
+    """Make the store's first `list_jobs()` wait at `barrier` after reading: runners that share the barrier
+    have all seen the same queue before any of them goes on to take a job (a race, made deterministic)."""
+    original, waited = store.list_jobs, False
+
+    async def list_jobs():
+        nonlocal waited
+        jobs = await original()
+        if not waited:
+            waited = True
+            await barrier.wait()
+        return jobs
+
+    store.list_jobs = list_jobs
+
+
+async def test_two_runners_racing_for_one_queued_job_run_it_once(tmp_path, engine):
+    """Two runners on two connections to one file both see job 1 queued: exactly one claims and runs it (each
+    item goes to the engine once), the other skips it."""
+    path = tmp_path / "jobs.db"
+    async with await Store.open(path) as a, await Store.open(path) as b:
+        job = await submit_job(a, batch_file(tmp_path / "reqs.jsonl", 3, max_tokens=4))
+        both_looked = asyncio.Barrier(2)
+        pause_after_first_listing(a, both_looked)
+        pause_after_first_listing(b, both_looked)
+        recorder = Recorder(engine)
+        ran = await asyncio.gather(JobRunner(a, engine).run_queued(), JobRunner(b, engine).run_queued())
+        assert sorted(ran) == [[], [job.id]]
+        assert recorder.priorities == [Priority.BATCH] * 3  # every item computed once
+        job = await b.get_job(job.id)
+        assert (job.status, job.done, job.failed) == ("done", 3, 0)
+
+
 # ---------------------------------------------------------------------------------------- agent tasks
 async def test_agent_task_transcript_chat_and_agent_priority(tmp_path, store, engine):
     path = tmp_path / "task.json"

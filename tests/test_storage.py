@@ -7,6 +7,7 @@ import os
 import asyncio
 import json
 import sqlite3
+import subprocess
 import sys
 
 import pytest
@@ -41,6 +42,13 @@ def assert_write_lock_free(path) -> None:
         other.close()
 
 
+def exited_pid() -> int:
+    """The pid of a process that has exited (and been waited for)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert proc.wait(timeout=60) == 0
+    return proc.pid
+
+
 # ---- schema and connection -------------------------------------------------------------------
 
 async def test_migrates_an_empty_file_and_reopens_idempotently(tmp_path):
@@ -58,8 +66,14 @@ async def test_migrates_an_empty_file_and_reopens_idempotently(tmp_path):
         assert [c.id for c in await s.list_chats()] == [chat.id]
 
 
-async def test_missing_folders_are_created(tmp_path):
+async def test_an_explicit_path_in_a_missing_folder_is_refused(tmp_path):
+    """A mistyped path must not silently start a new, empty history: only the default folder is created."""
     path = tmp_path / "a" / "b" / "baton.db"
+    with pytest.raises(StorageError, match=f"folder {tmp_path / 'a' / 'b'} does not exist") as info:
+        await Store.open(path)
+    assert str(info.value).startswith(f"{path}: ") and info.value.path == str(path)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "a" / "b").mkdir(parents=True)  # once the folder is there, the file is created in it
     async with await Store.open(path) as s:
         await s.create_chat("x")
     assert path.is_file()
@@ -413,7 +427,7 @@ async def test_jobs_resume_after_restart_without_rerunning_items(tmp_path):
             "batch", "queued", 5, 0, {"model": "m"}, "/in.jsonl")
         pending = await s.pending_items(job.id)
         assert [(p.idx, p.custom_id, p.request) for p in pending] == [(i, f"req-{i}", items[i]) for i in range(5)]
-        await s.set_job_status(job.id, "running")
+        assert (await s.claim_job(job.id)).status == "running"
         assert await s.complete_item(pending[0].id, {"text": "a0"}) is True
         assert await s.complete_item(pending[0].id, {"text": "again"}) is False  # no duplicate, no overwrite
         assert await s.fail_item(pending[1].id, "boom") is True
@@ -421,6 +435,8 @@ async def test_jobs_resume_after_restart_without_rerunning_items(tmp_path):
         assert await s.complete_item(pending[3].id, ["a3"]) is True
         assert await s.job_progress(job.id) == (2, 1, 5)
         first_ids = [p.id for p in pending]
+    with sqlite3.connect(path) as raw:  # the runner that claimed the job is gone (as after a kill)
+        raw.execute("UPDATE job SET owner_pid = ? WHERE id = ?", (exited_pid(), job.id))
     # "restart": the job was left running, so it comes back queued, with only unfinished items pending
     async with await Store.open(path) as s:
         job2 = await s.get_job(job.id)
@@ -461,6 +477,25 @@ async def test_job_listing_statuses_and_errors(store):
     assert [j.id for j in await store.list_jobs()] == [b.id]
 
 
+async def test_a_queued_job_is_claimed_by_exactly_one_connection(tmp_path):
+    """`claim_job` is a compare-and-swap: of two connections (two runners) claiming one queued job at once,
+    one gets it running, owned by this process; the other, and any later claim, gets None."""
+    path = tmp_path / "baton.db"
+    async with await Store.open(path) as a, await Store.open(path) as b:
+        job = await a.create_job("batch", "contested", [{"x": 1}])
+        claims = await asyncio.gather(a.claim_job(job.id), b.claim_job(job.id))
+        assert sorted(c is None for c in claims) == [False, True]
+        assert next(c for c in claims if c is not None).status == "running"
+        assert (await b._fetchone("SELECT owner_pid FROM job WHERE id = ?", (job.id,)))[0] == os.getpid()
+        assert await a.claim_job(job.id) is None and await b.claim_job(job.id) is None  # running: not claimable
+        await a.set_job_status(job.id, "paused")
+        assert await b.claim_job(job.id) is None  # paused: not claimable either
+        with pytest.raises(ValueError, match="claim_job"):
+            await a.set_job_status(job.id, "running")
+        with pytest.raises(NotFoundError):
+            await a.claim_job(999)
+
+
 # ---- export ----------------------------------------------------------------------------------
 
 async def test_export_markdown_and_json(store):
@@ -498,7 +533,7 @@ async def test_a_version_1_database_gains_the_job_owner_column(tmp_path):
     async with await Store.open(path) as store:
         assert await store.schema_version() == migrations.LATEST >= 2
         assert [j.name for j in await store.list_jobs()] == ["old job"]
-        await store.set_job_status(1, "running")
+        await store.claim_job(1)
         assert (await store._fetchone("SELECT owner_pid FROM job WHERE id = 1"))[0] == os.getpid()
 
 
@@ -542,3 +577,48 @@ async def test_a_version_2_database_keeps_its_rows_and_stops_reusing_ids(tmp_pat
         assert [h.message.id for h in await store.search("ice")] == [3]
         assert not await store._fetchall("PRAGMA foreign_key_check")
         assert (await store._fetchone("PRAGMA foreign_keys"))[0] == 1
+
+
+async def test_a_version_3_database_keeps_every_row_and_its_unfinished_work_is_recovered_as_before(tmp_path):
+    """Schema step 4 adds the writer process (pid, start time) of streaming answers and running jobs. Rows
+    written before it have none: an unfinished answer is marked interrupted and a job left running by this
+    pid is queued again on open (the old rule), and nothing else changes."""
+    path = tmp_path / "old.db"
+    conn = await sdb.connect(str(path), 1.0)
+    try:
+        assert await migrations.migrate(conn, migrations.STEPS[:3]) == 3
+        stamp = "2026-01-01T00:00:00+00:00"
+        await conn.execute("INSERT INTO chat (id, title, created_at, updated_at) VALUES (1, 'kept', ?, ?)",
+                           (stamp, stamp))
+        for mid, parent, role, content, reason in [(1, None, "user", "tell me about otters", None),
+                                                   (2, 1, "assistant", "Otters hold hands", "stop"),
+                                                   (3, 2, "user", "and more?", None),
+                                                   (4, 3, "assistant", "They sleep flo", None)]:
+            await conn.execute("INSERT INTO message (id, chat_id, parent_id, role, content, finish_reason, "
+                               "created_at, updated_at) VALUES (?, 1, ?, ?, ?, ?, ?, ?)",
+                               (mid, parent, role, content, reason, stamp, stamp))
+        await conn.execute("INSERT INTO job (id, kind, name, status, total_items, created_at, updated_at, owner_pid) "
+                           "VALUES (1, 'batch', 'old run', 'running', 2, ?, ?, ?)", (stamp, stamp, os.getpid()))
+        await conn.execute("INSERT INTO job (id, kind, name, status, created_at, updated_at) "
+                           "VALUES (2, 'batch', 'old done', 'done', ?, ?)", (stamp, stamp))
+        await conn.execute("INSERT INTO job_item (job_id, idx, request, status) VALUES (1, 0, '{}', 'done')")
+        await conn.execute("INSERT INTO job_item (job_id, idx, request) VALUES (1, 1, '{}')")
+        await conn.commit()
+    finally:
+        await conn.close()
+    async with await Store.open(path) as store:
+        assert await store.schema_version() == migrations.LATEST >= 4
+        assert (store.recovered_messages, store.recovered_jobs) == (1, 1)
+        messages = await store.list_messages(1)
+        assert [(m.id, m.parent_id, m.role, m.content) for m in messages] == [
+            (1, None, "user", "tell me about otters"), (2, 1, "assistant", "Otters hold hands"),
+            (3, 2, "user", "and more?"), (4, 3, "assistant", "They sleep flo")]
+        assert [m.finish_reason for m in messages] == [None, "stop", None, "interrupted"]
+        assert [h.message.id for h in await store.search("otters")] == [2, 1]
+        assert [h.message.id for h in await store.search("sleep")] == [4]
+        assert [(j.id, j.status, j.done, j.total) for j in await store.list_jobs()] == [
+            (2, "done", 0, 0), (1, "queued", 1, 2)]
+        assert not await store._fetchall("PRAGMA foreign_key_check")
+        columns = {r[1] for r in await store._fetchall("PRAGMA table_info(message)")}
+        assert {"writer_pid", "writer_started"} <= columns
+        assert "owner_started" in {r[1] for r in await store._fetchall("PRAGMA table_info(job)")}

@@ -11,9 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from storage import StorageError, Store
+from storage import StorageError, Store, writers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,7 @@ async def main(path):
         text += word + " "
         await s.update_message_text(answer.id, text)
     job = await s.create_job("batch", "half done", [{"custom_id": str(i)} for i in range(4)])
-    await s.set_job_status(job.id, "running")
+    await s.claim_job(job.id)
     items = await s.pending_items(job.id)
     await s.complete_item(items[0].id, {"ok": 0})
     await s.fail_item(items[1].id, "bad request")
@@ -140,11 +141,16 @@ async def test_a_directory_is_refused(tmp_path):
     assert list(folder.iterdir()) == []
 
 
-async def test_a_folder_that_cannot_be_created_is_refused(tmp_path):
+async def test_a_folder_that_is_a_file_or_cannot_be_created_is_refused(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(StorageError, match="cannot create its folder"):
+    with pytest.raises(StorageError, match=f"{blocker} is not a folder"):
         await Store.open(blocker / "baton.db")
+    if sys.platform == "linux":  # the default path's folder is created, and cannot be under a file
+        monkeypatch.setenv("XDG_DATA_HOME", str(blocker / "data"))
+        with pytest.raises(StorageError, match="cannot create its folder"):
+            await Store.open()
+    assert blocker.read_text() == "x"
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores file permissions")
@@ -226,13 +232,14 @@ async def test_reopening_leaves_a_job_of_a_live_runner_alone(tmp_path):
     store = await Store.open(path)
     live = await store.create_job("batch", "live", [{"custom_id": "a"}])
     dead = await store.create_job("batch", "dead", [{"custom_id": "b"}])
-    await store.set_job_status(live.id, "running")
-    await store.set_job_status(dead.id, "running")
+    await store.claim_job(live.id)
+    await store.claim_job(dead.id)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     try:
-        await store._run("UPDATE job SET owner_pid = ? WHERE id = ?", (sleeper.pid, live.id))  # a live runner
+        await store._run("UPDATE job SET owner_pid = ?, owner_started = ? WHERE id = ?",  # a live runner
+                         (sleeper.pid, psutil.Process(sleeper.pid).create_time(), live.id))
         await store._run("UPDATE job SET owner_pid = ? WHERE id = ?", (gone.pid, dead.id))  # a killed one
         await store._conn.commit()
         await store.close()
@@ -243,3 +250,89 @@ async def test_reopening_leaves_a_job_of_a_live_runner_alone(tmp_path):
         await again.close()
     finally:
         sleeper.kill()
+
+
+# ---- recovery touches only the work of processes that are gone -----------------------------------------
+
+# Opens the store, starts an answer and exits without finishing it (what a crash leaves); prints its id.
+ABANDONING_APP = r"""
+import asyncio, sys
+from storage import Store
+
+async def main(path):
+    async with await Store.open(path) as s:
+        chat = await s.create_chat("abandoned")
+        answer = await s.start_assistant_message(chat.id, None, "smollm2", "half an ans")
+        print(answer.id, flush=True)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def run_python(code: str, *args: str) -> str:
+    """Run `code` in a fresh interpreter (with this checkout first on the path) to its end; its stdout."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+async def test_another_open_leaves_a_live_writers_answer_streaming(tmp_path):
+    """The TUI streams an answer (connection A); a second `Store.open` in this process (connection B) and
+    `baton jobs list` in another process must not mark it interrupted: its writer still runs."""
+    path = tmp_path / "baton.db"
+    async with await Store.open(path) as a:
+        chat = await a.create_chat("live")
+        user = await a.add_message(chat.id, "user", "Explain quicksort")
+        answer = await a.start_assistant_message(chat.id, user.id, "smollm2", "Quicksort")
+        async with await Store.open(path) as b:
+            assert b.recovered_messages == 0
+            assert (await b.get_message(answer.id)).streaming
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        listed = subprocess.run([sys.executable, "-m", "app.cli", "jobs", "list", "--db", str(path)],
+                                capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+        assert listed.returncode == 0, listed.stderr
+        assert (await a.get_message(answer.id)).streaming
+        await a.update_message_text(answer.id, "Quicksort partitions")
+        done = await a.finish_message(answer.id, "Quicksort partitions.", "stop", completion_tokens=3)
+        assert (done.finish_reason, done.content) == ("stop", "Quicksort partitions.")
+
+
+async def test_open_marks_interrupted_only_answers_whose_writer_is_gone(tmp_path):
+    path = tmp_path / "baton.db"
+    async with await Store.open(path) as a:
+        chat = await a.create_chat("mine")
+        mine = await a.start_assistant_message(chat.id, None, "smollm2", "still coming")
+        abandoned = int(run_python(ABANDONING_APP, str(path)))  # its writer has exited
+        reused = await a.start_assistant_message(chat.id, None, "smollm2", "a pid given again")
+        # what a process that died, whose pid this process then got, would have left:
+        await a._run("UPDATE message SET writer_started = writer_started - 3600 WHERE id = ?", (reused.id,))
+        async with await Store.open(path) as b:
+            assert b.recovered_messages == 2
+            assert (await b.get_message(abandoned)).finish_reason == "interrupted"
+            assert (await b.get_message(abandoned)).content == "half an ans"
+            assert (await b.get_message(reused.id)).finish_reason == "interrupted"
+            assert (await b.get_message(mine.id)).streaming
+
+
+async def test_another_open_in_the_same_process_leaves_its_running_job_alone(tmp_path):
+    """A job claimed by a runner of this process stays `running` when this process opens the store again (it
+    was put back to `queued`, where a second runner could claim it and run it twice)."""
+    path = tmp_path / "baton.db"
+    async with await Store.open(path) as a:
+        job = await a.create_job("batch", "busy", [{"custom_id": "a"}])
+        await a.claim_job(job.id)
+        async with await Store.open(path) as b:
+            assert b.recovered_jobs == 0
+            assert (await b.get_job(job.id)).status == "running"
+            assert await b.claim_job(job.id) is None
+
+
+def test_a_writer_is_alive_only_while_that_very_process_runs():
+    pid, started = writers.this_process()
+    assert writers.is_alive(pid, started)
+    assert not writers.is_alive(pid, started - 3600)  # the pid of a dead writer, given again to this process
+    assert not writers.is_alive(None, None)  # an answer written before writers were recorded
+    assert not writers.is_alive(pid, None)  # a job of schema 2 or 3 naming this pid: the old rule
+    assert not any(writers.is_alive(p, s) for p in (-5, 0, 2**40) for s in (started, None))  # damaged rows

@@ -6,7 +6,9 @@
 
 A batch job's pending items all go to the engine at once (`app.jobs.batch`); an agent task's steps run one
 after another (`app.jobs.agent`). Every item's outcome is committed as it completes, so after a crash or a
-kill the job resumes with the items not yet finished, and the store never lets an item finish twice.
+kill the job resumes with the items not yet finished, and the store never lets an item finish twice. A job is
+taken with `Store.claim_job` (a compare-and-swap from `queued` to `running`), so when several runners share
+one queue (in this process or others) each job runs in exactly one of them.
 
 Pausing or cancelling a job that runs here cancels its requests in flight (their items stay pending); the
 same request made by another process (`baton jobs pause ID` while `baton jobs run` works) is noticed within
@@ -71,6 +73,7 @@ class JobRunner:
     async def run_queued(self, watch: bool = False, poll_s: float = 1.0) -> list[int]:
         """Run queued jobs one at a time in creation order (re-reading the queue after each).
 
+        A job another runner (in this process or another) claims first is left to it (`Store.claim_job`).
         Args:
             watch: keep waiting for new queued jobs instead of returning when none is left.
             poll_s: seconds between looks at the queue while waiting.
@@ -83,9 +86,9 @@ class JobRunner:
         """
         ran: list[int] = []
         while True:
-            queued = [j for j in reversed(await self.store.list_jobs()) if j.status == "queued"]
-            if queued:
-                job = await self.run_job(queued[0].id)
+            claimed = await self._claim_next()
+            if claimed is not None:
+                job = await self._run_claimed(claimed)
                 ran.append(job.id)
                 if job.status != "queued":
                     continue
@@ -100,45 +103,27 @@ class JobRunner:
     async def run_job(self, job_id: int) -> Job:
         """Run a job's pending items until they are all finished, or the job is paused or cancelled.
 
-        A job that is paused, cancelled, done or failed is returned as it is. The job ends `done` (a batch
-        job also when some items failed), `failed` (an agent step failed), or keeps the `paused` /
-        `cancelled` status it was given. If the task is cancelled, the job goes back to `queued`.
+        A job that is not queued (paused, cancelled, done, failed, or running in another runner), or that
+        another runner claims first, is returned as it is. The job ends `done` (a batch job also when some
+        items failed), `failed` (an agent step failed), or keeps the `paused` / `cancelled` status it was
+        given. If the task is cancelled, the job goes back to `queued`.
         Returns:
             The job as stored at the end.
         Raises:
             NotFoundError: no such job. RuntimeError: the engine is not running, or the job is already
             running in this runner. StorageError: the store fails (the job stays `running` in the store,
-            and is queued again when the store is next opened).
+            and is queued again when the store is opened after this process has ended).
         """
         job = await control.require_job(self.store, job_id)
-        if job.status not in ("queued", "running"):
-            return job
-        if not self.engine.started:
-            raise RuntimeError("the engine is not running: start it before running jobs")
-        if job_id in self._runs:
+        if job.status == "running" and job_id in self._runs:
             raise RuntimeError(f"job {job_id} is already running")
-        job = await self.store.set_job_status(job_id, "running")
-        run = JobRun(job, self.engine)
-        run.on_change = lambda: self._publish(run, "running")
-        self._runs[job_id] = run
-        watcher = asyncio.create_task(self._watch(run))
-        try:
-            self._publish(run, "running")
-            final = await (agent_task.run_steps(self.store, run) if job.kind == "agent" else self._run_batch(run))
-        except asyncio.CancelledError:
-            if run.stop not in STOPPED:
-                await self.store.set_job_status(job_id, "queued")
-            raise
-        finally:
-            watcher.cancel()
-            self._runs.pop(job_id, None)
-        if final is None and run.stop in STOPPED:  # paused or cancelled: keep the status it was given
-            job = await control.require_job(self.store, job_id)
-            self._publish(run, job.status)
+        if job.status != "queued":
             return job
-        job = await self.store.set_job_status(job_id, final or "queued")  # None: the engine went away
-        self._publish(run, job.status)
-        return job
+        self._check_engine()
+        claimed = await self.store.claim_job(job_id)
+        if claimed is None:  # another runner was first
+            return await control.require_job(self.store, job_id)
+        return await self._run_claimed(claimed)
 
     async def pause(self, job_id: int) -> Job:
         """Pause a job: no new items start; requests in flight here are cancelled and their items stay
@@ -161,6 +146,45 @@ class JobRunner:
         return job
 
     # ------------------------------------------------------------------------------- internals
+    def _check_engine(self) -> None:
+        if not self.engine.started:
+            raise RuntimeError("the engine is not running: start it before running jobs")
+
+    async def _claim_next(self) -> Job | None:
+        """Claim the oldest queued job that no other runner claims first; None when there is none."""
+        for job in reversed(await self.store.list_jobs()):
+            if job.status == "queued":
+                self._check_engine()
+                claimed = await self.store.claim_job(job.id)
+                if claimed is not None:
+                    return claimed
+        return None
+
+    async def _run_claimed(self, job: Job) -> Job:
+        """Run a job this runner has claimed (it is `running`, owned by this process) to its end."""
+        job_id = job.id
+        run = JobRun(job, self.engine)
+        run.on_change = lambda: self._publish(run, "running")
+        self._runs[job_id] = run
+        watcher = asyncio.create_task(self._watch(run))
+        try:
+            self._publish(run, "running")
+            final = await (agent_task.run_steps(self.store, run) if job.kind == "agent" else self._run_batch(run))
+        except asyncio.CancelledError:
+            if run.stop not in STOPPED:
+                await self.store.set_job_status(job_id, "queued")
+            raise
+        finally:
+            watcher.cancel()
+            self._runs.pop(job_id, None)
+        if final is None and run.stop in STOPPED:  # paused or cancelled: keep the status it was given
+            job = await control.require_job(self.store, job_id)
+            self._publish(run, job.status)
+            return job
+        job = await self.store.set_job_status(job_id, final or "queued")  # None: the engine went away
+        self._publish(run, job.status)
+        return job
+
     async def _run_batch(self, run: JobRun) -> str | None:
         """Run every pending item at once. Returns "done", or None when items are left pending."""
         tasks = [asyncio.create_task(batch_job.run_item(self.store, run, item))
