@@ -49,7 +49,8 @@ def add_jobs_subparser(subparsers: Any, engine_parent: argparse.ArgumentParser) 
     """
     db = argparse.ArgumentParser(add_help=False)
     db.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS,
-                    help="history database (default: baton.db in the user data folder)")
+                    help="history database (default: baton.db in the user data folder; the folder of a "
+                         "PATH given here must exist)")
     parser = subparsers.add_parser("jobs", parents=[db], help="persistent background jobs (batch files, agent tasks)",
                                    description=JOBS_DESCRIPTION)
     parser.set_defaults(handler=handle_list)

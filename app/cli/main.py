@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tui = argparse.ArgumentParser(add_help=False)
     group = tui.add_argument_group("TUI")
-    group.add_argument("--db", metavar="PATH", help="chat history database (default: baton.db in the user data folder)")
+    group.add_argument("--db", metavar="PATH", help="chat history database (default: baton.db in the user data "
+                       "folder, created if needed; the folder of a PATH given here must exist)")
     group.add_argument("--theme", metavar="NAME", help="theme for this run (default: the one last chosen in the app)")
 
     parser = argparse.ArgumentParser(
