@@ -124,14 +124,6 @@ class Scheduler:
             heapq.heappop(self._heap)
         return None
 
-    def pop(self) -> Request:
-        """Remove and return `peek()` (which must not be None)."""
-        req = self.peek()
-        assert req is not None, "pop from an empty queue"
-        heapq.heappop(self._heap)
-        del self._waiting[req.request_id]
-        return req
-
     def waiting(self) -> list[Request]:
         """Waiting and swapped requests in admission order (a copy)."""
         return sorted(self._waiting.values(), key=self._order)
