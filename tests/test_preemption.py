@@ -165,7 +165,11 @@ def test_scheduler_orders_by_priority_then_swapped_then_arrival():
     s.remove("old")
     s.requeue(swapped_batch)
     s.add(agent)
-    assert [s.pop().request_id for _ in range(3)] == ["a", "old", "new"]
+    order = []
+    while (head := s.peek()) is not None:  # the head of the queue, taken as a plan's step takes it
+        order.append(head.request_id)
+        assert s.take(head)
+    assert order == ["a", "old", "new"]
 
 
 def test_victim_is_lowest_priority_most_recent_and_never_pinned():
