@@ -57,7 +57,9 @@ class ChatScreen(Screen):
     """
 
     COMMANDS = {BatonCommands}
-    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-medium"), (150, "-wide")]  # side columns shrink
+    # Side columns shrink as the terminal narrows; below 130 columns the live panel moves under the chat
+    # (baton.tcss), so the open chat keeps its width from 60 columns up.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-medium"), (130, "-roomy"), (150, "-wide")]
     BINDINGS = [
         Binding("ctrl+n", "new_chat", "New chat"),
         Binding("escape", "stop", "Stop", tooltip="Stop the open chat's answer (the partial answer is kept)"),

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from textual import events
 from textual.message import Message
+from textual.strip import Strip
 from textual.widgets import TextArea
 
 PLACEHOLDER = "Message (Enter sends · Shift+Enter / Ctrl+J new line)"
@@ -29,6 +30,15 @@ class PromptInput(TextArea):
         super().__init__(id=id, soft_wrap=True, tab_behavior="focus", show_line_numbers=False,
                          highlight_cursor_line=False, placeholder=PLACEHOLDER, compact=True)
         self.editing: int | None = None
+
+    def render_line(self, y: int) -> Strip:
+        """A line of the box. While a layout pass gives it no width (a terminal narrower than the side columns,
+        before they give way), the placeholder is not drawn: Textual's `TextArea` wraps it at width 0, which
+        raises in rich's `chop_cells` and used to kill the app (issue #10.1; upstream: textual 8.2.8
+        `TextArea.render_line`)."""
+        if not self.text and self.placeholder and self.content_size.width <= 0:
+            return Strip.blank(self.size.width)
+        return super().render_line(y)
 
     def begin_edit(self, message_id: int, text: str) -> None:
         """Edit a sent message: load its text; the next submission replaces it."""
