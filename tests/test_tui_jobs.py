@@ -181,3 +181,31 @@ async def test_the_live_panel_labels_job_rows_with_batch_priority(engine, store,
     # quitting stops the runner cleanly: the job goes back to the queue, its finished items kept
     job = await store.get_job(job.id)
     assert job.status == "queued" and job.pending > 0
+
+
+async def test_a_refresh_of_the_jobs_screen_never_cancels_a_status_change(engine, store, tmp_path):
+    """The screen's periodic and progress-driven refresh was an exclusive worker in the same group as the
+    user's pause / resume / cancel, so a refresh landing while a change was in flight cancelled the change
+    (seen as a job that "stayed running" after X and confirm)."""
+    import asyncio
+
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        job = await submit_job(store, batch_file(tmp_path / "long.jsonl", MANY, max_tokens=LONG))
+        screen = await open_jobs(pilot)
+        await wait_status(pilot, store, job.id, "running")
+        release = asyncio.Event()
+        real_cancel = screen.runner.cancel
+
+        async def held_cancel(job_id):
+            await release.wait()  # the change is in flight ...
+            return await real_cancel(job_id)
+
+        screen.runner.cancel = held_cancel
+        screen.cancel(job.id)
+        await pilot.pause()
+        screen.reload()  # ... when a refresh starts
+        await pilot.pause()
+        release.set()
+        await wait_status(pilot, store, job.id, "cancelled")

@@ -30,7 +30,8 @@ from .preferences import PreferencesWarning, load_preferences, save_preferences
 from .screens.chat import ChatScreen
 
 FAILURE_TITLES = {"generation": "Answer failed", "model": "Model failed to load", "store": "Storage error",
-                  "search": "Search failed", "jobs": "Background jobs failed"}
+                  "search": "Search failed", "jobs": "Background jobs failed",
+                  "jobs-view": "Storage error"}
 
 
 class BatonApp(App[None]):

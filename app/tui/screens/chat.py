@@ -184,6 +184,7 @@ class ChatScreen(Screen):
             self.show_archived = True
             self._run(self.library.load(True, select=hit.chat.id))
         self._run(self.library.open(hit.chat.id))
+        self.query_one(PromptInput).focus()
 
     def action_settings(self) -> None:
         """Edit the open chat's settings."""
@@ -227,6 +228,7 @@ class ChatScreen(Screen):
         """List (and highlight) a chat and open it, e.g. an agent task's transcript."""
         self._run(self.library.load(self.show_archived, select=chat_id))
         self._run(self.library.open(chat_id))
+        self.query_one(PromptInput).focus()
 
     def action_stop(self) -> None:
         """Stop the open chat's answer."""
@@ -291,6 +293,7 @@ class ChatScreen(Screen):
     @on(ChatList.ChatChosen)
     def _chat_chosen(self, event: ChatList.ChatChosen) -> None:
         self._run(self.library.open(event.chat_id))
+        self.query_one(PromptInput).focus()  # what the user types next goes to the chat they chose
 
     @on(m.ChatsLoaded)
     def _chats_loaded(self, event: m.ChatsLoaded) -> None:
@@ -322,6 +325,7 @@ class ChatScreen(Screen):
         if self._chat_id() == event.chat_id:
             await self.pane.close_chat()
         self._run(self.library.load(self.show_archived))
+        self.query_one(PromptInput).focus()  # the screen says "type below": keys must go there
 
     @on(m.ChatExported)
     def _exported(self, event: m.ChatExported) -> None:

@@ -132,7 +132,8 @@ class JobsScreen(Screen):
     # ------------------------------------------------------------------------------ data
     def reload(self) -> None:
         """Read the jobs from the store again (in a worker)."""
-        self.run_worker(self._reload(), name="read jobs", group="store", exclusive=True, exit_on_error=False)
+        # Its own group: `exclusive` cancels the previous refresh only, never a submit or a status change.
+        self.run_worker(self._reload(), name="read jobs", group="jobs-view", exclusive=True, exit_on_error=False)
 
     async def _reload(self) -> None:
         jobs = await self.store.list_jobs()
