@@ -105,6 +105,7 @@ class Engine:
         self._finished_ids: deque[str] = deque(maxlen=4096)
         self._core: EngineCore | None = None
         self._stopped = False
+        self.max_model_len: int | None = None  # tokens of one request's context, set by start()
 
     # ------------------------------------------------------------------------------- lifecycle
     @property
@@ -266,7 +267,9 @@ class Engine:
         if isinstance(prompt, str):
             if prompt.isspace() or not prompt:  # no stripped copy of a long prompt
                 raise ValueError("prompt: must not be empty")
-            self._check_text(prompt, "the prompt")
+            if (problem := text_problem(prompt)) is not None:
+                raise ValueError(f"prompt: {problem}")
+            self._check_fits(prompt, "the prompt")
             with self._lock:
                 return tok(prompt).input_ids
         prompt = list(prompt)
@@ -277,12 +280,11 @@ class Engine:
                 if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                     raise ValueError("prompt: every chat message needs string 'role' and 'content' fields")
                 for key in ("role", "content"):
-                    problem = text_problem(m[key])
-                    if problem is not None:
+                    if (problem := text_problem(m[key])) is not None:
                         raise ValueError(f"prompt: message {i} {key}: {problem}")
             with self._lock:
                 text = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-            self._check_text(text, "the prompt with its chat template")  # what is tokenized: the rendered text
+            self._check_fits(text, "the prompt with its chat template")  # what is tokenized: the rendered text
             with self._lock:
                 return tok(text, add_special_tokens=False).input_ids
         vocab = self.model.model.config.vocab_size
@@ -290,18 +292,15 @@ class Engine:
             raise ValueError(f"prompt: token ids must be integers in [0, {vocab})")
         return prompt
 
-    def _check_text(self, text: str, what: str) -> None:
-        """Refuse text that the tokenizer cannot take or that cannot fit in the context, without tokenizing it.
+    def _check_fits(self, text: str, what: str) -> None:
+        """Refuse text that cannot fit in the context, without tokenizing it (its UTF-8 is checked before).
 
         Raises:
-            ValueError: `prompt: not valid UTF-8 text ...`, or `prompt: <what> is N characters, ...` when N is
-                more than `max_model_len` times the most characters one token stands for.
+            ValueError: `prompt: <what> is N characters, ...` when N (characters) is more than `max_model_len`
+                (tokens) times the most characters one token stands for.
         """
-        problem = text_problem(text)
-        if problem is not None:
-            raise ValueError(f"prompt: {problem}")
         per_token = max_token_chars(self.model.tokenizer)
-        max_len = getattr(self, "max_model_len", None) or self.model.max_model_len  # set by start()
+        max_len = self.max_model_len or self.model.max_model_len  # before start(): the model's own
         if per_token is not None and len(text) > max_len * per_token:
             raise ValueError(f"prompt: {what} is {len(text)} characters, which cannot fit in the context of "
                              f"{max_len} tokens (max_model_len): one token of this model stands for at most "

@@ -22,7 +22,13 @@ _bounds: "weakref.WeakKeyDictionary[object, int | None]" = weakref.WeakKeyDictio
 
 
 def text_problem(text: str) -> str | None:
-    """Why `text` cannot be encoded as UTF-8 (a lone surrogate, named as an escape), or None when it can."""
+    """Why `text` cannot be encoded as UTF-8, or None when it can (exported as `backend.text_problem`: the
+    app's parsers refuse exactly what the engine refuses).
+
+    Returns:
+        e.g. `not valid UTF-8 text: a lone surrogate \\ud83d at character 3` (the surrogate written as an
+        escape, so the message itself is valid text).
+    """
     m = _LONE_SURROGATE.search(text)
     if m is None:
         return None

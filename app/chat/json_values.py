@@ -8,29 +8,18 @@
   number that is not finite cannot be stored.
 
 Every parser of user input refuses such values, naming the field, so only that request or line fails.
-Imports nothing from the engine.
+Text is checked with the engine's own `backend.text_problem` (torch-free), so the app and the engine's
+intake refuse exactly the same strings.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
-_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+from backend import text_problem  # the engine's own intake check: one definition
 
-
-def text_problem(text: str) -> str | None:
-    """What makes `text` not valid UTF-8 text, or None when it is.
-
-    Returns:
-        e.g. `not valid UTF-8 text: a lone surrogate \\ud83d at character 3` (the surrogate written as an
-        escape, so the message itself is valid text).
-    """
-    m = _LONE_SURROGATE.search(text)
-    if m is None:
-        return None
-    return f"not valid UTF-8 text: a lone surrogate \\u{ord(m.group()):04x} at character {m.start()}"
+__all__ = ["text_problem", "value_problem"]
 
 
 def value_problem(value: Any, path: str) -> str | None:
@@ -62,8 +51,8 @@ def value_problem(value: Any, path: str) -> str | None:
                 children = []
                 for key, child in item.items():
                     name = _field_name(where, key)
-                    if isinstance(key, str) and text_problem(key) is not None:
-                        return f"{where}: a field name is {text_problem(key)}"
+                    if isinstance(key, str) and (problem := text_problem(key)) is not None:
+                        return f"{where}: a field name is {problem}"
                     children.append((child, name))
             else:
                 children = [(child, f"{where}[{i}]") for i, child in enumerate(item)]

@@ -38,8 +38,8 @@ def chat_messages(question: str, system: str | None = None) -> list[dict[str, st
     """
     if not question.strip():
         raise UsageError("the question must not be empty")
-    if text_problem(question) is not None:
-        raise UsageError(f"the question is {text_problem(question)}")
+    if (problem := text_problem(question)) is not None:
+        raise UsageError(f"the question is {problem}")
     return system_messages(system) + [{"role": "user", "content": question}]
 
 
@@ -53,8 +53,8 @@ def system_messages(system: str | None) -> list[dict[str, str]]:
         return []
     if not system.strip():
         raise UsageError("--system: must not be empty")
-    if text_problem(system) is not None:
-        raise UsageError(f"--system: {text_problem(system)}")
+    if (problem := text_problem(system)) is not None:
+        raise UsageError(f"--system: {problem}")
     return [{"role": "system", "content": system}]
 
 

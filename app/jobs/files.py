@@ -63,8 +63,8 @@ def load_job_file(path: str | Path, name: str | None = None) -> JobFile:
         raise ValueError(f"{path}: cannot read the job file: {exc.strerror or exc}") from None
     if name is not None and not name.strip():
         raise ValueError("name: must not be empty")
-    if name is not None and text_problem(name) is not None:
-        raise ValueError(f"name: {text_problem(name)}")
+    if name is not None and (problem := text_problem(name)) is not None:
+        raise ValueError(f"name: {problem}")
     suffix, stem = path.suffix.lower(), path_text(path.stem)
     try:
         if suffix == ".jsonl":
