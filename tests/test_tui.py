@@ -55,6 +55,44 @@ def status_text(screen) -> str:
     return str(screen.query_one(StatusLine).query_one("#status-text").render())
 
 
+# ----------------------------------------------------------------------------------- focus
+# Focus follows the user (issue #10.3): after choosing a chat in the list, or deleting the open one, what the
+# user types goes into the prompt, not into the list.
+async def test_choosing_a_chat_in_the_list_puts_the_cursor_in_the_prompt(engine, store):
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        first = await new_chat(pilot)
+        second = await new_chat(pilot)
+        await pilot.press("ctrl+l")
+        chat_list = screen.query_one(ChatList)
+        assert app.focused is chat_list
+        assert chat_list.chat_ids[:2] == [second, first] and chat_list.highlighted == 0  # newest first, open
+        await pilot.press("down", "enter")
+        await wait_for(pilot, lambda: open_chat_id(pilot) == first, what="the chosen chat to open")
+        await wait_for(pilot, lambda: isinstance(app.focused, PromptInput), what="the prompt focused")
+        await pilot.press(*"hi")
+        assert screen.query_one(PromptInput).text == "hi"
+
+
+async def test_deleting_the_open_chat_puts_the_cursor_in_the_prompt(engine, store):
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        keep = await new_chat(pilot)
+        doomed = await new_chat(pilot)
+        await pilot.press("ctrl+l")
+        await pilot.press("f8")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the question")
+        await pilot.press("y")
+        chat_list = screen.query_one(ChatList)
+        await wait_for(pilot, lambda: doomed not in chat_list.chat_ids, what="the chat deleted")
+        await wait_for(pilot, lambda: isinstance(app.focused, PromptInput), what="the prompt focused")
+        await pilot.press(*"typed")
+        assert screen.query_one(PromptInput).text == "typed"
+        assert keep in chat_list.chat_ids
+
+
 # ----------------------------------------------------------------------------------- streaming
 async def test_two_chats_stream_at_the_same_time_and_both_answers_are_stored(engine, store, tmp_path, decode_gate):
     app = BatonApp(engine=engine, store=store)

@@ -4,6 +4,7 @@ live panel labels job rows. Pilot drives `BatonApp` on `random:tiny` with a real
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
