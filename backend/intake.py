@@ -4,7 +4,7 @@
   `surrogateescape`d byte); it has no UTF-8 encoding, and a fast tokenizer fails on it with `TypeError`.
 - `max_token_chars`: the most characters of text one token can stand for, read once from the tokenizer's
   vocabulary. A text longer than `max_model_len * max_token_chars` characters needs more than `max_model_len`
-  tokens, so it is refused without tokenizing it (tokenizing 50 MB took 266 s and 9.7 GB).
+  tokens, so it is refused without tokenizing it (issue #9 reports 266 s and 9.7 GB to tokenize a 50 MB line).
 """
 
 from __future__ import annotations
