@@ -66,6 +66,7 @@ class CompletionResult:
         error: message when `finish_reason == "error"` (including requests rejected at submission).
         ttft_ms: time to first token (ms), None when none came.
         e2e_ms: submission to last item (ms).
+        cached_tokens: prompt tokens served from the prefix cache (tokens).
     """
 
     request_id: str
@@ -77,6 +78,7 @@ class CompletionResult:
     error: str | None
     ttft_ms: float | None
     e2e_ms: float
+    cached_tokens: int = 0
 
 
 class Engine:
@@ -231,7 +233,7 @@ class Engine:
                 i = pending.pop(out.request_id)
                 results[i] = CompletionResult(out.request_id, "".join(texts), ids, out.finish_reason,
                                               out.prompt_tokens, out.completion_tokens, out.error, ttft[0],
-                                              (time.perf_counter() - start) * 1000)
+                                              (time.perf_counter() - start) * 1000, out.cached_tokens)
         return results  # type: ignore[return-value]
 
     def cancel(self, request_id: str) -> bool:
