@@ -89,7 +89,7 @@ class EngineCore:
         (emitting its token and retiring it when finished), publish stats and final outputs."""
         self._budget = self._kv_budget()  # one device-memory reading per iteration
         if self.prefix.enabled:
-            self.prefix.seed(self.scheduler.head(max(0, self.config.max_batch_size - len(self.rows))))
+            self.prefix.seed(self._admission_candidates())
         plan = self.scheduler.schedule(self.snapshot())
         if self.prefix.enabled and self.fixed_kv_budget() is None:
             self._give_back_prefix_cache(plan)
@@ -98,6 +98,17 @@ class EngineCore:
             self._decode_step()
         self._publish_stats()
         self._send_final_outputs()
+
+    def _admission_candidates(self) -> list[Request]:
+        """The head of the queue that this iteration could admit: as many as there are free rows plus rows
+        of lower priority that could be preempted for them (an upper bound; the plan decides)."""
+        free = self.config.max_batch_size - len(self.rows)
+        out = []
+        for i, req in enumerate(self.scheduler.head(self.config.max_batch_size)):
+            if i >= free + sum(1 for r in self.rows if r.priority > req.priority):
+                break
+            out.append(req)
+        return out
 
     def snapshot(self) -> BatchSnapshot:
         """The running batch and this iteration's budgets as the scheduler reads them (no tensors)."""

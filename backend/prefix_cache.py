@@ -66,8 +66,8 @@ class PrefixCache:
         dtype: of the K/V (the model's).
         device: the model's device (the first tier).
         capacity_bytes: most bytes of blocks on the device tier (bytes; 0 disables the cache).
-        host_capacity_bytes: most bytes of blocks in host memory, the second tier (bytes; 0: none). Only
-            meaningful when the device is not the CPU.
+        host_capacity_bytes: most bytes of blocks in host memory, the second tier (bytes; 0: none). It pays
+            only when the device is not the CPU (`prefix_reuse.default_capacities` gives a CPU engine none).
 
     Attributes:
         counters: `evictions` (blocks dropped), `offloads` (blocks moved from the device to host memory),
@@ -82,8 +82,7 @@ class PrefixCache:
         self.device = torch.device(device)
         self.dtype = dtype
         self.block_bytes = 2 * num_layers * kv_heads * block_size * head_dim * torch.empty((), dtype=dtype).element_size()
-        on_cpu = self.device.type == "cpu"
-        self.capacity = [max(0, capacity_bytes), 0 if on_cpu else max(0, host_capacity_bytes)]
+        self.capacity = [max(0, capacity_bytes), max(0, host_capacity_bytes)]
         self._pin = self.device.type == "cuda"
         self._root = _Block(None, ())
         self._lru: list[OrderedDict[int, _Block]] = [OrderedDict(), OrderedDict()]  # per tier, oldest first
@@ -197,9 +196,9 @@ class PrefixCache:
         over = self.tier_bytes(tier) - max(0, max_bytes)
         if over <= 0:
             return 0
-        need = -(-over // self.block_bytes)
-        self._evict(tier, need, keep=())
-        return need
+        before = len(self._lru[tier])
+        self._evict(tier, -(-over // self.block_bytes), keep=())
+        return before - len(self._lru[tier])
 
     def clear(self) -> None:
         """Drop every block."""
@@ -222,18 +221,23 @@ class PrefixCache:
         return self._evict(tier, blocks - free, keep) >= blocks - free
 
     def _evict(self, tier: int, count: int, keep: Sequence[_Block]) -> int:
-        """Evict up to `count` least recently used blocks of `tier` (not in `keep`): a device block moves to
-        host memory when that tier has room (made by dropping its own LRU blocks), else it is dropped with its
-        subtree. Returns blocks evicted from `tier`."""
+        """Evict up to `count` least recently used blocks of `tier`: a device block moves to host memory when
+        that tier can make room (by dropping its own LRU blocks), else the LRU block not in `keep` is dropped
+        with its subtree (a block of `keep` may move to host memory, never be dropped). Returns blocks evicted
+        from `tier`."""
         kept = {id(b) for b in keep}
         done = 0
         while done < count:
-            victim = next((b for key, b in self._lru[tier].items() if key not in kept), None)
-            if victim is None:
+            lru = self._lru[tier]
+            if not lru:
                 break
             if tier == DEVICE and self.capacity[HOST] >= self.block_bytes and self._make_room(HOST, 1, keep):
-                self._offload(victim)
+                if lru:  # (making room may have dropped a subtree that reached down to this tier)
+                    self._offload(next(iter(lru.values())))
             else:
+                victim = next((b for key, b in lru.items() if key not in kept), None)
+                if victim is None:
+                    break
                 self._drop(victim)
             done += 1
         return done
