@@ -158,14 +158,16 @@ def _parse_sampling(body: dict) -> dict[str, Any]:
     return sampling
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    """The `usage` object: prompt, completion and total tokens."""
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """The `usage` object: prompt, completion and total tokens, and `prompt_tokens_details.cached_tokens`
+    (prompt tokens served from the engine's prefix cache; OpenAI's `CompletionUsage`)."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
 def chat_completion(request_id: str, model: str, content: str, finish_reason: str, prompt_tokens: int,
-                    completion_tokens: int, created: int | None = None) -> dict[str, Any]:
+                    completion_tokens: int, created: int | None = None, cached_tokens: int = 0) -> dict[str, Any]:
     """A `chat.completion` object for one finished answer.
 
     Args:
@@ -175,6 +177,7 @@ def chat_completion(request_id: str, model: str, content: str, finish_reason: st
         finish_reason: `stop` or `length`.
         prompt_tokens, completion_tokens: token counts for `usage` (tokens).
         created: Unix time of the completion (s; default: now).
+        cached_tokens: prompt tokens served from the prefix cache (tokens).
     Returns:
         A JSON-serialisable dict in OpenAI's `ChatCompletion` shape.
     """
@@ -185,13 +188,13 @@ def chat_completion(request_id: str, model: str, content: str, finish_reason: st
         "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                      "logprobs": None, "finish_reason": finish_reason}],
-        "usage": usage(prompt_tokens, completion_tokens),
+        "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
     }
 
 
 def chat_completion_chunk(request_id: str, model: str, created: int, content: str | None = None,
                           role: str | None = None, finish_reason: str | None = None,
-                          usage_counts: tuple[int, int] | None = None) -> dict[str, Any]:
+                          usage_counts: tuple[int, ...] | None = None) -> dict[str, Any]:
     """A `chat.completion.chunk` object: one streamed delta of an answer (server-sent events).
 
     Args:
@@ -202,7 +205,7 @@ def chat_completion_chunk(request_id: str, model: str, created: int, content: st
         content: the text delta, or None for none.
         role: `assistant` in the first chunk, else None.
         finish_reason: `stop` / `length` in the last chunk, else None.
-        usage_counts: `(prompt_tokens, completion_tokens)` for the final usage-only chunk
+        usage_counts: `(prompt_tokens, completion_tokens[, cached_tokens])` for the final usage-only chunk
             (`stream_options.include_usage`): that chunk has no choices.
     Returns:
         A JSON-serialisable dict in OpenAI's `ChatCompletionChunk` shape.
