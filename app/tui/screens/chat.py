@@ -63,18 +63,18 @@ class ChatScreen(Screen):
     BINDINGS = [
         Binding("ctrl+n", "new_chat", "New chat"),
         Binding("escape", "stop", "Stop", tooltip="Stop the open chat's answer (the partial answer is kept)"),
+        Binding("f1,question_mark", "help", "Help", tooltip="Show the keys (? when not typing)"),
         Binding("ctrl+r", "regenerate", "Regenerate", tooltip="Answer the last message again"),
         Binding("ctrl+f", "search", "Search", tooltip="Full-text search over every message"),
         Binding("ctrl+b", "toggle_panel", "Live panel", tooltip="Show/hide the live engine panel"),
-        Binding("f1,question_mark", "help", "Help", tooltip="Show the keys (? when not typing)"),
-        Binding("f2", "rename_chat", "Rename", show=False, tooltip="Rename the open chat"),
+        Binding("f2", "rename_chat", "Rename", tooltip="Rename the open chat"),
         Binding("f3", "settings", "Settings", tooltip="Chat settings: system prompt, temperature, top-p, "
                 "max tokens, seed"),
-        Binding("f4", "archive_chat", "Archive", show=False, tooltip="Archive / unarchive the open chat"),
-        Binding("f5", "toggle_archived", "Show archived", show=False, tooltip="List archived chats too (or not)"),
+        Binding("f4", "archive_chat", "Archive", tooltip="Archive / unarchive the open chat"),
+        Binding("f5", "toggle_archived", "Show archived", tooltip="List archived chats too (or not)"),
         Binding("f9", "jobs", "Jobs", tooltip="Background jobs: progress, submit, pause / resume / cancel"),
-        Binding("f8", "delete_chat", "Delete", show=False, tooltip="Delete the open chat (asks first)"),
-        Binding("ctrl+s", "export_chat", "Export", show=False, tooltip="Export the open chat to Markdown + JSON"),
+        Binding("f8", "delete_chat", "Delete", tooltip="Delete the open chat (asks first)"),
+        Binding("ctrl+s", "export_chat", "Export", tooltip="Export the open chat to Markdown + JSON"),
         Binding("ctrl+l", "focus_chats", "Chat list", show=False, tooltip="Focus the chat list"),
     ]
 
@@ -98,7 +98,7 @@ class ChatScreen(Screen):
             yield ChatList(id="chat-list")
             yield self.pane
         yield StatusLine(id="status")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         """Load the chat list; start the model (in a thread) unless it is running; open the panel if asked."""
