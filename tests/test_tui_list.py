@@ -13,11 +13,14 @@ import pytest
 
 from app.tui import BatonApp
 from app.tui.commands import COMMANDS
+from app.tui.sessions import title_from
+from app.tui.widgets.chat_list import ChatList
 from storage import Store
-from tui_support import config_dir, ready  # noqa: F401
+from tui_support import config_dir, idle, new_chat, open_chat_id, ready, send, wait_for  # noqa: F401
 from tui_text import screen_lines
 
 SMALL, LARGE = (80, 24), (160, 45)
+FIRST = "Please write an internationalization checklist for a command-line application, with examples"
 
 
 @pytest.fixture
@@ -53,3 +56,40 @@ async def test_the_palette_entries_the_readme_names_exist(make_engine, store):
         screen = await ready(pilot)
         entries = {command.title for command in app.get_system_commands(screen)} | {name for name, _, _ in COMMANDS}
         assert named <= entries, named - entries
+
+
+# ------------------------------------------------------------------------------------ titles
+def test_a_title_is_cut_at_a_word_with_an_ellipsis():
+    assert title_from(FIRST) == "Please write an internationalization checklist for a…"
+    assert title_from("  Capital\nof   France? ") == "Capital of France?"
+    assert title_from(" \n ") == "New chat"
+    assert title_from("one two, three", limit=10) == "one two…"  # no comma before the ellipsis
+    assert title_from("x" * 100) == "x" * 59 + "…"  # one word longer than half the room is cut inside
+    assert all(len(title_from(FIRST[:n])) <= 60 for n in range(len(FIRST)))
+
+
+def list_rows(app, chat_list: ChatList) -> list[str]:
+    """The chat list's rows as the screen shows them, without the busy marker column."""
+    region = chat_list.scrollable_content_region
+    return [line[region.x:region.right].strip() for line in screen_lines(app)[region.y:region.bottom]]
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE])
+async def test_a_long_first_message_titles_the_chat_at_a_word_and_the_list_shows_what_fits(
+        make_engine, store, size):
+    app = BatonApp(engine=make_engine(), store=store)
+    async with app.run_test(size=size) as pilot:
+        screen = await ready(pilot)
+        chat_id = await new_chat(pilot)
+        await send(pilot, FIRST, press=True)
+        title = "Please write an internationalization checklist for a…"
+        await wait_for(pilot, lambda: screen.pane.chat.title == title, what="the chat's new title")
+        await pilot.press("escape")  # its answer is not wanted
+        await idle(pilot)
+        assert (await store.get_chat(chat_id)).title == title
+        chat_list = screen.query_one(ChatList)
+        width = chat_list.scrollable_content_region.width
+        row = list_rows(app, chat_list)[0]
+        assert row.endswith("…") and title.startswith(row[:-1]) and len(row) >= width - 3, (row, width)
+        title_line = screen_lines(app)[screen.query_one("#chat-title").region.y]
+        assert title in title_line or size == SMALL
