@@ -93,3 +93,44 @@ async def test_a_long_first_message_titles_the_chat_at_a_word_and_the_list_shows
         assert row.endswith("…") and title.startswith(row[:-1]) and len(row) >= width - 3, (row, width)
         title_line = screen_lines(app)[screen.query_one("#chat-title").region.y]
         assert title in title_line or size == SMALL
+
+
+# ------------------------------------------------------------------------------------ the list keeps still
+def count_calls(obj, name: str) -> list[tuple]:
+    """Wrap a method of `obj`; returns the list of the arguments of each call from now on."""
+    calls: list[tuple] = []
+    original = getattr(obj, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    setattr(obj, name, wrapper)
+    return calls
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE])
+async def test_the_list_keeps_its_order_and_highlight_while_the_user_moves_through_it(make_engine, store, size):
+    app = BatonApp(engine=make_engine(), store=store)
+    async with app.run_test(size=size) as pilot:
+        screen = await ready(pilot)
+        oldest, middle, newest = [await new_chat(pilot) for _ in range(3)]
+        chat_list = screen.query_one(ChatList)
+        await wait_for(pilot, lambda: chat_list.chat_ids == [newest, middle, oldest], what="the three chats")
+        await pilot.press("ctrl+l", "down")  # the user moves to the middle chat; the newest stays open
+        assert app.focused is chat_list and chat_list.highlighted == 1
+        loads = count_calls(chat_list, "show_chats")
+        # A message arrives in the oldest chat (e.g. a turn that waited for the model): it is now the newest.
+        oldest_chat = await store.get_chat(oldest)
+        screen.sessions.send(oldest_chat, "hello")
+        await wait_for(pilot, lambda: loads, what="the chat list to be read again")
+        await pilot.pause()
+        assert chat_list.chat_ids == [newest, middle, oldest]  # no row moved under the user
+        assert chat_list.highlighted == 1 and chat_list.chat_ids[1] == middle
+        assert list_rows(app, chat_list)[1].endswith("New chat")
+        await pilot.press("enter")  # choosing the middle chat leaves the list: now it takes the new order
+        await wait_for(pilot, lambda: open_chat_id(pilot) == middle, what="the chosen chat to open")
+        await wait_for(pilot, lambda: chat_list.chat_ids == [oldest, newest, middle], what="the new order")
+        assert chat_list.chat_ids[chat_list.highlighted] == middle
+        screen.sessions.stop(oldest)
+        await idle(pilot)
