@@ -16,7 +16,9 @@ from app.tui.commands import COMMANDS
 from app.tui.sessions import title_from
 from app.tui.widgets.chat_list import ChatList
 from storage import Store
-from tui_support import config_dir, idle, new_chat, open_chat_id, ready, send, wait_for  # noqa: F401
+from app.tui.widgets.prompt_input import PromptInput
+from tui_support import (config_dir, idle, new_chat, open_chat_id, ready, record_notifications,  # noqa: F401
+                         send, wait_for)
 from tui_text import screen_lines
 
 SMALL, LARGE = (80, 24), (160, 45)
@@ -134,3 +136,37 @@ async def test_the_list_keeps_its_order_and_highlight_while_the_user_moves_throu
         assert chat_list.chat_ids[chat_list.highlighted] == middle
         screen.sessions.stop(oldest)
         await idle(pilot)
+
+
+# ------------------------------------------------------------------------------------ archive
+@pytest.mark.parametrize("size", [SMALL, LARGE])
+async def test_archiving_says_where_the_chat_went_and_opens_the_next_one(make_engine, store, size):
+    app = BatonApp(engine=make_engine(), store=store)
+    notes = record_notifications(app)
+    async with app.run_test(size=size) as pilot:
+        screen = await ready(pilot)
+        oldest, middle, newest = [await new_chat(pilot) for _ in range(3)]
+        chat_list = screen.query_one(ChatList)
+        await wait_for(pilot, lambda: chat_list.chat_ids == [newest, middle, oldest], what="the three chats")
+        await pilot.press("ctrl+l", "down", "enter")
+        await wait_for(pilot, lambda: open_chat_id(pilot) == middle, what="the middle chat open")
+        await pilot.press("f4")  # archive it: the next chat down opens, ready to type in
+        await wait_for(pilot, lambda: open_chat_id(pilot) == oldest, what="the next chat open")
+        await wait_for(pilot, lambda: middle not in chat_list.chat_ids, what="the archived chat hidden")
+        assert (await store.get_chat(middle)).archived
+        assert chat_list.chat_ids[chat_list.highlighted] == oldest
+        assert isinstance(app.focused, PromptInput)
+        assert any(title == "Chat archived" and "F5" in text and "F4" in text for _, title, text in notes), notes
+        await pilot.press("f4")  # the last chat of the list archived: the one above opens
+        await wait_for(pilot, lambda: open_chat_id(pilot) == newest, what="the chat above open")
+        await pilot.press("f4")  # none left: the empty screen, where typing starts a new chat
+        await wait_for(pilot, lambda: open_chat_id(pilot) is None and not chat_list.chat_ids, what="no chat open")
+        assert isinstance(app.focused, PromptInput)
+        await pilot.press("f5")  # the archived chats are listed: F4 on one brings it back
+        await wait_for(pilot, lambda: len(chat_list.chat_ids) == 3, what="the archived chats listed")
+        await pilot.press("ctrl+l", "enter")
+        await wait_for(pilot, lambda: open_chat_id(pilot) is not None, what="an archived chat open")
+        back = open_chat_id(pilot)
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: any(title == "Chat unarchived" for _, title, _ in notes), what="a note")
+        assert not (await store.get_chat(back)).archived and open_chat_id(pilot) == back

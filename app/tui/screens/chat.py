@@ -320,6 +320,29 @@ class ChatScreen(Screen):
         else:
             self.query_one(ChatList).update_chat(event.chat)
 
+    @on(m.ChatArchived)
+    async def _archived(self, event: m.ChatArchived) -> None:
+        """Say where the chat went; an archived open chat gives way to the next one, ready to type in."""
+        chat, chat_list = event.chat, self.query_one(ChatList)
+        if not chat.archived:
+            self.notify(f"“{chat.title}” is back in the chat list", title="Chat unarchived", markup=False)
+            self._run(self.library.load(self.show_archived, select=self._chat_id()))
+            return
+        self.notify(f"“{chat.title}” is archived: F5 lists archived chats, F4 on it brings it back",
+                    title="Chat archived", markup=False)
+        if self.show_archived:
+            chat_list.update_chat(chat)
+            return
+        following = None
+        if self._chat_id() == chat.id:
+            following = chat_list.neighbour(chat.id)
+            if following is None:
+                await self.pane.close_chat()
+            else:
+                self._run(self.library.open(following))
+            self.query_one(PromptInput).focus()
+        self._run(self.library.load(self.show_archived, select=following))
+
     @on(m.ChatDeleted)
     async def _deleted(self, event: m.ChatDeleted) -> None:
         if self._chat_id() == event.chat_id:

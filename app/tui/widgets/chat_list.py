@@ -81,6 +81,14 @@ class ChatList(OptionList):
         if chat_id in self._chats:
             self.highlighted = self.get_option_index(str(chat_id))
 
+    def neighbour(self, chat_id: int) -> int | None:
+        """The chat listed below `chat_id` (else the one above it), e.g. to open when it leaves the list."""
+        ids = self.chat_ids
+        if chat_id not in ids:
+            return None
+        at = ids.index(chat_id)
+        return ids[at + 1] if at + 1 < len(ids) else ids[at - 1] if at > 0 else None
+
     def update_chat(self, chat: Chat) -> None:
         """Show a chat's new title or archived flag (if it is listed)."""
         if chat.id in self._chats:
