@@ -12,6 +12,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
 Section = tuple[str, list[tuple[str, str]]]
+KEY_WIDTH = 22  # the most the key column takes; longer keys wrap at their spaces
 PROMPT_KEYS = [("Enter", "Send the message"), ("Shift+Enter / Ctrl+J", "New line"),
                ("Esc", "Leave edit mode (else: stop the answer)")]
 MESSAGE_KEYS = [("Tab / click", "Focus a message"), ("C", "Copy the message"),
@@ -50,7 +51,7 @@ def key_table(rows: list[tuple[str, str]], key_width: int) -> Table:
     """Keys in a column `key_width` wide and what they do beside them, wrapped to the width there is (a
     `DataTable` cut long descriptions and scrolled sideways)."""
     table = Table.grid(padding=(0, 2), expand=True)
-    table.add_column("keys", style="bold", width=key_width, no_wrap=True)
+    table.add_column("keys", style="bold", width=key_width)
     table.add_column("action", ratio=1)
     for keys, what in rows:
         table.add_row(keys, what)
@@ -82,7 +83,7 @@ class HelpScreen(ModalScreen[None]):
             box.border_title = "Help"
             box.border_subtitle = "Esc closes"
             yield Static(INTRO, classes="help-intro", markup=False)
-            key_width = max(len(keys) for keys, _ in self.rows())
+            key_width = min(KEY_WIDTH, max(len(keys) for keys, _ in self.rows()))
             for heading, rows in self._sections:
                 yield Label(heading, classes="help-heading")
                 yield Static(key_table(rows, key_width), classes="help-keys")
