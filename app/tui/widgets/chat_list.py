@@ -56,7 +56,7 @@ class ChatList(OptionList):
         if self.has_focus and self.loaded:
             if {chat.id for chat in chats} == set(self._chats):
                 self._chats = {chat.id: chat for chat in chats}
-                self._order = list(self._chats)
+                self._order = None if list(self._chats) == self.chat_ids else list(self._chats)
                 for chat in chats:
                     self.replace_option_prompt(str(chat.id), self._prompt(chat))
                 return
