@@ -428,7 +428,7 @@ async def test_theme_choice_is_remembered_between_runs(engine, store, config_dir
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
         assert app.theme == "baton-dark"
-        app.theme = "nord"  # what the palette's "Change theme" does
+        app.theme = "nord"  # what the palette's "Theme" does
         await pilot.pause()
     assert json.loads((config_dir / "preferences.json").read_text())["theme"] == "nord"
 
