@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from typing import Any
 
 import openai
 import pytest
-from openai.types import Completion, Model
+from openai.types import Batch, Completion, FileObject, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -297,3 +298,76 @@ def test_metrics_are_prometheus_text_with_vllms_names(server):
         count = next(s for s in families[name].samples if s.name == name + "_count")
         assert families[name].type == "histogram" and count.value >= 1, name
     assert 0 <= families["baton:kv_cache_usage_perc"].samples[0].value <= 1
+
+
+# -------------------------------------------------------------------------------------------- the Batch API
+def batch_lines(n: int, max_tokens: int) -> bytes:
+    lines = [json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
+                         "body": {"model": MODEL, "messages": [{"role": "user", "content": f"count to {i}"}],
+                                  "max_tokens": max_tokens, "ignore_eos": True}}) for i in range(n)]
+    lines.append(json.dumps({"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions",
+                             "body": {"messages": MESSAGES, "tools": []}}))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def job_row(db: Path, job_id: int) -> tuple[str, int]:
+    """`(status, pending items)` of a job, read from the database file."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        status, = conn.execute("SELECT status FROM job WHERE id = ?", (job_id,)).fetchone()
+        pending, = conn.execute("SELECT count(*) FROM job_item WHERE job_id = ? AND status = 'pending'",
+                                (job_id,)).fetchone()
+        return status, pending
+    finally:
+        conn.close()
+
+
+def test_the_batch_api_round_trip_survives_a_sigkill(server):
+    items = 12  # 3 rounds of 4 rows (--max-batch-size 4): the kill comes after the first
+    client = server.client()
+    uploaded = client.files.create(file=("requests.jsonl", batch_lines(items, 100)), purpose="batch")
+    assert FileObject.model_validate(uploaded.model_dump()).purpose == "batch"
+    assert client.files.content(uploaded.id).content == batch_lines(items, 100)
+    created = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                    completion_window="24h", metadata={"run": "kill"})
+    assert Batch.model_validate(created.model_dump()).status == "in_progress"
+    assert created.request_counts.total == items + 1
+
+    done = wait_for(lambda: client.batches.retrieve(created.id).request_counts.completed, "a line to finish")
+    assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert done < items, "the kill came too late to test a resume"
+
+    client = server.ensure_running().client()  # the same database
+    assert client.batches.retrieve(created.id).status == "in_progress"
+    final = wait_for(lambda: (b := client.batches.retrieve(created.id)).status == "completed" and b,
+                     "the batch to complete")
+    assert Batch.model_validate(final.model_dump()).request_counts.model_dump() == {
+        "total": items + 1, "completed": items, "failed": 1}
+    assert final.metadata == {"run": "kill"} and final.completed_at is not None
+    output = [json.loads(line) for line in client.files.content(final.output_file_id).text.splitlines()]
+    errors = [json.loads(line) for line in client.files.content(final.error_file_id).text.splitlines()]
+    assert sorted(line["custom_id"] for line in output) == sorted(f"req-{i}" for i in range(items))
+    for line in output:
+        body = ChatCompletion.model_validate(line["response"]["body"])
+        assert body.usage.completion_tokens == 100 and line["error"] is None
+    assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [("bad", "unsupported_parameter")]
+    assert created.id in [b.id for b in client.batches.list(limit=100)]
+
+
+def test_sigterm_drains_streams_and_leaves_batch_lines_queued(server):
+    client = server.client()
+    uploaded = client.files.create(file=("long.jsonl", batch_lines(12, 1000)), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    job_id = int(batch.id.removeprefix("batch_"))
+    wait_for(lambda: job_row(server.db, job_id)[0] == "running", "the batch to run")
+    stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1900, stream=True,
+                                            extra_body={"ignore_eos": True})
+    chunks = iter(stream)
+    next(chunks)
+    server.proc.send_signal(signal.SIGTERM)
+    rest = list(chunks)  # ends at [DONE] (the client raises if the connection is cut)
+    assert rest and rest[-1].choices[0].finish_reason in ("length", "stop")
+    assert server.proc.wait(WAIT_S) == 0, server.log.read_text()
+    status, pending = job_row(server.db, job_id)
+    assert status == "queued" and pending > 0

@@ -13,6 +13,9 @@ imports the engine only as `from backend import ...` and no Textual.
 | `sse.py` | server-sent events as OpenAI streams them (`data: {chunk}`, `data: [DONE]`) |
 | `status_routes.py` | `GET /health`, `GET /v1/models`, `GET /v1/baton/stats` |
 | `metrics.py` | `GET /metrics` (Prometheus, vLLM's names with `baton:`), `MeteredEngine` (TTFT, TPOT, E2E) |
+| `files_routes.py` | the Files API: upload, list, retrieve, content |
+| `batches_routes.py` | the Batch API on the job queue: create, retrieve, list, cancel |
+| `batch_objects.py` | the `File` and `Batch` objects and their ids, from the store's files and jobs |
 | `auth.py` | the loopback rule for binding without a key; `BearerAuth` (401) |
 | `body.py` | `BodyLimit` (413) and JSON bodies (400) |
 | `errors.py` | `APIError` and OpenAI's error shape for every failure |

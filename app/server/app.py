@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
-from . import chat_route, completions_route, metrics, status_routes
+from . import batches_routes, chat_route, completions_route, files_routes, metrics, status_routes
 from .auth import BearerAuth
 from .body import BodyLimit
 from .errors import install_handlers
@@ -67,7 +67,7 @@ def create_app(engine: Engine, store: Store, settings: ServerSettings, runner: J
                   lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.baton = state
     install_handlers(app)
-    for module in (chat_route, completions_route, status_routes, metrics):
+    for module in (chat_route, completions_route, status_routes, metrics, files_routes, batches_routes):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes)
     if settings.api_key is not None:
