@@ -133,6 +133,10 @@ def test_only_the_tui_imports_textual():
 HTTP_STACK = ("fastapi", "starlette", "uvicorn", "sse_starlette", "prometheus_client", "multipart")
 
 
+def test_the_cli_imports_the_server_only_in_its_serve_command():
+    assert {line.split(" -> ")[0] for line in _importers("app.server", "app.cli")} == {"app.cli.serve_cmd"}
+
+
 def test_only_the_server_imports_the_http_stack():
     users = {m for m, imps in IMPORTS.items() if any(_under(i, p) for p in HTTP_STACK for i in imps)}
     assert users and all(_under(m, "app.server") for m in users), sorted(users)

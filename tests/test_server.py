@@ -281,6 +281,21 @@ def test_a_stream_closed_early_frees_its_row_at_once(server):
     wait_for(freed, "the row to leave the batch")  # cancelled, not run to its 1500 tokens
 
 
+def test_a_client_that_leaves_a_whole_answer_cancels_it(server):
+    def stats() -> dict:
+        return request(server.url, "GET", "/v1/baton/stats")[1]
+
+    cancelled = stats()["counters"].get("num_requests_cancelled", 0)
+    parsed = urllib.parse.urlsplit(server.url)
+    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=WAIT_S)
+    conn.request("POST", "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                 body=json.dumps({"messages": MESSAGES, "max_tokens": 1500, "ignore_eos": True}))
+    wait_for(lambda: stats()["rows"], "its row")
+    conn.close()  # before the answer: nobody is listening any more
+    wait_for(lambda: not stats()["rows"] and stats()["counters"].get("num_requests_cancelled", 0) == cancelled + 1,
+             "the row to leave the batch")
+
+
 def test_metrics_are_prometheus_text_with_vllms_names(server):
     server.client().chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4)
     status, text = request(server.url, "GET", "/metrics")
@@ -320,6 +335,33 @@ def job_row(db: Path, job_id: int) -> tuple[str, int]:
         return status, pending
     finally:
         conn.close()
+
+
+def test_a_batch_can_be_cancelled_and_bad_batches_are_refused(server):
+    client = server.client()
+    uploaded = client.files.create(file=("c.jsonl", batch_lines(8, 1000)), purpose="batch")
+    with pytest.raises(openai.BadRequestError) as info:
+        client.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h")
+    assert info.value.param == "endpoint"
+    with pytest.raises(openai.NotFoundError):
+        client.batches.create(input_file_id="file-999999", endpoint="/v1/chat/completions", completion_window="24h")
+    with pytest.raises(openai.NotFoundError):
+        client.batches.retrieve("batch_999999")
+    with pytest.raises(openai.BadRequestError) as info:
+        client.files.create(file=("x.jsonl", b"{}"), purpose="fine-tune")
+    assert info.value.param == "purpose"
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    job_id = int(batch.id.removeprefix("batch_"))
+    wait_for(lambda: job_row(server.db, job_id)[0] == "running", "the batch to run")
+    cancelled = client.batches.cancel(batch.id)
+    assert cancelled.status == "cancelled" and cancelled.cancelled_at is not None
+    assert client.batches.cancel(batch.id).status == "cancelled"  # again: the same
+    errors = client.files.content(cancelled.error_file_id).text.splitlines()
+    codes = [json.loads(line)["error"]["code"] for line in errors]
+    assert codes[-1] == "unsupported_parameter" and set(codes[:-1]) <= {"batch_cancelled"} and len(codes) == 9 - (
+        cancelled.request_counts.completed)
+    wait_for(lambda: not request(server.url, "GET", "/v1/baton/stats")[1]["rows"], "its rows to leave the batch")
 
 
 def test_the_batch_api_round_trip_survives_a_sigkill(server):
