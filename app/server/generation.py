@@ -162,4 +162,11 @@ async def open_generation(state: ServerState, request: Request, prompt: Any, par
         if isinstance(exc, RuntimeError):  # the engine is not running
             raise shutting_down(f"the engine is not running ({exc})") from None
         raise
-    return Generation(request_id, first, state, outputs)
+    gen = Generation(request_id, first, state, outputs)
+    if first.finished:
+        try:
+            gen.finish_reason(first)  # a request that failed at once is a status, not a stream of one error
+        except APIError:
+            await gen.close()
+            raise
+    return gen

@@ -82,7 +82,9 @@ class _DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
         self.signals.append(sig)
-        self._captured_signals.clear()  # serve() returns; main() turns the signal into an exit status
+        captured = getattr(self, "_captured_signals", None)  # uvicorn >= 0.29 re-raises these after serve()
+        if isinstance(captured, list):
+            captured.clear()  # serve() returns instead; serve's caller turns the signal into an exit status
         self.on_exit()
 
 
