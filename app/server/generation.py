@@ -1,8 +1,9 @@
 """One HTTP request's generation on the engine, shared by the chat-completions and completions routes.
 
-`open_generation` validates the sampling values, submits the request and waits for its first output, so every
-error a request can have at intake (invalid values, a prompt longer than the context) is answered with a
-status before any response starts. A client that disconnects while the request waits, or while a
+`open_generation` tokenizes the prompt in a worker thread (`Engine.tokenize`: the chat template, the same ids
+the engine would make; a long prompt does not stall the event loop and every stream on it), submits the
+token ids and waits for the first output, so every error a request can have at intake (invalid values, a
+prompt longer than the context) is answered with a status before any response starts. A client that disconnects while the request waits, or while a
 non-streaming answer is generated, cancels it at once (`until_disconnected`); a streaming response's
 disconnect is noticed by `sse-starlette`, which closes the generator, which cancels the request (its row
 leaves the batch in the engine's next iteration).
@@ -149,8 +150,12 @@ async def open_generation(state: ServerState, request: Request, prompt: Any, par
     """
     if state.draining:
         raise shutting_down()
+    try:  # off the event loop: a long prompt must not stall every other stream while it is tokenized
+        token_ids = await until_disconnected(request, asyncio.to_thread(state.engine.tokenize, prompt))
+    except ValueError as exc:
+        raise from_value_error(exc, prompt_param) from None
     request_id = uuid.uuid4().hex
-    outputs = state.engine.generate(prompt, params, priority=priority, request_id=request_id)
+    outputs = state.engine.generate(token_ids, params, priority=priority, request_id=request_id)
     state.in_flight.add(request_id)
     try:
         first = await until_disconnected(request, anext(outputs))
