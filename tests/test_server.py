@@ -148,6 +148,7 @@ def test_a_chat_completion_is_the_in_process_engines_greedy_answer(server, make_
     assert (choice.message.role, choice.message.content, choice.finish_reason) == ("assistant", expected, "length")
     assert completion.usage.completion_tokens == 24
     assert completion.usage.total_tokens == completion.usage.prompt_tokens + 24
+    assert 0 <= completion.usage.prompt_tokens_details.cached_tokens <= completion.usage.prompt_tokens
 
 
 def test_a_streamed_chat_completion_is_the_same_answer_in_chunks(server, make_engine):
@@ -305,7 +306,8 @@ def test_metrics_are_prometheus_text_with_vllms_names(server):
                  "baton:kv_cache_usage_perc"):
         assert families[name].type == "gauge", name
         assert families[name].samples[0].labels == {"model_name": MODEL}
-    for name in ("baton:prompt_tokens", "baton:generation_tokens", "baton:num_preemptions"):
+    for name in ("baton:prompt_tokens", "baton:generation_tokens", "baton:num_preemptions",
+                 "baton:prefix_cache_queries", "baton:prefix_cache_hits"):
         assert families[name].type == "counter" and families[name].samples[0].name == name + "_total"
     assert families["baton:generation_tokens"].samples[0].value >= 4
     for name in ("baton:time_to_first_token_seconds", "baton:time_per_output_token_seconds",

@@ -90,10 +90,11 @@ def test_a_completion_body_refuses_what_it_cannot_honour(body, code, param):
 
 
 def test_a_text_completion_has_openais_shape():
-    whole = text_completion("r", "m", "hey", "stop", 5, usage_counts=(2, 1))
+    whole = text_completion("r", "m", "hey", "stop", 5, usage_counts=(2, 1, 1))
     assert whole == {"id": "cmpl-r", "object": "text_completion", "created": 5, "model": "m",
                      "choices": [{"index": 0, "text": "hey", "logprobs": None, "finish_reason": "stop"}],
-                     "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}}
+                     "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3,
+                               "prompt_tokens_details": {"cached_tokens": 1}}}
 
 
 def _job(status: str, done: int, failed: int, total: int = 3) -> Job:

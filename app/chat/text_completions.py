@@ -92,7 +92,7 @@ def _prompt(prompt: Any) -> Prompt:
 
 
 def text_completion(request_id: str, model: str, text: str, finish_reason: str | None, created: int | None = None,
-                    usage_counts: tuple[int, int] | None = None, include_usage: bool = False) -> dict[str, Any]:
+                    usage_counts: tuple[int, ...] | None = None, include_usage: bool = False) -> dict[str, Any]:
     """A `text_completion` object: a whole answer, or one streamed delta of it.
 
     Args:
@@ -101,8 +101,8 @@ def text_completion(request_id: str, model: str, text: str, finish_reason: str |
         text: the generated text (a stream's delta).
         finish_reason: `stop` / `length` (a stream's last delta and a whole answer), else None.
         created: Unix time of the completion (s; default: now; the same for every chunk of a stream).
-        usage_counts: `(prompt_tokens, completion_tokens)` for `usage` (a whole answer; a stream ends with
-            `usage_chunk` instead).
+        usage_counts: `(prompt_tokens, completion_tokens[, cached_tokens])` for `usage` (a whole answer; a
+            stream ends with `usage_chunk` instead).
         include_usage: a streamed chunk that is not the usage chunk carries `"usage": null`
             (`stream_options.include_usage`, as vLLM does).
     Returns:
@@ -118,8 +118,9 @@ def text_completion(request_id: str, model: str, text: str, finish_reason: str |
     return out
 
 
-def usage_chunk(request_id: str, model: str, created: int, prompt_tokens: int,
-                completion_tokens: int) -> dict[str, Any]:
-    """A stream's final usage-only `text_completion` chunk (`stream_options.include_usage`): no choices."""
+def usage_chunk(request_id: str, model: str, created: int, prompt_tokens: int, completion_tokens: int,
+                cached_tokens: int = 0) -> dict[str, Any]:
+    """A stream's final usage-only `text_completion` chunk (`stream_options.include_usage`): no choices.
+    Token counts as `app.chat.completions.usage`'s (cached_tokens: prompt tokens from the prefix cache)."""
     return {"id": f"cmpl-{request_id}", "object": "text_completion", "created": created, "model": model,
-            "choices": [], "usage": usage(prompt_tokens, completion_tokens)}
+            "choices": [], "usage": usage(prompt_tokens, completion_tokens, cached_tokens)}

@@ -5,7 +5,8 @@ listed there), so the server and batch files accept exactly the same requests; `
 rest of the context (as vLLM's and OpenAI's do), and `priority` to `interactive`.
 Responses: a `chat.completion`; with `stream: true`, server-sent `chat.completion.chunk`s: the first with
 `delta.role`, then the text deltas, then one with `finish_reason`, then (with
-`stream_options.include_usage`) a usage chunk without choices, then `data: [DONE]`.
+`stream_options.include_usage`) a usage chunk without choices, then `data: [DONE]`. `usage` reports
+`prompt_tokens_details.cached_tokens`, the prompt tokens served from the engine's prefix cache.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ async def create_chat_completion(request: Request) -> Any:
     except ClientGone:
         return Response(status_code=499)
     return chat_completion(gen.request_id, model, text, gen.finish_reason(last), last.prompt_tokens,
-                           last.completion_tokens, created)
+                           last.completion_tokens, created, last.cached_tokens)
 
 
 async def _chunks(gen: Generation, model: str, created: int, include_usage: bool) -> AsyncIterator[dict]:
@@ -59,5 +60,5 @@ async def _chunks(gen: Generation, model: str, created: int, include_usage: bool
             yield chat_completion_chunk(rid, model, created, finish_reason=gen.finish_reason(out),
                                         include_usage=include_usage)
             if include_usage:
-                yield chat_completion_chunk(rid, model, created, usage_counts=(out.prompt_tokens,
-                                                                               out.completion_tokens))
+                yield chat_completion_chunk(rid, model, created, usage_counts=(
+                    out.prompt_tokens, out.completion_tokens, out.cached_tokens))

@@ -45,7 +45,7 @@ async def create_completion(request: Request) -> Any:
     except ClientGone:
         return Response(status_code=499)
     return text_completion(gen.request_id, model, text, gen.finish_reason(last), created,
-                           usage_counts=(last.prompt_tokens, last.completion_tokens))
+                           usage_counts=(last.prompt_tokens, last.completion_tokens, last.cached_tokens))
 
 
 async def _chunks(gen: Generation, model: str, created: int, include_usage: bool) -> AsyncIterator[dict]:
@@ -55,4 +55,4 @@ async def _chunks(gen: Generation, model: str, created: int, include_usage: bool
         if out.text or reason is not None:
             yield text_completion(rid, model, out.text, reason, created, include_usage=include_usage)
         if out.finished and include_usage:
-            yield usage_chunk(rid, model, created, out.prompt_tokens, out.completion_tokens)
+            yield usage_chunk(rid, model, created, out.prompt_tokens, out.completion_tokens, out.cached_tokens)

@@ -3,10 +3,10 @@
 `open_generation` tokenizes the prompt in a worker thread (`Engine.tokenize`: the chat template, the same ids
 the engine would make; a long prompt does not stall the event loop and every stream on it), submits the
 token ids and waits for the first output, so every error a request can have at intake (invalid values, a
-prompt longer than the context) is answered with a status before any response starts. A client that disconnects while the request waits, or while a
-non-streaming answer is generated, cancels it at once (`until_disconnected`); a streaming response's
-disconnect is noticed by `sse-starlette`, which closes the generator, which cancels the request (its row
-leaves the batch in the engine's next iteration).
+prompt longer than the context) is answered with a status before any response starts. A client that
+disconnects while the request waits, or while a non-streaming answer is generated, cancels it at once
+(`until_disconnected`); a streaming response's disconnect is noticed by `sse-starlette`, which closes the
+generator, which cancels the request (its row leaves the batch in the engine's next iteration).
 """
 
 from __future__ import annotations

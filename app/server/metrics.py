@@ -10,6 +10,8 @@ Read from the engine's stats snapshot at each scrape (`backend.EngineStats`):
   long prompts' K/V between chunks) over the KV budget it keeps them under; 0 while it has no budget yet.
 - `baton:prompt_tokens_total`, `baton:generation_tokens_total`, `baton:num_preemptions_total` (counters):
   prompt tokens prefilled, tokens generated, preemptions (swap-outs), since the engine started.
+- `baton:prefix_cache_queries_total`, `baton:prefix_cache_hits_total` (counters, vLLM v1's): prompt tokens
+  looked up in the prefix cache, and of those the tokens served from it.
 
 Observed per request by `MeteredEngine`, every request the server sends (HTTP routes and batch jobs):
 - `baton:time_to_first_token_seconds` (histogram): from the request's intake to its first token (s).
@@ -99,6 +101,10 @@ class _EngineCollector:
                            counters.get("num_generated_tokens", 0))
         yield self._metric(CounterMetricFamily, "baton:num_preemptions", "Preemptions (swap-outs).",
                            counters.get("num_preemptions", 0))
+        yield self._metric(CounterMetricFamily, "baton:prefix_cache_queries",
+                           "Prompt tokens looked up in the prefix cache.", counters.get("num_prefix_cache_queries", 0))
+        yield self._metric(CounterMetricFamily, "baton:prefix_cache_hits",
+                           "Prompt tokens served from the prefix cache.", counters.get("num_prefix_cache_hits", 0))
 
     def _metric(self, kind: type, name: str, doc: str, value: float) -> Metric:
         family = kind(name, doc, labels=["model_name"])
