@@ -99,19 +99,21 @@ def serve(engine: Engine, sock: socket.socket, db: str | None, settings: ServerS
         settings: the server's settings.
         log: where the "serving on" line goes (default: stderr).
     Returns:
-        0 after SIGTERM (a clean drain), 130 after Ctrl-C.
+        0 after SIGTERM (a clean drain), 130 after Ctrl-C, 1 when uvicorn could not start (it logged why).
     Raises:
         StorageError: the store cannot be opened.
     """
     try:
-        signals = asyncio.run(_serve(engine, sock, db, settings, log or sys.stderr))
+        server = asyncio.run(_serve(engine, sock, db, settings, log or sys.stderr))
     finally:
         engine.shutdown()
-    return 130 if signal.SIGINT in signals else 0
+    if not server.started:
+        return 1
+    return 130 if signal.SIGINT in server.signals else 0
 
 
 async def _serve(engine: Engine, sock: socket.socket, db: str | None, settings: ServerSettings,
-                 log: TextIO) -> list[int]:
+                 log: TextIO) -> _DrainingServer:
     store = await Store.open(db)
     try:
         app = create_app(engine, store, settings)
@@ -124,7 +126,7 @@ async def _serve(engine: Engine, sock: socket.socket, db: str | None, settings: 
             await server.serve(sockets=[sock])
         finally:
             announce.cancel()
-        return server.signals
+        return server
     finally:
         await store.close()
 

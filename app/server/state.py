@@ -17,13 +17,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..jobs import JobRunner
 from .metrics import MeteredEngine, ServerMetrics
 
 if TYPE_CHECKING:
     from backend import Engine
     from storage import Store
-
-    from ..jobs import JobRunner
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +88,6 @@ class ServerState:
                runner: JobRunner | None = None) -> ServerState:
         """The state of a server on `engine` and `store`; without a `runner`, one of its own on the metered
         engine (started by the app's lifespan)."""
-        from ..jobs import JobRunner
-
         metrics = ServerMetrics(engine, settings.model_name)
         metered = MeteredEngine(engine, metrics)
         return cls(metered, store, runner or JobRunner(store, metered), settings, metrics)
