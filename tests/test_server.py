@@ -352,6 +352,8 @@ def test_a_batch_can_be_cancelled_and_bad_batches_are_refused(server):
     with pytest.raises(openai.BadRequestError) as info:
         client.files.create(file=("x.jsonl", b"{}"), purpose="fine-tune")
     assert info.value.param == "purpose"
+    status, answer = request(server.url, "POST", "/v1/files", {"purpose": "batch"})  # JSON, not a form
+    assert (status, answer["error"]["code"]) == (400, "invalid_request")
     batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
                                   completion_window="24h")
     job_id = int(batch.id.removeprefix("batch_"))

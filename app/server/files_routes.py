@@ -4,7 +4,8 @@
 An upload is a multipart form with `file` and `purpose`; only `purpose: batch` is taken (the file is kept
 whole in the store and checked when a batch is created from it). A batch's output and error files
 (`app.server.batch_objects`) are read through the same routes. Errors: 400 for another purpose, a missing or
-extra form field; 404 for an unknown file id; 413 for a file over the upload limit.
+extra form field, a body that is not `multipart/form-data`; 404 for an unknown file id; 413 for a file over the
+upload limit.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ FORM_FIELDS = ("file", "purpose")
 async def upload_file(request: Request) -> dict[str, Any]:
     """Store an uploaded batch input file; returns its `File` object."""
     state: ServerState = request.app.state.baton
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise APIError(400, "an upload is a multipart/form-data form with the fields file and purpose",
+                       code="invalid_request")
     async with request.form(max_files=1, max_fields=len(FORM_FIELDS)) as form:
         unknown = sorted(set(form) - set(FORM_FIELDS))
         if unknown:
