@@ -14,7 +14,8 @@ Read from the engine's stats snapshot at each scrape (`backend.EngineStats`):
   looked up in the prefix cache, and of those the tokens served from it.
 
 Observed per request by `MeteredEngine`, every request the server sends (HTTP routes and batch jobs):
-- `baton:time_to_first_token_seconds` (histogram): from the request's intake to its first token (s).
+- `baton:time_to_first_token_seconds` (histogram): from the request's submission to the engine to its first
+  token (s; an HTTP request's prompt is tokenized just before, in a worker thread, and that is not counted).
 - `baton:time_per_output_token_seconds` (histogram): each gap between two tokens of a request (s; vLLM's
   per-token observation, the inter-token latency).
 - `baton:e2e_request_latency_seconds` (histogram): intake to the last output, for requests that finished
