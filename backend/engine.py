@@ -24,7 +24,7 @@ import torch
 from .config import EngineConfig, Priority, SamplingParams
 from .core import EngineCore
 from .detokenizer import IncrementalDetokenizer
-from .intake import max_token_chars, text_problem
+from .intake import ContextLengthError, max_token_chars, text_problem
 from .models import LoadedModel, load_model
 from .request import Request, TokenOutput
 from .stats import EngineStats
@@ -167,7 +167,8 @@ class Engine:
             priority: scheduling class.
             request_id: your id (unique among live requests) or None for a fresh one.
         Raises:
-            ValueError: invalid prompt (empty, longer than the context), params, priority or duplicate id.
+            ValueError: invalid prompt (empty; longer than the context: `ContextLengthError`), params, priority
+                or duplicate id.
             RuntimeError: the engine is not running.
         Leaving the iteration early (break, task cancellation) cancels the request in the engine.
         """
@@ -298,15 +299,15 @@ class Engine:
         """Refuse text that cannot fit in the context, without tokenizing it (its UTF-8 is checked before).
 
         Raises:
-            ValueError: `prompt: <what> is N characters, ...` when N (characters) is more than `max_model_len`
-                (tokens) times the most characters one token stands for.
+            ContextLengthError: `prompt: <what> is N characters, ...` when N (characters) is more than
+                `max_model_len` (tokens) times the most characters one token stands for.
         """
         per_token = max_token_chars(self.model.tokenizer)
         max_len = self.max_model_len or self.model.max_model_len  # before start(): the model's own
         if per_token is not None and len(text) > max_len * per_token:
-            raise ValueError(f"prompt: {what} is {len(text)} characters, which cannot fit in the context of "
-                             f"{max_len} tokens (max_model_len): one token of this model stands for at most "
-                             f"{per_token} characters")
+            raise ContextLengthError(f"prompt: {what} is {len(text)} characters, which cannot fit in the context "
+                                     f"of {max_len} tokens (max_model_len): one token of this model stands for at "
+                                     f"most {per_token} characters")
 
     def _make_request(self, prompt: Prompt, params: SamplingParams | None, priority: Priority,
                       request_id: str | None, emit: Callable[[TokenOutput], None]) -> Request:
@@ -321,8 +322,8 @@ class Engine:
             raise ValueError(f"priority: must be one of {[p.name for p in Priority]}, got {priority!r}") from None
         ids = self.tokenize(prompt)
         if len(ids) >= self.max_model_len:
-            raise ValueError(f"prompt: {len(ids)} tokens leave no room in the context of "
-                             f"{self.max_model_len} tokens (max_model_len)")
+            raise ContextLengthError(f"prompt: {len(ids)} tokens leave no room in the context of "
+                                     f"{self.max_model_len} tokens (max_model_len)")
         budget = self._core.fixed_kv_budget()
         need = (len(ids) + params.max_tokens + 1) * self._core.bytes_per_token
         if budget is not None and need > budget:

@@ -68,7 +68,7 @@ def load_job_file(path: str | Path, name: str | None = None) -> JobFile:
     suffix, stem = path.suffix.lower(), path_text(path.stem)
     try:
         if suffix == ".jsonl":
-            return _batch(data, name or stem)
+            return batch_job_file(data, name or stem)
         if suffix in (".yaml", ".yml", ".json"):
             return _agent(_parse_mapping(data, suffix), name, stem)
         return _sniff(data, name, stem)
@@ -91,12 +91,19 @@ def _sniff(data: bytes, name: str | None, stem: str) -> JobFile:
         return _agent(obj, name, stem)
     lines = [x for x in data.splitlines() if x.strip()]
     if lines and all(x.lstrip().startswith(b"{") for x in lines):
-        return _batch(data, name or stem)
+        return batch_job_file(data, name or stem)
     raise ValueError("not a job file: use .jsonl for an OpenAI Batch file, .yaml/.yml/.json for an agent "
                      "task with \"steps\"")
 
 
-def _batch(data: bytes, name: str) -> JobFile:
+def batch_job_file(data: bytes, name: str) -> JobFile:
+    """A batch job from an OpenAI Batch file's bytes (read from disk, or uploaded to `baton serve`).
+
+    Returns:
+        `(kind, name, items, spec)` as `load_job_file`'s, kind `"batch"`.
+    Raises:
+        ValueError: `NO_REQUESTS` for a file without a request line (its bad lines are items that fail).
+    """
     items: list[dict[str, Any]] = []
     for entry in batch_file.parse_input(data):
         if isinstance(entry, batch_file.LineError):
