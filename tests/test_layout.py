@@ -6,6 +6,9 @@
   end; `app/tui` not the CLI; `app/server` (HTTP) neither Textual, argparse, the CLI nor the TUI, and only it
   (and the CLI's `serve` command, when it runs) imports the HTTP stack (FastAPI, Starlette, uvicorn,
   sse-starlette, prometheus-client).
+- `app/remote` (the remote engine) imports `app/chat`, `backend`'s public names, `openai` and
+  prometheus_client's parser; no front end, job runner, server or store. Of the rest only the CLI's
+  `engine_options` imports it (deferred, for `--backend`).
 - The app imports the engine only through `backend`'s public names, never a submodule.
 - `baton --help`, `baton jobs list` and `baton jobs show` never import torch or the HTTP stack (they print at
   once); `import app.server` imports no torch (the engine is handed to it).
@@ -120,6 +123,9 @@ def test_the_checker_sees_relative_and_deferred_imports():
     ("app.tui", "app.cli"),
     ("app.server", "textual"), ("app.server", "argparse"), ("app.server", "app.cli"), ("app.server", "app.tui"),
     ("app.chat", "app.server"), ("app.jobs", "app.server"),
+    ("app.remote", "textual"), ("app.remote", "argparse"), ("app.remote", "app.cli"), ("app.remote", "app.tui"),
+    ("app.remote", "app.jobs"), ("app.remote", "app.server"), ("app.remote", "storage"),
+    ("app.chat", "app.remote"), ("app.jobs", "app.remote"), ("app.server", "app.remote"), ("app.tui", "app.remote"),
 ])
 def test_import_boundaries(within, forbidden):
     assert _importers(forbidden, within) == []
@@ -138,8 +144,16 @@ def test_the_cli_imports_the_server_only_in_its_serve_command():
 
 
 def test_only_the_server_imports_the_http_stack():
-    users = {m for m, imps in IMPORTS.items() if any(_under(i, p) for p in HTTP_STACK for i in imps)}
-    assert users and all(_under(m, "app.server") for m in users), sorted(users)
+    """... except `app.remote.stats`, which parses a vLLM server's `/metrics` with prometheus_client's parser."""
+    users = {m: {p for p in HTTP_STACK for i in imps if _under(i, p)} for m, imps in IMPORTS.items()}
+    users = {m: found for m, found in users.items() if found}
+    assert users and all(_under(m, "app.server") or (m == "app.remote.stats" and found == {"prometheus_client"})
+                         for m, found in users.items()), sorted(users)
+
+
+def test_the_cli_imports_the_remote_engine_only_in_start_engine():
+    assert {line.split(" -> ")[0] for line in _importers("app.remote", "app.cli")} == {"app.cli.engine_options"}
+    assert "openai" not in IMPORTS["app.cli.engine_options"]
 
 
 def test_the_app_uses_only_the_engines_public_api():

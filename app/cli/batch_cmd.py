@@ -70,7 +70,8 @@ def run_batch(config: EngineConfig, input_path: str | os.PathLike, output_path: 
     See the module docstring for what runs and what is written; the file format is `app.chat.batch_file`'s.
 
     Args:
-        config: engine configuration (the model is loaded here, after the files are checked).
+        config: engine configuration (the model is loaded here, after the files are checked), or a
+            `RemoteSpec` (`--backend`).
         input_path: the JSONL input file.
         output_path: where the JSONL output goes (replaced if it exists; never the input file).
         progress: show a progress bar on `err`; None shows it when `err` is a terminal.

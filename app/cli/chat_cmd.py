@@ -63,7 +63,7 @@ def run_chat(config: EngineConfig, messages: list[dict[str, str]], params: Sampl
     """Stream one answer to `out`, writing (and flushing) each text delta as it arrives, then a newline.
 
     Args:
-        config: engine configuration (the model is loaded here).
+        config: engine configuration (the model is loaded here), or a `RemoteSpec` (`--backend`).
         messages: chat messages (see `chat_messages`).
         params: sampling parameters.
         out: where the answer goes (default `sys.stdout`); err: where failures are reported (`sys.stderr`).
@@ -92,7 +92,7 @@ def run_conversation(config: EngineConfig, params: SamplingParams, system: str |
     ends the conversation with a `UsageError` (see `read_turn`).
 
     Args:
-        config: engine configuration (the model is loaded once, here).
+        config: engine configuration (the model is loaded once, here), or a `RemoteSpec` (`--backend`).
         params: sampling parameters for every answer.
         system: a system prompt, or None.
         inp, out, err: default `sys.stdin`, `sys.stdout`, `sys.stderr`.

@@ -1,11 +1,17 @@
 """The command-line options that configure the engine, shared by every `baton` command that runs one (the TUI,
 `chat`, `batch`, `jobs run`), the mapping of `EngineConfig`'s field-named errors back to those options, and
-`start_engine` (the only place the CLI imports the engine itself, and with it torch)."""
+`start_engine` (the only place the CLI imports the engine itself, and with it torch).
+
+`--backend URL` (with `--api-key`, else `$OPENAI_API_KEY`) makes those commands use a remote OpenAI-compatible
+server instead (`app.remote.RemoteEngine`, imported only then): `engine_config` returns a `RemoteSpec` and
+`start_engine` reaches the server instead of loading a model."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+from dataclasses import dataclass
 from decimal import Decimal
 
 from typing import TYPE_CHECKING
@@ -15,7 +21,30 @@ from backend import DEFAULT_MODEL, EngineConfig
 from .errors import UsageError
 
 if TYPE_CHECKING:
-    from backend import Engine
+    from ..chat.engine_api import ChatEngine
+
+API_KEY_ENV = "OPENAI_API_KEY"
+
+
+@dataclass(frozen=True)
+class RemoteSpec:
+    """A remote engine to use instead of a local model (`--backend`).
+
+    Attributes:
+        url: the server (`http://host:port`, with or without `/v1`).
+        api_key: the bearer key, or None.
+        model: the served model to use; None: the first the server lists.
+    """
+
+    url: str
+    api_key: str | None = None
+    model: str | None = None
+
+    def make(self):
+        """An unstarted `app.remote.RemoteEngine` for this spec (imports `app.remote` and `openai`)."""
+        from ..remote import RemoteEngine
+
+        return RemoteEngine(self.url, api_key=self.api_key, model=self.model)
 
 #: `EngineConfig` field (the first word of its ValueError messages) -> the option that sets it.
 ENGINE_OPTIONS = {"model": "--model", "device": "--device", "dtype": "--dtype", "max_batch_size": "--max-batch-size",
@@ -82,6 +111,18 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                             "10%% of RAM); on CUDA min(8 GiB, 10%% of device memory), then host memory)")
 
 
+def add_remote_options(parser: argparse.ArgumentParser) -> None:
+    """Add `--backend URL` and `--api-key KEY` (a "remote engine" group) to `parser`."""
+    group = parser.add_argument_group("remote engine")
+    group.add_argument("--backend", metavar="URL",
+                       help="use the OpenAI-compatible server at URL (vLLM, SGLang, llama-server, Ollama, "
+                            "baton serve; e.g. http://gpu-box:8000) instead of loading a model; --model then "
+                            "names a served model (default: the first the server lists), and the other "
+                            "engine options are ignored")
+    group.add_argument("--api-key", metavar="KEY", default=None,
+                       help=f"the server's API key, with --backend (default: ${API_KEY_ENV} if set)")
+
+
 def option_message(exc: ValueError, options: dict[str, str] = ENGINE_OPTIONS) -> str:
     """`max_batch_size: must be ...` -> `--max-batch-size: must be ...` (the option the user typed)."""
     text = str(exc)
@@ -91,12 +132,24 @@ def option_message(exc: ValueError, options: dict[str, str] = ENGINE_OPTIONS) ->
     return text
 
 
-def engine_config(args: argparse.Namespace) -> EngineConfig:
-    """The `EngineConfig` the parsed engine options describe.
+def engine_config(args: argparse.Namespace) -> EngineConfig | RemoteSpec:
+    """The `EngineConfig` the parsed engine options describe, or the `RemoteSpec` of `--backend`.
 
     Raises:
-        UsageError: an invalid value, named by its option.
+        UsageError: an invalid value, named by its option (`--api-key` without `--backend`, an empty one, a
+            `--backend` that is not an http(s) URL).
     """
+    backend = getattr(args, "backend", None)
+    key = getattr(args, "api_key", None)
+    if backend is not None:
+        if not backend.startswith(("http://", "https://")):
+            raise UsageError(f"--backend: must be an http:// or https:// URL, got {backend!r}")
+        if key is not None and not key:
+            raise UsageError("--api-key: must not be empty")
+        model = args.model if args.model != DEFAULT_MODEL else None
+        return RemoteSpec(backend, key or os.environ.get(API_KEY_ENV) or None, model)
+    if key is not None:
+        raise UsageError("--api-key: only with --backend URL")
     try:
         return EngineConfig(model=args.model, device=args.device, dtype=args.dtype,
                             max_batch_size=args.max_batch_size, max_prefill_tokens=args.max_prefill_tokens,
@@ -105,16 +158,25 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         raise UsageError(option_message(exc)) from exc
 
 
-def start_engine(config: EngineConfig) -> Engine:
-    """Load the model and start an engine (imports torch and transformers on first use).
+def start_engine(config: EngineConfig | RemoteSpec) -> ChatEngine:
+    """Load the model and start an engine (imports torch and transformers on first use), or reach the remote
+    server of a `RemoteSpec`.
 
     Args:
-        config: the engine configuration.
+        config: the engine configuration, or a remote server.
     Returns:
-        A started `Engine` (call `shutdown()` when done).
+        A started engine (call `shutdown()` when done).
     Raises:
-        UsageError: the model cannot be loaded (unknown spec, missing package or file, no GPU).
+        UsageError: the model cannot be loaded (unknown spec, missing package or file, no GPU), or the server
+            cannot be used (unreachable, key refused, model not served).
     """
+    if isinstance(config, RemoteSpec):
+        from ..remote import RemoteUnavailable
+
+        try:
+            return config.make().start()
+        except RemoteUnavailable as exc:
+            raise UsageError(str(exc)) from exc
     from backend import Engine, ModelLoadError
 
     try:

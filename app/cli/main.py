@@ -25,7 +25,8 @@ from ..chat.completions import DEFAULT_MAX_TOKENS
 from ..chat.settings import DEFAULT_MAX_TOKENS as CHAT_MAX_TOKENS
 from ..chat.settings import DEFAULT_TEMPERATURE as CHAT_TEMPERATURE
 from . import batch_cmd, chat_cmd
-from .engine_options import ENGINE_OPTIONS, add_engine_options, engine_config, option_message
+from .engine_options import (ENGINE_OPTIONS, RemoteSpec, add_engine_options, add_remote_options, engine_config,
+                             option_message)
 from .errors import UsageError
 from .jobs_cmd import add_jobs_subparser
 from .serve_cmd import add_serve_subparser
@@ -48,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
         An `argparse.ArgumentParser`; parsed arguments carry `command` (None, "tui", "chat" or "batch") and
         `handler` (the function that runs it; the TUI's when there is no command).
     """
-    engine = argparse.ArgumentParser(add_help=False)
-    add_engine_options(engine)
+    local = argparse.ArgumentParser(add_help=False)  # `serve`: a local model only (its --api-key is its own)
+    add_engine_options(local)
+    engine = argparse.ArgumentParser(add_help=False, parents=[local])  # the rest may use a remote engine
+    add_remote_options(engine)
 
     tui = argparse.ArgumentParser(add_help=False)
     group = tui.add_argument_group("TUI")
@@ -96,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="output file (written atomically; replaced if it exists; not the input file)")
     batch.set_defaults(handler=_batch)
     add_jobs_subparser(sub, engine)
-    add_serve_subparser(sub, engine)
+    add_serve_subparser(sub, local)
     return parser
 
 
@@ -181,6 +184,8 @@ def _tui(args: argparse.Namespace) -> int:
 
     if args.theme is not None and args.theme not in theme_names():
         raise UsageError(f"--theme: unknown theme {args.theme!r}; choose one of {', '.join(theme_names())}")
+    if isinstance(config, RemoteSpec):
+        return run_tui(None, args.db, args.theme, engine=config.make())
     return run_tui(config, args.db, args.theme)
 
 

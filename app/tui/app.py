@@ -15,6 +15,7 @@ import dataclasses
 import os
 import sys
 import warnings
+from typing import Any
 
 from textual import on
 from textual.app import App, ScreenStackError
@@ -162,8 +163,12 @@ class BatonApp(App[None]):
             await self.store.close()
 
 
-def run_tui(config: EngineConfig, db_path: str | os.PathLike[str] | None = None, theme: str | None = None) -> int:
+def run_tui(config: EngineConfig | None, db_path: str | os.PathLike[str] | None = None, theme: str | None = None,
+            engine: Any = None) -> int:
     """Run the TUI until the user quits. Returns the exit status.
+
+    `engine`, when given (an unstarted `ChatEngine`, e.g. `--backend`'s remote one), is used instead of one
+    made from `config`; the app starts it in a thread and shuts it down.
 
     The store is opened first: a database that cannot be used (corrupt, locked, not SQLite...) is one
     `baton: error: <file>: <why>` line on stderr and status 2, before any screen is drawn.
@@ -176,7 +181,7 @@ def run_tui(config: EngineConfig, db_path: str | os.PathLike[str] | None = None,
             print(f"baton: error: {exc}", file=sys.stderr)
             return 2
         try:
-            app = BatonApp(config=config, store=store, theme=theme)
+            app = BatonApp(engine=engine, config=config, store=store, theme=theme)
             await app.run_async()
         finally:
             await store.close()
