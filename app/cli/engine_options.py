@@ -119,7 +119,7 @@ def add_remote_options(parser: argparse.ArgumentParser) -> None:
                             "baton serve; e.g. http://gpu-box:8000) instead of loading a model; --model then "
                             "names a served model (default: the first the server lists), and the other "
                             "engine options are ignored")
-    group.add_argument("--api-key", metavar="KEY", default=None,
+    group.add_argument("--api-key", metavar="KEY", default=None, dest="backend_api_key",
                        help=f"the server's API key, with --backend (default: ${API_KEY_ENV} if set)")
 
 
@@ -140,7 +140,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig | RemoteSpec:
             `--backend` that is not an http(s) URL).
     """
     backend = getattr(args, "backend", None)
-    key = getattr(args, "api_key", None)
+    key = getattr(args, "backend_api_key", None)  # `serve`'s own --api-key is `api_key`
     if backend is not None:
         if not backend.startswith(("http://", "https://")):
             raise UsageError(f"--backend: must be an http:// or https:// URL, got {backend!r}")

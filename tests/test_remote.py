@@ -1,0 +1,177 @@
+"""Baton on a remote engine (`--backend URL`): a real `baton serve --model random:tiny` subprocess (shared with
+`tests/test_server.py` through `serve_support`) driven by `RemoteEngine` and the `baton` commands, whose
+greedy texts must equal the in-process engine's; faults (connection refused, a stream cut mid-answer) end as
+clear errors. Every wait is a bounded loop on a condition, never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from app.chat.engine_api import REMOTE_TOKEN_ID, ChatEngine
+from app.cli import main
+from app.remote import RemoteEngine
+from backend import Engine, Priority, SamplingParams
+from serve_support import KEY, WAIT_S, ServerProcess
+
+QUESTION = "Name three colors."
+MAX_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = ServerProcess(tmp_path_factory.mktemp("remote"))
+    server.start()
+    yield server
+    if server.proc.poll() is None:
+        server.proc.kill()
+        server.proc.wait()
+
+
+@pytest.fixture
+def remote(server):
+    engine = RemoteEngine(server.url, api_key=KEY).start()
+    yield engine
+    engine.shutdown()
+
+
+def greedy(engine: Engine, messages: list[dict], max_tokens: int = MAX_TOKENS) -> str:
+    result, = engine.generate_batch([messages], SamplingParams(max_tokens=max_tokens, temperature=0),
+                                    priority=Priority.INTERACTIVE)
+    return result.text
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_both_engines_satisfy_the_apps_engine_interface(make_engine, remote):
+    assert isinstance(make_engine(), ChatEngine) and isinstance(remote, ChatEngine)
+    assert remote.model.name == "random:tiny" and remote.max_model_len > 0
+
+
+def test_baton_chat_on_a_backend_is_the_in_process_engines_greedy_answer(server, make_engine, capsys):
+    expected = greedy(make_engine(), [{"role": "user", "content": QUESTION}])
+    status = main(["chat", "--backend", server.url, "--api-key", KEY, "--temperature", "0",
+                   "--max-tokens", str(MAX_TOKENS), QUESTION])
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    assert out.out == expected + "\n"
+
+
+def test_a_stream_carries_tokens_usage_and_the_stats_of_a_baton_serve(remote, make_engine):
+    messages = [{"role": "user", "content": "hello"}]
+
+    async def collect():
+        return [o async for o in remote.generate(messages, SamplingParams(max_tokens=MAX_TOKENS, temperature=0),
+                                                 priority=Priority.AGENT)]
+
+    outs = asyncio.run(collect())
+    assert "".join(o.text for o in outs) == greedy(make_engine(), messages)
+    assert all(o.token_id == REMOTE_TOKEN_ID for o in outs[:-1]) and outs[-1].finished
+    assert outs[-1].prompt_tokens > 0 and outs[-1].completion_tokens == MAX_TOKENS
+    assert remote.stats_source == "baton" and remote.stats().model == "random:tiny"
+
+
+def test_cancel_closes_the_stream_and_frees_the_servers_row(remote):
+    async def run() -> list:
+        outs = []
+        async for out in remote.generate([{"role": "user", "content": "go"}],
+                                         SamplingParams(max_tokens=4000, ignore_eos=True), request_id="r1"):
+            outs.append(out)
+            if len(outs) == 2:
+                assert remote.cancel("r1") is True
+        return outs
+
+    outs = asyncio.run(run())
+    assert outs[-1].finish_reason == "cancelled" and len(outs) >= 3
+    assert remote.cancel("r1") is False
+    deadline = time.monotonic() + WAIT_S
+    while remote._read_stats().batch_size:  # the server's own snapshot, read now
+        assert time.monotonic() < deadline, "the server kept the cancelled row"
+
+
+def test_a_job_runs_through_a_backend(server, make_engine, tmp_path, capsys):
+    db, inp, out = tmp_path / "jobs.db", tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    bodies = [{"messages": [{"role": "user", "content": f"item {i}"}], "max_tokens": 6, "temperature": 0}
+              for i in range(2)]
+    inp.write_text("".join(json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+                                       "body": b}) + "\n" for i, b in enumerate(bodies)))
+    assert main(["jobs", "submit", str(inp), "--db", str(db)]) == 0
+    status = main(["jobs", "run", "--db", str(db), "--backend", server.url, "--api-key", KEY])
+    assert status == 0, capsys.readouterr().err
+    assert main(["jobs", "export", "1", "-o", str(out), "--db", str(db)]) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    engine = make_engine()
+    assert [line["response"]["body"]["choices"][0]["message"]["content"] for line in lines] == \
+           [greedy(engine, b["messages"], 6) for b in bodies]
+
+
+def test_a_refused_connection_is_one_clear_error(capsys):
+    url = f"http://127.0.0.1:{free_port()}"
+    assert main(["chat", "--backend", url, "hi"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("baton: error: cannot reach") and url in err and "refused" in err.lower()
+
+
+def test_a_key_without_a_backend_is_a_usage_error(capsys):
+    assert main(["chat", "--api-key", "k", "hi"]) == 2
+    assert "--api-key: only with --backend" in capsys.readouterr().err
+
+
+class CutServer:
+    """A loopback HTTP server that lists one model, then answers a chat completion with one streamed delta and
+    closes the connection mid-stream (what a crashed or restarted server looks like to the client)."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                head = conn.recv(65536).decode("latin-1")
+                if head.startswith("GET /v1/models"):
+                    body = json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]}).encode()
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                elif head.startswith("POST"):
+                    chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                             "choices": [{"index": 0, "delta": {"content": "partial"}, "finish_reason": None}]}
+                    event = f"data: {json.dumps(chunk)}\n\n".encode()
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                                 b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n" % (len(event), event))
+                else:
+                    conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_stream_cut_mid_answer_ends_in_an_error_and_keeps_the_partial_answer():
+    cut = CutServer()
+    engine = RemoteEngine(cut.url).start()
+    try:
+        async def collect():
+            return [o async for o in engine.generate([{"role": "user", "content": "hi"}])]
+
+        outs = asyncio.run(collect())
+    finally:
+        engine.shutdown()
+        cut.close()
+    assert engine.stats_source == "client"
+    assert "".join(o.text for o in outs) == "partial"
+    assert outs[-1].finish_reason == "error" and cut.url in outs[-1].error
