@@ -19,6 +19,7 @@ from app.cli import main
 from app.remote import RemoteEngine
 from backend import Engine, Priority, SamplingParams
 from serve_support import KEY, WAIT_S, ServerProcess
+from tui_support import config_dir  # noqa: F401  (preferences in a throwaway folder for the TUI test)
 
 QUESTION = "Name three colors."
 MAX_TOKENS = 12
@@ -175,3 +176,29 @@ def test_a_stream_cut_mid_answer_ends_in_an_error_and_keeps_the_partial_answer()
     assert engine.stats_source == "client"
     assert "".join(o.text for o in outs) == "partial"
     assert outs[-1].finish_reason == "error" and cut.url in outs[-1].error
+
+
+async def test_the_tui_chats_through_a_backend_and_escape_keeps_the_partial_answer(server, tmp_path):
+    from app.tui import BatonApp
+    from storage import Store
+    from tui_support import SIZE, idle, new_chat, ready, send, wait_for
+
+    engine = RemoteEngine(server.url, api_key=KEY)  # not started: the app starts it in a thread, as `baton`
+    async with await Store.open(tmp_path / "baton.db") as store:
+        app = BatonApp(engine=engine, store=store)
+        async with app.run_test(size=SIZE) as pilot:
+            screen = await ready(pilot)
+            chat_id = await new_chat(pilot)
+            await store.update_chat_settings(chat_id, None, {"max_tokens": MAX_TOKENS, "temperature": 0.0})
+            await send(pilot, QUESTION)
+            await idle(pilot)
+            await store.update_chat_settings(chat_id, None, {"max_tokens": 1900, "ignore_eos": True})
+            await send(pilot, "never stop talking")
+            await wait_for(pilot, lambda: (g := screen.sessions.live(chat_id)) and g.message_id and len(g.text) > 8,
+                           what="some streamed text")
+            await pilot.press("escape")
+            await idle(pilot)
+        first, second = [m for m in await store.list_messages(chat_id) if m.role == "assistant"]
+    assert not engine.started  # the app shut down the engine it started
+    assert (first.finish_reason, first.completion_tokens, first.model) == ("length", MAX_TOKENS, "random:tiny")
+    assert second.finish_reason == "cancelled" and second.content and 0 < second.completion_tokens < 1900

@@ -41,7 +41,7 @@ FINISH_REASONS = {"stop": "stop", "length": "length"}  # others (content_filter,
 
 @dataclass(frozen=True)
 class RemoteModel:
-    """The served model: `name` (its id on the server), `device` (`remote`: no device memory to read here)."""
+    """The served model: `name` (its id on the server), `device` (`remote URL`: no device memory to read here)."""
 
     name: str
     device: str = "remote"
@@ -129,7 +129,7 @@ class RemoteEngine:
         if chosen is None:
             raise RemoteUnavailable(f"--model: {self._wanted_model!r} is not served at {self.api_url} "
                                     f"(it serves {', '.join(ids)})")
-        self._model = RemoteModel(chosen["id"])
+        self._model = RemoteModel(chosen["id"], f"remote {self.root_url}")
         length = chosen.get("max_model_len")
         self.max_model_len = length if isinstance(length, int) and length > 0 else None
         self.stats_source = self._find_stats_source()
