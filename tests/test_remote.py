@@ -202,3 +202,33 @@ async def test_the_tui_chats_through_a_backend_and_escape_keeps_the_partial_answ
     assert not engine.started  # the app shut down the engine it started
     assert (first.finish_reason, first.completion_tokens, first.model) == ("length", MAX_TOKENS, "random:tiny")
     assert second.finish_reason == "cancelled" and second.content and 0 < second.completion_tokens < 1900
+
+
+async def test_the_tui_with_listen_serves_its_engine_over_http(make_engine, tmp_path):
+    import openai
+
+    from app.server.embedded import EmbeddedServer
+    from app.tui import BatonApp
+    from storage import Store
+    from tui_support import SIZE, ready, wait_for
+
+    engine = make_engine()
+    listener = EmbeddedServer.bind("127.0.0.1", 0, api_key="k")
+    messages = [{"role": "user", "content": QUESTION}]
+    async with await Store.open(tmp_path / "baton.db") as store:
+        app = BatonApp(engine=engine, store=store, listener=listener)
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot)
+            await wait_for(pilot, lambda: listener._server is not None and listener._server.started,
+                           what="the listener")
+            client = openai.OpenAI(base_url=listener.url + "/v1", api_key="k", max_retries=0, timeout=WAIT_S)
+            answer = await asyncio.to_thread(client.chat.completions.create, model="random:tiny",
+                                             messages=messages, max_tokens=MAX_TOKENS, temperature=0)
+    assert answer.choices[0].message.content == greedy(engine, messages)
+    assert listener._server is None  # stopped with the app
+
+
+def test_listen_refuses_another_host_without_a_key(capsys, monkeypatch):
+    monkeypatch.delenv("BATON_API_KEY", raising=False)
+    assert main(["--listen", "0.0.0.0:0"]) == 2
+    assert "refusing to serve" in capsys.readouterr().err

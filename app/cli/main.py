@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--db", metavar="PATH", help="chat history database (default: baton.db in the user data "
                        "folder, created if needed; the folder of a PATH given here must exist)")
     group.add_argument("--theme", metavar="NAME", help="theme for this run (default: the one last chosen in the app)")
+    group.add_argument("--listen", metavar="[HOST:]PORT",
+                       help="also serve the TUI's engine as an OpenAI-compatible API there (host default "
+                            "127.0.0.1; another host needs --listen-key), so agents share the chat's model and "
+                            "batch")
+    group.add_argument("--listen-key", metavar="KEY", default=None,
+                       help="the API key --listen requires on every route but /health (default: $BATON_API_KEY "
+                            "if set, else none)")
 
     parser = argparse.ArgumentParser(
         prog="baton", parents=[engine, tui],
@@ -184,9 +191,30 @@ def _tui(args: argparse.Namespace) -> int:
 
     if args.theme is not None and args.theme not in theme_names():
         raise UsageError(f"--theme: unknown theme {args.theme!r}; choose one of {', '.join(theme_names())}")
+    listen = _listen_address(args)
     if isinstance(config, RemoteSpec):
+        if listen is not None:
+            raise UsageError("--listen: serves the in-process engine; not with --backend")
         return run_tui(None, args.db, args.theme, engine=config.make())
-    return run_tui(config, args.db, args.theme)
+    return run_tui(config, args.db, args.theme, listen=listen)
+
+
+def _listen_address(args: argparse.Namespace) -> tuple[str, int, str | None] | None:
+    """(host, port, key) of `--listen [HOST:]PORT` and `--listen-key` (else `$BATON_API_KEY`), or None.
+
+    Raises:
+        UsageError: not `[HOST:]PORT` with a port in 0..65535, or an empty key.
+    """
+    if args.listen is None:
+        if args.listen_key is not None:
+            raise UsageError("--listen-key: only with --listen")
+        return None
+    host, _, port = args.listen.rpartition(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"--listen: must be [HOST:]PORT with a port in 0..65535, got {args.listen!r}")
+    if args.listen_key is not None and not args.listen_key:
+        raise UsageError("--listen-key: must not be empty")
+    return host.strip("[]") or "127.0.0.1", int(port), args.listen_key or os.environ.get("BATON_API_KEY") or None
 
 
 def _batch(args: argparse.Namespace) -> int:

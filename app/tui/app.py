@@ -45,6 +45,8 @@ class BatonApp(App[None]):
         store: an open store (stays the caller's); else the app opens `db_path` and closes it at exit.
         db_path: the history database (default `storage.default_db_path()`).
         theme: a theme name for this run, overriding the saved one (not saved unless changed in the app).
+        listener: an `app.server.embedded.EmbeddedServer` (`baton --listen`): the HTTP API on the same engine,
+            started once the model is loaded, stopped before the engine.
     """
 
     CSS_PATH = "baton.tcss"
@@ -52,8 +54,9 @@ class BatonApp(App[None]):
 
     def __init__(self, *, engine: Engine | None = None, config: EngineConfig | None = None,
                  store: Store | None = None, db_path: str | os.PathLike[str] | None = None,
-                 theme: str | None = None) -> None:
+                 theme: str | None = None, listener: Any = None) -> None:
         super().__init__()
+        self.listener = listener
         self.engine = engine if engine is not None else Engine(config or EngineConfig())
         self._owns_engine = not self.engine.started
         self.store = store
@@ -126,6 +129,13 @@ class BatonApp(App[None]):
             return
         self._jobs_worker = self.run_worker(self.job_runner.run_queued(watch=True), name="background jobs",
                                             group="jobs", exit_on_error=False)
+        if self.listener is not None:
+            self.run_worker(self._listen(event.engine), name="listen", group="listen", exit_on_error=False)
+
+    async def _listen(self, engine: Any) -> None:
+        """Serve the HTTP API on the loaded engine (`--listen`), sharing the app's job runner."""
+        url = await self.listener.start(engine, self.store, self.job_runner)
+        self.notify(f"OpenAI API on {url}/v1", title="Listening")
 
     def _job_progressed(self, progress: JobProgress) -> None:
         """Tell the active screen that a job moved on (the jobs screen shows it; the others ignore it)."""
@@ -154,6 +164,8 @@ class BatonApp(App[None]):
     async def on_unmount(self) -> None:
         """Store what is streaming as cancelled, stop the job runner, then stop the engine and close the store
         if they are ours."""
+        if self.listener is not None:
+            await self.listener.stop()
         await self.stop_jobs()
         if self._chat_screen is not None:  # the screens are closed by now; their turns are not
             await self._chat_screen.sessions.close()
@@ -164,15 +176,27 @@ class BatonApp(App[None]):
 
 
 def run_tui(config: EngineConfig | None, db_path: str | os.PathLike[str] | None = None, theme: str | None = None,
-            engine: Any = None) -> int:
+            engine: Any = None, listen: tuple[str, int, str | None] | None = None) -> int:
     """Run the TUI until the user quits. Returns the exit status.
 
     `engine`, when given (an unstarted `ChatEngine`, e.g. `--backend`'s remote one), is used instead of one
-    made from `config`; the app starts it in a thread and shuts it down.
+    made from `config`; the app starts it in a thread and shuts it down. `listen` (host, port, API key or
+    None) also serves the engine's OpenAI API there (`--listen`): the address is checked and bound first, a
+    non-loopback host without a key or an address in use being one `baton: error:` line and status 2.
 
     The store is opened first: a database that cannot be used (corrupt, locked, not SQLite...) is one
     `baton: error: <file>: <why>` line on stderr and status 2, before any screen is drawn.
     """
+    listener = None
+    if listen is not None:
+        from ..server.embedded import EmbeddedServer  # the HTTP stack, only with --listen
+
+        try:
+            listener = EmbeddedServer.bind(*listen)
+        except (ValueError, OSError) as exc:
+            print(f"baton: error: --listen: {exc}", file=sys.stderr)
+            return 2
+
     async def main() -> int:
         """Open the store, run the app, close the store."""
         try:
@@ -181,7 +205,7 @@ def run_tui(config: EngineConfig | None, db_path: str | os.PathLike[str] | None 
             print(f"baton: error: {exc}", file=sys.stderr)
             return 2
         try:
-            app = BatonApp(engine=engine, config=config, store=store, theme=theme)
+            app = BatonApp(engine=engine, config=config, store=store, theme=theme, listener=listener)
             await app.run_async()
         finally:
             await store.close()
