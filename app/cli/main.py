@@ -196,7 +196,9 @@ def _tui(args: argparse.Namespace) -> int:
         if listen is not None:
             raise UsageError("--listen: serves the in-process engine; not with --backend")
         return run_tui(None, args.db, args.theme, engine=config.make())
-    return run_tui(config, args.db, args.theme, listen=listen)
+    if listen is not None:
+        return run_tui(config, args.db, args.theme, listen=listen)
+    return run_tui(config, args.db, args.theme)
 
 
 def _listen_address(args: argparse.Namespace) -> tuple[str, int, str | None] | None:
