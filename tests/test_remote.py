@@ -128,11 +128,31 @@ def test_a_key_without_a_backend_is_a_usage_error(capsys):
     assert "--api-key: only with --backend" in capsys.readouterr().err
 
 
-class CutServer:
-    """A loopback HTTP server that lists one model, then answers a chat completion with one streamed delta and
-    closes the connection mid-stream (what a crashed or restarted server looks like to the client)."""
+def sse(*chunks: dict, done: bool = True) -> bytes:
+    """A chunked `text/event-stream` HTTP response of these chat-completion chunks (and `[DONE]`); without
+    `done` the connection just closes after them (a cut stream)."""
+    events = [f"data: {json.dumps(c)}\n\n".encode() for c in chunks] + ([b"data: [DONE]\n\n"] if done else [])
+    body = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + (b"0\r\n\r\n" if done else b"")
+    return b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" + body
 
-    def __init__(self):
+
+def delta(text: str | None, finish: str | None = None) -> dict:
+    return {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
+            "choices": [{"index": 0, "delta": {"content": text} if text else {}, "finish_reason": finish}]}
+
+
+def json_response(status: int, payload: dict) -> bytes:
+    body = json.dumps(payload).encode()
+    return (b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (status, len(body), body))
+
+
+class FakeServer:
+    """A loopback HTTP server that lists one model (`m`) and answers each chat completion with the next of
+    `answers` (raw HTTP responses, the connection closed after each); `bodies` holds the JSON bodies it got."""
+
+    def __init__(self, *answers: bytes):
+        self.answers, self.bodies = list(answers), []
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         threading.Thread(target=self._serve, daemon=True).start()
@@ -144,38 +164,83 @@ class CutServer:
             except OSError:
                 return
             with conn:
-                head = conn.recv(65536).decode("latin-1")
-                if head.startswith("GET /v1/models"):
-                    body = json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]}).encode()
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-                elif head.startswith("POST"):
-                    chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
-                             "choices": [{"index": 0, "delta": {"content": "partial"}, "finish_reason": None}]}
-                    event = f"data: {json.dumps(chunk)}\n\n".encode()
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                                 b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n" % (len(event), event))
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                while len(body) < length:
+                    body += conn.recv(65536)
+                if head.startswith(b"GET /v1/models"):
+                    conn.sendall(json_response(200, {"object": "list", "data": [{"id": "m", "object": "model"}]}))
+                elif head.startswith(b"POST") and self.answers:
+                    self.bodies.append(json.loads(body))
+                    conn.sendall(self.answers.pop(0))
                 else:
-                    conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    conn.sendall(json_response(404, {"error": {"message": "not found"}}))
 
     def close(self) -> None:
         self.sock.close()
 
 
-def test_a_stream_cut_mid_answer_ends_in_an_error_and_keeps_the_partial_answer():
-    cut = CutServer()
-    engine = RemoteEngine(cut.url).start()
+def answer(url: str, priority: Priority = Priority.INTERACTIVE) -> list:
+    engine = RemoteEngine(url).start()
     try:
         async def collect():
-            return [o async for o in engine.generate([{"role": "user", "content": "hi"}])]
+            return [o async for o in engine.generate([{"role": "user", "content": "hi"}], priority=priority)]
 
-        outs = asyncio.run(collect())
+        return asyncio.run(collect())
     finally:
         engine.shutdown()
-        cut.close()
-    assert engine.stats_source == "client"
+
+
+def test_a_stream_cut_mid_answer_ends_in_an_error_and_keeps_the_partial_answer():
+    fake = FakeServer(sse(delta("partial"), done=False))
+    try:
+        outs = answer(fake.url)
+    finally:
+        fake.close()
     assert "".join(o.text for o in outs) == "partial"
-    assert outs[-1].finish_reason == "error" and cut.url in outs[-1].error
+    assert outs[-1].finish_reason == "error" and fake.url in outs[-1].error
+
+
+def test_a_5xx_is_an_error_answer_and_a_4xx_a_value_error():
+    fake = FakeServer(json_response(503, {"error": {"message": "overloaded"}}),
+                      json_response(400, {"error": {"message": "prompt too long", "code": "context_length_exceeded"}}))
+    try:
+        outs = answer(fake.url)
+        with pytest.raises(ValueError, match="prompt too long"):
+            answer(fake.url)
+    finally:
+        fake.close()
+    assert [o.finish_reason for o in outs] == ["error"] and "503" in outs[0].error
+
+
+def test_a_server_that_refuses_priorities_gets_the_request_again_without_one():
+    refusal = json_response(400, {"error": {"message": "Got priority 2 but Priority scheduling is not enabled."}})
+    fake = FakeServer(refusal, sse(delta("ok"), delta(None, "stop")))
+    try:
+        outs = answer(fake.url, Priority.BATCH)
+    finally:
+        fake.close()
+    assert "".join(o.text for o in outs) == "ok" and outs[-1].finish_reason == "stop"
+    assert fake.bodies[0]["priority"] == 2 and "priority" not in fake.bodies[1]
+
+
+def test_vllm_metrics_and_request_fields():
+    from app.remote.stats import vllm_gauges
+    from app.remote.wire import request_fields
+
+    text = ('# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{model_name="m"} 3.0\n'
+            '# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name="m"} 1.0\n'
+            '# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{model_name="m"} 0.25\n')
+    assert vllm_gauges(text) == {"num_requests_running": 3, "num_requests_waiting": 1, "kv_cache_usage_perc": 0.25}
+    params = SamplingParams(max_tokens=5, temperature=0, top_k=4, stop="x", seed=3)
+    fields, extra = request_fields(params, Priority.AGENT, baton=False)
+    assert fields == {"max_tokens": 5, "temperature": 0, "top_p": 1.0, "seed": 3, "stop": ["x"]}
+    assert extra == {"priority": 1, "top_k": 4}
+    assert request_fields(params, Priority.AGENT, baton=True)[1]["priority"] == "agent"
 
 
 async def test_the_tui_chats_through_a_backend_and_escape_keeps_the_partial_answer(server, tmp_path):

@@ -81,6 +81,7 @@ class RemoteEngine:
         self.stats_interval_s = stats_interval_s
         self.max_model_len: int | None = None
         self.stats_source = "client"  # baton, vllm or client (see app.remote.stats)
+        self._send_priority = True  # False once the server refused the field (see _open)
         self._wanted_model = model
         self._model: RemoteModel | None = None
         self._started = False
@@ -230,6 +231,26 @@ class RemoteEngine:
             self._clients[id(loop)] = entry = (loop, client)
         return entry[1]
 
+    async def _open(self, messages: list, fields: dict, extra: dict) -> Any:
+        """Open the stream. A server that refuses the `priority` field (vLLM without `--scheduling-policy
+        priority` refuses any but 0 with a 400 naming it) gets the request again without it, and no priority
+        from then on.
+
+        Raises:
+            openai.APIError (and subclasses): as `chat.completions.create`.
+        """
+        if not self._send_priority:
+            extra = {k: v for k, v in extra.items() if k != "priority"}
+        try:
+            return await self._client().chat.completions.create(
+                model=self.model.name, messages=messages, stream=True, stream_options={"include_usage": True},
+                extra_body=extra, **fields)
+        except openai.BadRequestError as exc:
+            if "priority" not in extra or "priority" not in _status_text(exc).lower():
+                raise
+            self._send_priority = False
+            return await self._open(messages, fields, extra)
+
     async def _read(self, request_id: str, live: _Live, messages: list, params: SamplingParams,
                     priority: Priority) -> None:
         """Stream the request into `live.queue` (the task `cancel` cancels)."""
@@ -237,9 +258,7 @@ class RemoteEngine:
         fields, extra = request_fields(params, priority, baton=self.stats_source == "baton")
         started = False
         try:
-            stream = await self._client().chat.completions.create(
-                model=self.model.name, messages=messages, stream=True, stream_options={"include_usage": True},
-                extra_body=extra, **fields)
+            stream = await self._open(messages, fields, extra)
             started = True
             finish = None
             async with stream:
