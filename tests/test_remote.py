@@ -297,3 +297,23 @@ def test_listen_refuses_another_host_without_a_key(capsys, monkeypatch):
     monkeypatch.delenv("BATON_API_KEY", raising=False)
     assert main(["--listen", "0.0.0.0:0"]) == 2
     assert "refusing to serve" in capsys.readouterr().err
+
+
+async def test_the_tui_keeps_a_cut_answer_and_says_why(tmp_path):
+    from app.tui import BatonApp
+    from storage import Store
+    from tui_support import SIZE, idle, new_chat, ready, send
+
+    fake = FakeServer(sse(delta("half an ans"), done=False))
+    try:
+        async with await Store.open(tmp_path / "baton.db") as store:
+            app = BatonApp(engine=RemoteEngine(fake.url), store=store)
+            async with app.run_test(size=SIZE) as pilot:
+                await ready(pilot)
+                chat_id = await new_chat(pilot)
+                await send(pilot, "hello")
+                await idle(pilot)
+            answer = (await store.list_messages(chat_id))[-1]
+    finally:
+        fake.close()
+    assert (answer.role, answer.content, answer.finish_reason) == ("assistant", "half an ans", "error")
