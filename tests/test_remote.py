@@ -245,6 +245,7 @@ def test_vllm_metrics_and_request_fields():
 
 async def test_the_tui_chats_through_a_backend_and_escape_keeps_the_partial_answer(server, tmp_path):
     from app.tui import BatonApp
+    from app.tui.widgets.live_panel import LivePanel
     from storage import Store
     from tui_support import SIZE, idle, new_chat, ready, send, wait_for
 
@@ -257,6 +258,11 @@ async def test_the_tui_chats_through_a_backend_and_escape_keeps_the_partial_answ
             await store.update_chat_settings(chat_id, None, {"max_tokens": MAX_TOKENS, "temperature": 0.0})
             await send(pilot, QUESTION)
             await idle(pilot)
+            await pilot.press("ctrl+b")  # the live panel shows the server's own snapshot, labelled so
+            panel = await wait_for(pilot, lambda: screen.query(LivePanel).first() if screen.query(LivePanel)
+                                   else None, what="the live panel")
+            panel.refresh_now()
+            assert "baton serve stats" in str(panel.query_one("#device").render())
             await store.update_chat_settings(chat_id, None, {"max_tokens": 1900, "ignore_eos": True})
             await send(pilot, "never stop talking")
             await wait_for(pilot, lambda: (g := screen.sessions.live(chat_id)) and g.message_id and len(g.text) > 8,
