@@ -178,8 +178,7 @@ class RemoteEngine:
             raise ValueError(f"request_id: {request_id!r} is already live")
         live = _Live(asyncio.get_running_loop(), asyncio.Queue())
         self._live[request_id] = live
-        self._rates.counters["num_requests_received"] += 1
-        self._rates.live[request_id] = RowStats(request_id, Priority(priority).name.lower(), "running", 0, 0)
+        self._rates.request(RowStats(request_id, Priority(priority).name.lower(), "running", 0, 0))
         live.task = asyncio.create_task(self._read(request_id, live, prompt, params or SamplingParams(), priority))
         finished = False
         try:
@@ -193,7 +192,7 @@ class RemoteEngine:
             live.done = True
             live.task.cancel()
             self._live.pop(request_id, None)
-            self._rates.live.pop(request_id, None)
+            self._rates.done(request_id)
             self._finished_ids.append(request_id)
 
     def cancel(self, request_id: str) -> bool:
@@ -207,7 +206,10 @@ class RemoteEngine:
         """
         live = self._live.get(request_id)
         if live is not None and not live.done:
-            live.loop.call_soon_threadsafe(self._cancel_in_loop, request_id, live)
+            try:
+                live.loop.call_soon_threadsafe(self._cancel_in_loop, request_id, live)
+            except RuntimeError:  # its event loop has closed: the stream went with it
+                return False
             return True
         if live is not None or request_id in self._finished_ids:
             return False

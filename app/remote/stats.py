@@ -12,6 +12,7 @@ the live panel shows where it shows the device.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -62,8 +63,8 @@ def vllm_gauges(text: str) -> dict[str, float]:
 
 
 class ClientRates:
-    """This client's requests and output token rate (the only stats any server allows), thread-safe enough for
-    one writer per request and a reader: appends and a snapshot copy.
+    """This client's requests and output token rate (the only stats any server allows). Written from the event
+    loop, read from the UI and the stats thread: the token window is guarded by a lock.
 
     Args:
         horizon_s: the window the token rate is measured over (s).
@@ -72,20 +73,33 @@ class ClientRates:
     def __init__(self, horizon_s: float = 5.0):
         self.horizon_s = horizon_s
         self._tokens: deque[tuple[float, int]] = deque()
+        self._lock = threading.Lock()
         self.live: dict[str, RowStats] = {}
         self.counters: dict[str, int] = {"num_requests_received": 0, "num_generated_tokens": 0}
 
+    def request(self, row: RowStats) -> None:
+        """Count a new request, live as `row` until `done(row.request_id)`."""
+        with self._lock:
+            self.counters["num_requests_received"] += 1
+        self.live[row.request_id] = row
+
+    def done(self, request_id: str) -> None:
+        """The request has ended."""
+        self.live.pop(request_id, None)
+
     def token(self, n: int = 1) -> None:
         """Count `n` streamed tokens now."""
-        self._tokens.append((time.monotonic(), n))
-        self.counters["num_generated_tokens"] += n
+        with self._lock:
+            self._tokens.append((time.monotonic(), n))
+            self.counters["num_generated_tokens"] += n
 
     def tokens_per_s(self) -> float:
         """Output tokens per second over the last `horizon_s` seconds."""
         cutoff = time.monotonic() - self.horizon_s
-        while self._tokens and self._tokens[0][0] < cutoff:
-            self._tokens.popleft()
-        return sum(n for _, n in tuple(self._tokens)) / self.horizon_s
+        with self._lock:
+            while self._tokens and self._tokens[0][0] < cutoff:
+                self._tokens.popleft()
+            return sum(n for _, n in self._tokens) / self.horizon_s
 
     def snapshot(self, label: str, model: str, gauges: dict[str, float] | None = None) -> EngineStats:
         """The panel's `EngineStats`: this client's live requests as rows, or with vLLM gauges, anonymous rows
@@ -101,6 +115,8 @@ class ClientRates:
                             for i in range(int(gauges.get("num_requests_waiting", 0))))
             if "kv_cache_usage_perc" in gauges:
                 kv_budget, kv_used = KV_SCALE, int(gauges["kv_cache_usage_perc"] * KV_SCALE)
-        return EngineStats(rows=rows, waiting=waiting, output_tokens_per_s=self.tokens_per_s(),
-                           counters=dict(self.counters), kv_used_bytes=kv_used, kv_budget_bytes=kv_budget,
-                           device=label, model=model)
+        rate = self.tokens_per_s()
+        with self._lock:
+            counters = dict(self.counters)
+        return EngineStats(rows=rows, waiting=waiting, output_tokens_per_s=rate, counters=counters,
+                           kv_used_bytes=kv_used, kv_budget_bytes=kv_budget, device=label, model=model)
