@@ -21,6 +21,7 @@ iteration as the in-process engine does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import uuid
 from collections import deque
@@ -87,7 +88,8 @@ class RemoteEngine:
         self._started = False
         self._live: dict[str, _Live] = {}
         self._finished_ids: deque[str] = deque(maxlen=4096)
-        self._clients: dict[int, tuple[asyncio.AbstractEventLoop, openai.AsyncOpenAI]] = {}
+        # per event loop: [loop, client, requests using it] (see _client)
+        self._clients: dict[int, list] = {}
         self._rates = ClientRates()
         self._stats = EngineStats.empty()
         self._stop = threading.Event()
@@ -190,7 +192,8 @@ class RemoteEngine:
                 yield item
         finally:
             live.done = True
-            live.task.cancel()
+            if not live.task.cancelling():  # once: a second cancel would cut its clean-up (closing the pool)
+                live.task.cancel()
             self._live.pop(request_id, None)
             self._rates.done(request_id)
             self._finished_ids.append(request_id)
@@ -222,18 +225,27 @@ class RemoteEngine:
         return self._stats
 
     # -------------------------------------------------------------------------------- internals
-    def _client(self) -> openai.AsyncOpenAI:
-        """This event loop's `AsyncOpenAI` (an HTTP connection pool belongs to one loop; `baton chat` runs a
-        loop per turn)."""
+    @contextlib.asynccontextmanager
+    async def _client(self) -> AsyncIterator[openai.AsyncOpenAI]:
+        """This event loop's `AsyncOpenAI`, shared by the requests in flight on it (one connection pool), and
+        closed when the last of them ends: a pool belongs to one loop, and `baton chat` runs a loop per turn, so
+        none is left open for a loop that has gone."""
         loop = asyncio.get_running_loop()
         entry = self._clients.get(id(loop))
         if entry is None or entry[0] is not loop:
             client = openai.AsyncOpenAI(base_url=self.api_url, api_key=self.api_key or "none",
                                         timeout=self.timeout_s, max_retries=0)
-            self._clients[id(loop)] = entry = (loop, client)
-        return entry[1]
+            self._clients[id(loop)] = entry = [loop, client, 0]
+        entry[2] += 1
+        try:
+            yield entry[1]
+        finally:
+            entry[2] -= 1
+            if entry[2] == 0 and self._clients.get(id(loop)) is entry:
+                del self._clients[id(loop)]
+                await entry[1].close()
 
-    async def _open(self, messages: list, fields: dict, extra: dict) -> Any:
+    async def _open(self, client: openai.AsyncOpenAI, messages: list, fields: dict, extra: dict) -> Any:
         """Open the stream. A server that refuses the `priority` field (vLLM without `--scheduling-policy
         priority` refuses any but 0 with a 400 naming it) gets the request again without it, and no priority
         from then on.
@@ -244,14 +256,14 @@ class RemoteEngine:
         if not self._send_priority:
             extra = {k: v for k, v in extra.items() if k != "priority"}
         try:
-            return await self._client().chat.completions.create(
+            return await client.chat.completions.create(
                 model=self.model.name, messages=messages, stream=True, stream_options={"include_usage": True},
                 extra_body=extra, **fields)
         except openai.BadRequestError as exc:
             if "priority" not in extra or "priority" not in _status_text(exc).lower():
                 raise
             self._send_priority = False
-            return await self._open(messages, fields, extra)
+            return await self._open(client, messages, fields, extra)
 
     async def _read(self, request_id: str, live: _Live, messages: list, params: SamplingParams,
                     priority: Priority) -> None:
@@ -260,22 +272,10 @@ class RemoteEngine:
         fields, extra = request_fields(params, priority, baton=self.stats_source == "baton")
         started = False
         try:
-            stream = await self._open(messages, fields, extra)
-            started = True
-            finish = None
-            async with stream:
-                async for chunk in stream:
-                    if chunk.usage is not None:
-                        live.prompt_tokens = chunk.usage.prompt_tokens or live.prompt_tokens
-                        live.completion_tokens = chunk.usage.completion_tokens or live.completion_tokens
-                    for choice in chunk.choices:
-                        if choice.delta is not None and choice.delta.content:
-                            live.completion_tokens += 1
-                            self._rates.token()
-                            put(TokenOutput(request_id, REMOTE_TOKEN_ID, choice.delta.content, None,
-                                            live.prompt_tokens, live.completion_tokens))
-                        if choice.finish_reason:
-                            finish = choice.finish_reason
+            async with self._client() as client:
+                stream = await self._open(client, messages, fields, extra)
+                started = True
+                finish = await self._stream(request_id, live, stream)
             if finish is None:
                 put(self._closing(request_id, live, "error",
                                   f"the remote engine at {self.api_url} ended the stream without a finish reason "
@@ -291,6 +291,25 @@ class RemoteEngine:
                 put(self._closing(request_id, live, "error", fault_message(exc, self.api_url)))
         except Exception as exc:  # connection refused, timeout, a cut stream, a malformed event: one message
             put(self._closing(request_id, live, "error", fault_message(exc, self.api_url)))
+
+    async def _stream(self, request_id: str, live: _Live, stream: Any) -> str | None:
+        """Put a `TokenOutput` for each text delta of `stream` (closed at the end); returns its finish reason
+        (None: the stream ended without one). Raises what reading the stream raises."""
+        finish = None
+        async with stream:
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    live.prompt_tokens = chunk.usage.prompt_tokens or live.prompt_tokens
+                    live.completion_tokens = chunk.usage.completion_tokens or live.completion_tokens
+                for choice in chunk.choices:
+                    if choice.delta is not None and choice.delta.content:
+                        live.completion_tokens += 1
+                        self._rates.token()
+                        live.queue.put_nowait(TokenOutput(request_id, REMOTE_TOKEN_ID, choice.delta.content, None,
+                                                          live.prompt_tokens, live.completion_tokens))
+                    if choice.finish_reason:
+                        finish = choice.finish_reason
+        return finish
 
     @staticmethod
     def _closing(request_id: str, live: _Live, reason: str, error: str | None = None) -> TokenOutput:
