@@ -31,7 +31,7 @@ from backend import DEFAULT_MODEL, Engine, EngineConfig
 from conftest import queued
 from storage import Store
 from tui_support import (SIZE, choose_chat, config_dir, idle, new_chat, open_chat_id, populate, ready,
-                         record_notifications, send,  # noqa: F401
+                         record_notifications, send, type_burst,  # noqa: F401
                          wait_for)
 
 # random:tiny makes ~1,000 tokens/s alone on a CPU: long answers keep chats streaming side by side for
@@ -91,6 +91,44 @@ async def test_deleting_the_open_chat_puts_the_cursor_in_the_prompt(engine, stor
         await pilot.press(*"typed")
         assert screen.query_one(PromptInput).text == "typed"
         assert keep in chat_list.chat_ids
+
+
+# ----------------------------------------------------------------------------------- typing
+# Keys typed in one burst (a fast typist, a held Backspace, tmux) land in the order they were typed (issue #10.4:
+# "second try." became "second tr"). Textual 8.2.8 runs a TextArea's bound keys (Backspace, arrows, Delete...)
+# only once the key has bubbled up to the app, after the characters typed behind it were inserted
+# (docs/upstream/textual-textarea-keys.md); the prompt runs them where it inserts characters.
+@pytest.mark.parametrize("size", [SIZE, (80, 24)])
+async def test_characters_typed_right_after_backspaces_are_kept_in_order(engine, store, size):
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=size) as pilot:
+        screen = await ready(pilot)
+        prompt = screen.query_one(PromptInput)
+        assert app.focused is prompt
+        await pilot.press(*"second trxx")
+        type_burst(pilot, "\x7f\x7fy.")  # Backspace, Backspace, y, .
+        await wait_for(pilot, lambda: prompt.text == "second try.", what="'second try.'")
+        type_burst(pilot, "\x1b[D\x1b[DX")  # Left, Left, X: typed before the "y"
+        await wait_for(pilot, lambda: prompt.text == "second trXy.", what="'second trXy.'")
+
+
+async def test_an_edit_typed_in_one_burst_is_sent_as_typed(engine, store):
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await ready(pilot)
+        chat_id = await new_chat(pilot)
+        await store.update_chat_settings(chat_id, None, {"max_tokens": 4})
+        await send(pilot, "Tell me three facts about Rome", press=True)
+        await idle(pilot)
+        screen.query_one(ChatView).messages()[0].focus()
+        await pilot.press("e")
+        prompt = screen.query_one(PromptInput)
+        assert prompt.editing is not None and prompt.has_focus
+        type_burst(pilot, "\x7f" * 4 + "Name\r")  # four Backspaces, "Name", Enter
+        await wait_for(pilot, lambda: prompt.editing is None, what="the edit sent")
+        await idle(pilot)
+        user = (await store.list_messages(chat_id))[0]
+        assert user.content == "Tell me three facts about Name"
 
 
 # ----------------------------------------------------------------------------------- streaming

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from textual._xterm_parser import XTermParser
+
 from app.tui.screens.chat import ChatScreen
 from app.tui.widgets.chat_list import ChatList
 from app.tui.widgets.chat_view import ChatView
@@ -85,6 +87,16 @@ async def send(pilot, text: str, press: bool = False) -> None:
     else:
         prompt.action_submit()
     await wait_for(pilot, lambda: prompt.text == "", what="the prompt to be accepted")
+
+
+def type_burst(pilot, data: str) -> None:
+    """Type `data` as a terminal delivers a fast typist's (or tmux's) burst: the bytes (e.g. `"\\x7f\\x7fy."`:
+    two Backspaces, `y`, `.`) go through Textual's own input parser, and every key it makes is posted at once, as
+    the driver's input thread does with one read of several bytes. (`pilot.press` waits for the app to go idle
+    after every key, which hides any reordering.) Wait for the outcome with `wait_for`."""
+    driver = pilot.app._driver
+    for event in XTermParser().feed(data):
+        driver.process_message(event)
 
 
 async def choose_chat(pilot, chat_id: int) -> None:

@@ -1,4 +1,11 @@
-"""The message box: Enter sends, Shift+Enter or Ctrl+J starts a new line; it can edit a sent message."""
+"""The message box: Enter sends, Shift+Enter or Ctrl+J starts a new line; it can edit a sent message.
+
+Every key it handles, bound ones included, is handled in the order it was typed: Textual 8.2.8's `TextArea`
+inserts characters as their key reaches it, but runs its bound keys (Backspace, Delete, arrows, Home/End,
+Ctrl+W...) only once the key has bubbled up to the app, so in a burst ("\\x7f\\x7fy.", a fast typist or tmux) the
+characters were inserted first and the Backspaces then deleted them (issue #10.4;
+docs/upstream/textual-textarea-keys.md). `_on_key` runs the prompt's own bindings where it inserts characters.
+"""
 
 from __future__ import annotations
 
@@ -61,6 +68,18 @@ class PromptInput(TextArea):
         if self.text.strip():
             self.post_message(self.Submitted(self.text.strip(), self.editing))
 
+    async def _run_own_binding(self, event: events.Key) -> bool:
+        """Run this widget's (non-priority) binding of the key now, as the app would once the key reached it;
+        True if one ran. What runs is what would have run: the focused widget is the first place the app looks
+        for a key's binding (priority bindings ran before the key was forwarded here), keymap included."""
+        chain = self.screen._binding_chain  # Textual's own lookup, with the app's keymap applied
+        if not chain or chain[0][0] is not self:
+            return False
+        for binding in chain[0][1].key_to_bindings.get(event.key, ()):
+            if not binding.priority and await self.app.run_action(binding.action, self):
+                return True
+        return False
+
     async def _on_key(self, event: events.Key) -> None:
         if event.key == "enter":
             event.stop()
@@ -74,3 +93,6 @@ class PromptInput(TextArea):
             event.stop()
             event.prevent_default()
             self.end_edit()
+        elif not event.is_printable and await self._run_own_binding(event):
+            event.stop()  # handled here, in order: it must not run again when the key reaches the app
+            event.prevent_default()
