@@ -131,6 +131,45 @@ async def test_an_edit_typed_in_one_burst_is_sent_as_typed(engine, store):
         assert user.content == "Tell me three facts about Name"
 
 
+@pytest.mark.parametrize("size", [SIZE, (80, 24)])
+async def test_keys_typed_right_after_enter_stay_in_the_prompt(engine, store, size):
+    """The prompt used to be cleared once the screen had accepted the message, after the keys typed behind the
+    Enter had been inserted: they were lost."""
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=size) as pilot:
+        screen = await ready(pilot)
+        chat_id = await new_chat(pilot)
+        await store.update_chat_settings(chat_id, None, {"max_tokens": 4})
+        prompt = screen.query_one(PromptInput)
+        await pilot.press(*"first")
+        type_burst(pilot, "\rnext")  # Enter, then "next" at once
+        view = screen.query_one(ChatView)
+        await wait_for(pilot, lambda: [v.text for v in view.messages()][:1] == ["first"], what="the message sent")
+        await idle(pilot)
+        assert [(m.role, m.content) for m in await store.list_messages(chat_id)][0] == ("user", "first")
+        assert prompt.text == "next"
+
+
+async def test_a_message_the_chat_cannot_take_yet_stays_in_the_prompt(engine, store, decode_gate):
+    app = BatonApp(engine=engine, store=store)
+    notes = record_notifications(app)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        chat_id = await new_chat(pilot)
+        await store.update_chat_settings(chat_id, None, {"max_tokens": 1900, "ignore_eos": True})
+        gate = decode_gate(engine)  # the answer is held after its first token: the chat is answering
+        await send(pilot, "a long one", press=True)
+        await wait_for(pilot, lambda: chat_id in screen.sessions.busy_chats(), what="the answer")
+        prompt = screen.query_one(PromptInput)
+        await pilot.press(*"too soon", "enter")
+        await wait_for(pilot, lambda: any(sev == "warning" for sev, _, _ in notes), what="the warning")
+        await wait_for(pilot, lambda: not prompt.pending, what="the refusal")
+        assert prompt.text == "too soon" and "still answering" in notes[-1][2]
+        gate.release()
+        await pilot.press("escape")
+        await idle(pilot)
+
+
 # ----------------------------------------------------------------------------------- streaming
 async def test_two_chats_stream_at_the_same_time_and_both_answers_are_stored(engine, store, tmp_path, decode_gate):
     app = BatonApp(engine=engine, store=store)

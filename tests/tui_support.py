@@ -86,7 +86,7 @@ async def send(pilot, text: str, press: bool = False) -> None:
         await pilot.press("enter")
     else:
         prompt.action_submit()
-    await wait_for(pilot, lambda: prompt.text == "", what="the prompt to be accepted")
+    await wait_for(pilot, lambda: prompt.text == "" and not prompt.pending, what="the prompt to be accepted")
 
 
 def type_burst(pilot, data: str) -> None:

@@ -269,6 +269,8 @@ class ChatScreen(Screen):
             if event.editing is None:
                 self._run(self.library.create(event.text))
                 self.pane.prompt_sent()
+            else:
+                self.pane.prompt_refused()
             return
         try:
             if event.editing is None:
@@ -277,6 +279,7 @@ class ChatScreen(Screen):
                 self.sessions.edit_and_resend(chat, event.editing, event.text)
         except BusyError as exc:
             self.notify(str(exc), severity="warning")
+            self.pane.prompt_refused()
             return
         self.pane.prompt_sent()
 

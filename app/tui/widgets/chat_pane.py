@@ -26,7 +26,7 @@ GENERATING_NOTE = "generating…"
 class ChatPane(Vertical):
     """The open chat and its prompt. It calls no controller: what the user sends (`PromptInput.Submitted`) and
     asks to edit (`MessageView.EditRequested`) bubble on to the screen, which answers with `prompt_sent()` /
-    `begin_edit()`.
+    `prompt_refused()` / `begin_edit()`.
 
     Attributes:
         model_name: the loaded model's name, shown on answers (None until the model is loaded).
@@ -131,8 +131,12 @@ class ChatPane(Vertical):
 
     # -------------------------------------------------------------------------------- input
     def prompt_sent(self) -> None:
-        """What the prompt held was sent (or started a chat): clear it and leave editing."""
-        self.query_one(PromptInput).end_edit()
+        """What the prompt submitted was sent (or started a chat): leave editing."""
+        self.query_one(PromptInput).sent()
+
+    def prompt_refused(self) -> None:
+        """What the prompt submitted was not sent: give it back to the prompt."""
+        self.query_one(PromptInput).refused()
 
     def begin_edit(self, message_id: int, text: str) -> None:
         """Put one of the user's messages in the prompt, to edit and resend."""

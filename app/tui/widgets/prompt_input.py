@@ -21,7 +21,9 @@ NEWLINE_KEYS = ("shift+enter", "ctrl+j")
 
 
 class PromptInput(TextArea):
-    """A multi-line prompt. Enter posts `Submitted` with the text (the screen clears it once accepted).
+    """A multi-line prompt. Enter takes the text out at once and posts `Submitted` with it; the screen answers
+    `sent()` (accepted) or `refused()` (the text comes back). Taking it out at Enter, not at the answer, keeps
+    what the user types right after Enter: it used to be cleared with the sent text (issue #10.4).
 
     In edit mode (`begin_edit`) the submission names the message it replaces; Esc leaves edit mode.
     """
@@ -37,6 +39,12 @@ class PromptInput(TextArea):
         super().__init__(id=id, soft_wrap=True, tab_behavior="focus", show_line_numbers=False,
                          highlight_cursor_line=False, placeholder=PLACEHOLDER, compact=True)
         self.editing: int | None = None
+        self._unsent: list[str] = []  # submitted texts the screen has not answered yet, oldest first
+
+    @property
+    def pending(self) -> bool:
+        """True while a submission waits for the screen's answer (`sent()` or `refused()`)."""
+        return bool(self._unsent)
 
     def render_line(self, y: int) -> Strip:
         """A line of the box. While a layout pass gives it no width (a terminal narrower than the side columns,
@@ -56,17 +64,38 @@ class PromptInput(TextArea):
         self.add_class("-editing")
         self.focus()
 
-    def end_edit(self) -> None:
-        """Leave edit mode and clear the text."""
+    def end_edit(self, clear: bool = True) -> None:
+        """Leave edit mode and clear the text (unless `clear` is False)."""
         self.editing = None
         self.border_subtitle = ""
         self.remove_class("-editing")
-        self.clear()
+        if clear:
+            self.clear()
 
     def action_submit(self) -> None:
-        """Send the prompt (what Enter does); blank prompts are ignored."""
-        if self.text.strip():
-            self.post_message(self.Submitted(self.text.strip(), self.editing))
+        """Send the prompt (what Enter does): take the text out and post it; blank prompts are ignored."""
+        text = self.text
+        if text.strip():
+            self._unsent.append(text)
+            self.clear()
+            self.post_message(self.Submitted(text.strip(), self.editing))
+
+    def sent(self) -> None:
+        """The screen accepted the oldest submission: leave edit mode (what was typed since stays)."""
+        if self._unsent:
+            self._unsent.pop(0)
+        self.end_edit(clear=False)
+
+    def refused(self) -> None:
+        """The screen did not take the oldest submission: put its text back, ahead of what was typed since."""
+        if not self._unsent:
+            return
+        text = self._unsent.pop(0)
+        if self.text:
+            self.insert(text + "\n", (0, 0))
+        else:
+            self.load_text(text)
+            self.move_cursor(self.document.end)
 
     async def _run_own_binding(self, event: events.Key) -> bool:
         """Run this widget's (non-priority) binding of the key now, as the app would once the key reached it;
