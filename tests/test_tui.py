@@ -93,6 +93,29 @@ async def test_deleting_the_open_chat_puts_the_cursor_in_the_prompt(engine, stor
         assert keep in chat_list.chat_ids
 
 
+@pytest.mark.parametrize("size", [SIZE, (80, 24)])
+async def test_a_new_chat_puts_the_cursor_in_the_prompt(engine, store, size):
+    await populate(store)
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=size) as pilot:
+        screen = await ready(pilot)
+        await pilot.press("ctrl+l")
+        assert app.focused is screen.query_one(ChatList)
+        first = await new_chat(pilot)  # Ctrl+N from the chat list
+        await wait_for(pilot, lambda: isinstance(app.focused, PromptInput), what="the prompt focused")
+        await pilot.press(*"hi")
+        assert screen.query_one(PromptInput).text == "hi" and open_chat_id(pilot) == first
+        await pilot.press("ctrl+l", "down", "enter")  # an older chat, with messages: focus one of them
+        await wait_for(pilot, lambda: open_chat_id(pilot) not in (None, first), what="the older chat")
+        await wait_for(pilot, lambda: screen.query_one(ChatView).messages(), what="its messages")
+        screen.query_one(ChatView).messages()[0].focus()
+        await pilot.pause()
+        second = await new_chat(pilot)
+        await wait_for(pilot, lambda: isinstance(app.focused, PromptInput), what="the prompt focused")
+        await pilot.press(*" there")
+        assert screen.query_one(PromptInput).text == "hi there" and second != first
+
+
 # ----------------------------------------------------------------------------------- typing
 # Keys typed in one burst (a fast typist, a held Backspace, tmux) land in the order they were typed (issue #10.4:
 # "second try." became "second tr"). Textual 8.2.8 runs a TextArea's bound keys (Backspace, arrows, Delete...)
