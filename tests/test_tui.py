@@ -116,6 +116,36 @@ async def test_a_new_chat_puts_the_cursor_in_the_prompt(engine, store, size):
         assert screen.query_one(PromptInput).text == "hi there" and second != first
 
 
+@pytest.mark.parametrize("size", [SIZE, (80, 24)])
+async def test_next_and_previous_chat_keys_open_the_neighbouring_chats(engine, store, size):
+    ids = await populate(store)
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=size) as pilot:
+        screen = await ready(pilot)
+        third = await new_chat(pilot)
+        chat_list = screen.query_one(ChatList)
+        await wait_for(pilot, lambda: chat_list.chat_ids == [third, ids["paris"], ids["rome"]], what="the list")
+
+        async def step(*keys: str, to: int) -> None:
+            await pilot.press(*keys)
+            await wait_for(pilot, lambda: open_chat_id(pilot) == to, what=f"chat {to} open after {keys}")
+            assert chat_list.chat_ids[chat_list.highlighted] == to
+            await wait_for(pilot, lambda: isinstance(app.focused, PromptInput), what="the prompt focused")
+
+        await step("alt+down", to=ids["paris"])
+        await step("alt+down", to=ids["rome"])
+        await step("alt+down", to=third)  # after the last, the first
+        await step("alt+up", to=ids["rome"])  # before the first, the last
+        await step("ctrl+l", "ctrl+pageup", to=ids["paris"])  # from the chat list too
+        screen.query_one(ChatView).messages()[0].focus()  # from a message (its scroll view binds Ctrl+PgDn)
+        await step("ctrl+pagedown", to=ids["rome"])
+        type_burst(pilot, "\x1b[1;3A\x1b[1;3A")  # Alt+Up twice at once (as tmux sends it): the second steps on
+        await wait_for(pilot, lambda: open_chat_id(pilot) == third, what="two chats up")
+        type_burst(pilot, "\x1b[6;5~")  # Ctrl+PgDn as tmux sends it
+        await wait_for(pilot, lambda: open_chat_id(pilot) == ids["paris"], what="Ctrl+PgDn from the terminal")
+        assert chat_list.chat_ids[chat_list.highlighted] == ids["paris"]
+
+
 # ----------------------------------------------------------------------------------- typing
 # Keys typed in one burst (a fast typist, a held Backspace, tmux) land in the order they were typed (issue #10.4:
 # "second try." became "second tr"). Textual 8.2.8 runs a TextArea's bound keys (Backspace, arrows, Delete...)
@@ -630,7 +660,7 @@ async def test_help_screen_lists_the_keys(engine, store):
         dialog = await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen) and app.screen)
         keys = {keys for keys, _ in dialog.rows()}
         for key in ("Ctrl+N", "Esc", "Ctrl+R", "Ctrl+F", "Ctrl+B", "F2", "F3", "F4", "F5", "F8", "Ctrl+S",
-                    "Shift+Enter / Ctrl+J", "F1 / ?"):
+                    "Shift+Enter / Ctrl+J", "F1 / ?", "Alt+Down / Ctrl+Pagedown", "Alt+Up / Ctrl+Pageup"):
             assert key in keys, key
         await pilot.press("escape")
         await wait_for(pilot, lambda: not isinstance(app.screen, HelpScreen))
