@@ -223,6 +223,58 @@ async def test_a_message_the_chat_cannot_take_yet_stays_in_the_prompt(engine, st
         await idle(pilot)
 
 
+@pytest.mark.parametrize("size", [SIZE, (80, 24)])
+async def test_up_and_down_in_the_prompt_recall_this_chats_messages(engine, store, size):
+    ids = await populate(store)
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=size) as pilot:
+        screen = await ready(pilot)
+        prompt = screen.query_one(PromptInput)
+        chat_id = await new_chat(pilot)
+        await store.update_chat_settings(chat_id, None, {"max_tokens": 4})
+        await pilot.press(*"first question", "enter")
+        await idle(pilot)
+        await pilot.press(*"line one", "ctrl+j", *"line two", "enter")
+        await idle(pilot)
+        assert prompt.text == "" and app.focused is prompt
+
+        await pilot.press(*"draft", "ctrl+j", *"more")  # a two-line draft: Up first moves the cursor up
+        await pilot.press("up")
+        assert prompt.text == "draft\nmore" and prompt.cursor_location[0] == 0
+        await pilot.press("up")  # on the first line: the last message sent, the cursor at its end
+        assert prompt.text == "line one\nline two" and prompt.cursor_location == (1, 8) and prompt.recalled == 1
+        await pilot.press("up")  # inside a recalled message the cursor moves
+        assert prompt.text == "line one\nline two" and prompt.cursor_location[0] == 0
+        await pilot.press("up")
+        assert prompt.text == "first question" and prompt.recalled == 2
+        await pilot.press("up")  # nothing older: the text stays
+        assert prompt.text == "first question"
+        await pilot.press("down")
+        assert prompt.text == "line one\nline two" and prompt.recalled == 1
+        await pilot.press("down")  # past the newest: the draft, as it was
+        assert prompt.text == "draft\nmore" and prompt.recalled is None
+        await pilot.press("down")
+        assert prompt.text == "draft\nmore"
+
+        await pilot.press(*["backspace"] * len(prompt.text))  # the cursor is at the end: delete the draft
+        assert prompt.text == ""
+        await pilot.press("up", "up", "up", "enter")  # back over both lines of the last one: resend the first
+        await idle(pilot)
+        assert [m.content for m in await store.list_messages(chat_id) if m.role == "user"] == [
+            "first question", "line one\nline two", "first question"]
+        await pilot.press("up")
+        assert prompt.text == "first question"
+        await pilot.press("down")
+        assert prompt.text == ""
+
+        await pilot.press("alt+down")  # another chat: its own messages
+        await wait_for(pilot, lambda: open_chat_id(pilot) == ids["paris"], what="the Paris chat")
+        await pilot.press("up")
+        assert prompt.text == "What is the capital of France?"
+        await pilot.press("up")
+        assert prompt.text == "What is the capital of France?"
+
+
 # ----------------------------------------------------------------------------------- streaming
 async def test_two_chats_stream_at_the_same_time_and_both_answers_are_stored(engine, store, tmp_path, decode_gate):
     app = BatonApp(engine=engine, store=store)

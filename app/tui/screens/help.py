@@ -14,6 +14,7 @@ from textual.widgets import Label, Static
 Section = tuple[str, list[tuple[str, str]]]
 KEY_WIDTH = 22  # the most the key column takes; longer keys wrap at their spaces
 PROMPT_KEYS = [("Enter", "Send the message"), ("Shift+Enter / Ctrl+J", "New line"),
+               ("Up / Down", "On the first / last line: your earlier messages in this chat, then back to the draft"),
                ("Esc", "Leave edit mode (else: stop the answer)")]
 MESSAGE_KEYS = [("Tab / click", "Focus a message"), ("C", "Copy the message"),
                 ("Y", "Copy its first code block"), ("E", "Edit one of yours and resend it (later messages go)")]

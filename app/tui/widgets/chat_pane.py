@@ -53,6 +53,11 @@ class ChatPane(Vertical):
     def _shows(self, chat_id: int) -> bool:
         return self.query_one(ChatView).chat_id == chat_id
 
+    def _update_history(self) -> None:
+        """Give the prompt the open chat's user messages, for Up / Down."""
+        view = self.query_one(ChatView)
+        self.query_one(PromptInput).set_history([v.text for v in view.messages() if v.role == "user"])
+
     def _show_title(self, chat: Chat | None) -> None:
         title = "" if chat is None else f"{chat.title}  ·  {ChatSettings.of(chat).summary()}"
         self.query_one("#chat-title", Static).update(title)
@@ -79,11 +84,13 @@ class ChatPane(Vertical):
             prompt.end_edit()
         await self.query_one(ChatView).show_chat(event.chat, event.messages, live.text if shown else None, note,
                                                  self._answer_label())
+        self._update_history()
 
     async def close_chat(self) -> None:
         """Show no chat."""
         self._show_title(None)
         await self.query_one(ChatView).show_chat(None, [])
+        self._update_history()
 
     @on(m.ChatChanged)
     def _changed(self, event: m.ChatChanged) -> None:
@@ -95,11 +102,13 @@ class ChatPane(Vertical):
     async def _user_message(self, event: m.UserMessageStored) -> None:
         if self._shows(event.chat_id):
             await self.query_one(ChatView).add_message(event.message)
+            self._update_history()
 
     @on(m.MessagesDeleted)
     async def _deleted(self, event: m.MessagesDeleted) -> None:
         if self._shows(event.chat_id):
             await self.query_one(ChatView).remove_from(event.message_id, event.inclusive)
+            self._update_history()
 
     # ----------------------------------------------------------------------------- streaming
     @on(m.GenerationQueued)

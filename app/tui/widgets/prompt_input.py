@@ -26,6 +26,11 @@ class PromptInput(TextArea):
     what the user types right after Enter: it used to be cleared with the sent text (issue #10.4).
 
     In edit mode (`begin_edit`) the submission names the message it replaces; Esc leaves edit mode.
+
+    History (as oterm and shells): Up on the prompt's first line shows the user's previous message in the open
+    chat (`set_history`), again and again back to the first; Down on the last line goes forward, and past the
+    newest back to what was being typed. Elsewhere Up and Down move the cursor, so a multi-line prompt is edited
+    as before; a recalled message is sent as it is, or edited first (edits to it are dropped by another Up/Down).
     """
 
     @dataclass
@@ -40,11 +45,47 @@ class PromptInput(TextArea):
                          highlight_cursor_line=False, placeholder=PLACEHOLDER, compact=True)
         self.editing: int | None = None
         self._unsent: list[str] = []  # submitted texts the screen has not answered yet, oldest first
+        self._history: list[str] = []  # the open chat's user messages, oldest first
+        self._recalled: int | None = None  # the index in `_history` shown now; None: the draft
+        self._draft = ""  # what was typed before the first Up
 
     @property
     def pending(self) -> bool:
         """True while a submission waits for the screen's answer (`sent()` or `refused()`)."""
         return bool(self._unsent)
+
+    def set_history(self, messages: list[str]) -> None:
+        """The user's messages in the open chat, oldest first (Up recalls them, newest first)."""
+        self._history = [m for i, m in enumerate(messages) if i == 0 or m != messages[i - 1]]
+        self._recalled = None
+
+    @property
+    def recalled(self) -> int | None:
+        """How many messages back the prompt shows (1: the last one sent), or None while it shows the draft."""
+        return None if self._recalled is None else len(self._history) - self._recalled
+
+    def _recall(self, step: int) -> bool:
+        """Up (`step` -1) on the first line or Down (+1) on the last line: show the previous / next message of
+        the history (past the newest: the draft). False when the key should move the cursor instead."""
+        if self.editing is not None or not self.selection.is_empty:
+            return False
+        if step < 0:
+            if not self._history or not self.navigator.is_first_wrapped_line(self.cursor_location):
+                return False
+            if self._recalled == 0:
+                return False  # the oldest message: nothing further back
+            if self._recalled is None:
+                self._draft = self.text
+            index: int | None = len(self._history) - 1 if self._recalled is None else self._recalled - 1
+        else:
+            if self._recalled is None or not self.navigator.is_last_wrapped_line(self.cursor_location):
+                return False
+            index = self._recalled + 1 if self._recalled + 1 < len(self._history) else None
+        self._recalled = index
+        text = self._draft if index is None else self._history[index]
+        self.replace(text, self.document.start, self.document.end)  # undoable, unlike load_text
+        self.move_cursor(self.document.end)
+        return True
 
     def render_line(self, y: int) -> Strip:
         """A line of the box. While a layout pass gives it no width (a terminal narrower than the side columns,
@@ -76,6 +117,7 @@ class PromptInput(TextArea):
         """Send the prompt (what Enter does): take the text out and post it; blank prompts are ignored."""
         text = self.text
         if text.strip():
+            self._recalled = None
             self._unsent.append(text)
             self.clear()
             self.post_message(self.Submitted(text.strip(), self.editing))
@@ -122,6 +164,9 @@ class PromptInput(TextArea):
             event.stop()
             event.prevent_default()
             self.end_edit()
+        elif event.key in ("up", "down") and self._recall(-1 if event.key == "up" else 1):
+            event.stop()
+            event.prevent_default()
         elif not event.is_printable and await self._run_own_binding(event):
             event.stop()  # handled here, in order: it must not run again when the key reaches the app
             event.prevent_default()
