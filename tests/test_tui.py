@@ -712,7 +712,7 @@ async def test_help_screen_lists_the_keys(engine, store):
         dialog = await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen) and app.screen)
         keys = {keys for keys, _ in dialog.rows()}
         for key in ("Ctrl+N", "Esc", "Ctrl+R", "Ctrl+F", "Ctrl+B", "F2", "F3", "F4", "F5", "F8", "Ctrl+S",
-                    "Shift+Enter / Ctrl+J", "F1 / ?", "Alt+Down / Ctrl+Pagedown", "Alt+Up / Ctrl+Pageup"):
+                    "Shift+Enter / Ctrl+J", "F1 / ?", "Alt+Down / Ctrl+PgDn", "Alt+Up / Ctrl+PgUp"):
             assert key in keys, key
         await pilot.press("escape")
         await wait_for(pilot, lambda: not isinstance(app.screen, HelpScreen))

@@ -35,7 +35,8 @@ def key_label(keys: str) -> str:
         named = {"question_mark": "?", "escape": "Esc", "enter": "Enter", "tab": "Tab"}
         if key in named:
             return named[key]
-        return "+".join(part.upper() if len(part) == 1 else part.title() for part in key.split("+"))
+        parts = {"pageup": "PgUp", "pagedown": "PgDn"}
+        return "+".join(part.upper() if len(part) == 1 else parts.get(part, part.title()) for part in key.split("+"))
     return " / ".join(one(k.strip()) for k in keys.split(","))
 
 
