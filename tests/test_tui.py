@@ -30,9 +30,9 @@ from app.tui.widgets.status_line import StatusLine
 from backend import DEFAULT_MODEL, Engine, EngineConfig
 from conftest import queued
 from storage import Store
-from tui_support import (SIZE, choose_chat, config_dir, idle, new_chat, open_chat_id, populate, ready,
-                         record_notifications, send, type_burst,  # noqa: F401
-                         wait_for)
+from themes import BATON_THEMES
+from tui_support import (SIZE, cells_in_256_colours, choose_chat, config_dir, idle, new_chat, open_chat_id,  # noqa: F401
+                         populate, ready, record_notifications, send, type_burst, wait_for)
 
 # random:tiny makes ~1,000 tokens/s alone on a CPU: long answers keep chats streaming side by side for
 # seconds. ignore_eos: always the full length. (Its context is 2,048 tokens.)
@@ -624,6 +624,37 @@ async def test_theme_choice_is_remembered_between_runs(engine, store, config_dir
         await ready(pilot)
         assert once.theme == "dracula"
     assert json.loads((config_dir / "preferences.json").read_text())["theme"] == "nord"
+
+
+@pytest.mark.parametrize("size", [SIZE, (80, 24)])
+async def test_the_focused_message_stands_out_in_256_colours_in_every_theme(engine, store, size):
+    """A faint tint fell on the same palette entry as the background in 256 colours (baton-dark, baton-ember):
+    only 3 cells of a message changed when it was focused (issue #10.3)."""
+    ids = await populate(store)
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=size) as pilot:
+        screen = await ready(pilot)
+        await pilot.press("alt+down")  # the Rome chat: a question and a long answer
+        await wait_for(pilot, lambda: open_chat_id(pilot) == ids["rome"] and
+                       len(screen.query_one(ChatView).messages()) == 2, what="the Rome chat")
+        prompt = screen.query_one(PromptInput)
+        for theme in BATON_THEMES:
+            app.theme = theme.name
+            for back, role in ((1, "assistant"), (2, "user")):
+                prompt.focus()
+                await pilot.pause()
+                view = screen.query_one(ChatView).messages()[-back]
+                assert view.role == role
+                before = cells_in_256_colours(app, view.region)
+                await pilot.press(*["shift+tab"] * back)  # from the prompt back to the message
+                assert app.focused is view
+                await pilot.pause()
+                after = cells_in_256_colours(app, view.region)
+                changed = [cell for cell in before if before[cell] != after.get(cell)]
+                assert len(changed) >= 0.9 * len(before), (theme.name, role, len(changed), len(before))
+                label = view.query_one(".message-label").region
+                assert all(after[x, label.y][3] for x in range(label.x, label.x + 3)), (  # "You", "Assistant"
+                    theme.name, role, "label not in reverse video")
 
 
 async def test_unreadable_preferences_are_a_warning_and_defaults(engine, store, config_dir):

@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from rich.color import ColorSystem
 from textual._xterm_parser import XTermParser
+from textual.geometry import Region
 
 from app.tui.screens.chat import ChatScreen
 from app.tui.widgets.chat_list import ChatList
@@ -97,6 +99,26 @@ def type_burst(pilot, data: str) -> None:
     driver = pilot.app._driver
     for event in XTermParser().feed(data):
         driver.process_message(event)
+
+
+def cells_in_256_colours(app, region: Region) -> dict[tuple[int, int], tuple[str, int | None, int | None, bool]]:
+    """What a 256-colour terminal (`TERM=xterm-256color`, no `COLORTERM`) shows in a region of the screen: per
+    cell, its character, foreground and background palette entries and reverse video. Textual writes true
+    colours that the terminal driver downgrades with rich's `Color.downgrade`, as done here."""
+    def entry(color) -> int | None:
+        return None if color is None else color.downgrade(ColorSystem.EIGHT_BIT).number
+
+    cells = {}
+    for y, strip in enumerate(app.screen._compositor.render_strips()):
+        x = 0
+        for segment in strip:
+            style = segment.style
+            for char in segment.text:
+                if region.contains(x, y):
+                    cells[x, y] = (char, entry(style and style.color), entry(style and style.bgcolor),
+                                   bool(style and style.reverse))
+                x += 1
+    return cells
 
 
 async def choose_chat(pilot, chat_id: int) -> None:
