@@ -29,7 +29,7 @@ def write_preferences(folder: Path, **prefs) -> None:
     (folder / "preferences.json").write_text(json.dumps(prefs), encoding="utf-8")
 
 
-async def wait_for(pilot, condition: Callable[[], object], timeout: float = 20.0, what: str = "condition"):
+async def wait_for(pilot, condition: Callable[[], object], timeout: float = 60.0, what: str = "condition"):
     """Let the app run until `condition()` is truthy (returns its value); fails after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -129,7 +129,7 @@ async def choose_chat(pilot, chat_id: int) -> None:
     await wait_for(pilot, lambda: open_chat_id(pilot) == chat_id, what=f"chat {chat_id} to open")
 
 
-async def idle(pilot, timeout: float = 60.0) -> None:
+async def idle(pilot, timeout: float = 180.0) -> None:
     """Wait until no chat is answering."""
     sessions = chat_screen(pilot).sessions
     await wait_for(pilot, lambda: not sessions.busy_chats(), timeout, what="every answer to finish")
