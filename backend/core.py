@@ -186,6 +186,9 @@ class EngineCore:
                 self._prefill_group([r for r in reqs if self.scheduler.take(r)])
             case PrefillChunk(req, start, num_tokens):
                 if req.num_prefilled == start and self.scheduler.take(req):
+                    if not start and self.prefix.enabled and self.prefix.seed_one(req):
+                        # an earlier step of this plan cached its prefix: go on from there, same budget
+                        num_tokens = min(num_tokens, req.num_prompt_tokens - req.num_prefilled)
                     self._prefill_chunk(req, num_tokens)
             case Preempt(req):
                 row = next((i for i, r in enumerate(self.rows) if r is req), None)
