@@ -180,9 +180,8 @@ class Planner(SloPlanning):
 
     def plan(self) -> SchedulerOutput:
         """The plan (`SchedulerOutput`); its invariants are checked."""
-        self.keep_slo_target()  # first, so that a chat gets the rows it frees without a counted preemption
         self.admit()
-        self.keep_slo_target()
+        self.keep_slo_target()  # after admission: a chat's first token does not wait for these swap-outs
         self.relieve_memory_pressure()
         out = SchedulerOutput(tuple(self.steps), self.spent, len(self.rows), self.seq_len, self.queue.held_tokens,
                               self.cap, self.target_ms, self.slo.held_back)
@@ -221,10 +220,12 @@ class Planner(SloPlanning):
                     self._chunk(queued, take)
                 continue
             self._close_group()  # the room may have been the group's: its prompts run before a victim is chosen
-            victim = self.scheduler.choose_victim(self.rows, int(req.priority))
+            victim, slo = self._slo_victim(req), True  # a row the target would swap out anyway: not counted
+            if victim is None:
+                victim, slo = self.scheduler.choose_victim(self.rows, int(req.priority)), False
             if victim is None:
                 break
-            self._preempt(victim, for_request=req)
+            self._preempt(victim, for_request=req, slo=slo)
         self._close_group()
 
     def _prefill_budget(self, req: Request) -> int:

@@ -159,18 +159,29 @@ class SloPlanning:
             return b_i, max(s_i, head.swapped_length or head.request.num_prompt_tokens)
         return (b_i, s_i) if b_i else None
 
-    def keep_slo_target(self) -> None:
-        """While a chat decodes, swap out background rows over the target's cap (`sched_slo.py`): lowest
-        priority, most recently started first; they come back when no chat decodes."""
+    def _over_cap(self) -> int | None:
+        """The background row the target swaps out next (lowest priority, most recently started), or None
+        while the background rows are within the cap (or nothing is capped). Sets `cap` and `target_ms`."""
         self.cap = self.target_ms = None
         chat = self._interactive() if self.slo.enabled else None
-        while chat is not None:
-            self.target_ms, self.cap = self.slo.target_ms(*chat), self.slo.cap(*chat, self.seq_len)
-            background = [i for i, r in enumerate(self.rows) if r.priority != Priority.INTERACTIVE]
-            if self.cap is None or len(background) <= self.cap:
-                return
-            victim = max(background, key=lambda i: (int(self.rows[i].priority), self.rows[i].start_seq))
+        if chat is None:
+            return None
+        self.target_ms, self.cap = self.slo.target_ms(*chat), self.slo.cap(*chat, self.seq_len)
+        background = [i for i, r in enumerate(self.rows) if r.priority != Priority.INTERACTIVE]
+        if self.cap is None or len(background) <= self.cap:
+            return None
+        return max(background, key=lambda i: (int(self.rows[i].priority), self.rows[i].start_seq))
+
+    def keep_slo_target(self) -> None:
+        """While a chat decodes, swap out background rows over the target's cap, lowest priority and most
+        recently started first; they come back when no chat decodes."""
+        while (victim := self._over_cap()) is not None:
             self._preempt(victim, for_request=None, slo=True)
+
+    def _slo_victim(self, req: Request) -> int | None:
+        """For an interactive `req` that does not fit: a background row over the target's cap (the SLO swaps
+        it out anyway, so making room with it is not a counted preemption), or None."""
+        return self._over_cap() if req.priority == Priority.INTERACTIVE else None
 
     def _background_window(self, length: int) -> tuple[int, int]:
         """(background rows, window length) of the projection with the open group and a new row of `length`

@@ -116,13 +116,15 @@ def test_agent_rows_keep_their_slots_before_batch_rows():
     assert plan.preempted == (batch[1], batch[0])
 
 
-def test_a_chat_arriving_at_a_full_batch_gets_rows_freed_by_the_target_not_by_counted_preemption():
+def test_a_chat_arriving_at_a_full_batch_gets_a_row_the_target_frees_then_its_first_token_then_the_rest():
+    """The row it needs is one the target swaps out anyway (not a counted preemption); the other swap-outs
+    come after its prefill, so its first token does not wait for them."""
     rows = [_req(f"b{i}", B) for i in range(8)]
     chat = _req("chat", I)
     plan = _queue(chat).schedule(_batch(*[(r, 20) for r in rows]))
-    swapped = plan.preempted
-    assert len(swapped) == 6 and all(s.slo for s in plan.steps if isinstance(s, Preempt))
-    assert plan.steps[-1] == PrefillGroup((chat,)) and plan.background_cap == 2 and plan.num_rows == 3
+    assert plan.steps[:2] == (Preempt(rows[7], chat, slo=True), PrefillGroup((chat,)))
+    assert plan.steps[2:] == tuple(Preempt(r, None, slo=True) for r in reversed(rows[2:7]))
+    assert plan.background_cap == 2 and plan.num_rows == 3
 
 
 def test_background_newcomers_and_swap_ins_wait_while_the_cap_is_full_and_come_back_after_the_chat():
