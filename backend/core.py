@@ -214,9 +214,10 @@ class EngineCore:
         """Preempt one row: copy its K/V to host memory (pinned on CUDA), free the row, requeue it. A swap-out
         for the interactive target (`slo`) is not counted toward `max_preemptions` (`sched_slo.py`)."""
         req = self.rows[row]
-        t0 = time.perf_counter()
-        req.swapped = self.batch.extract(row, device="cpu", pin_memory=self.runner.device.type == "cuda")
-        self.step_cost.observe_copy(req.swapped.nbytes, (time.perf_counter() - t0) * 1000)
+        t0, on_cuda = time.perf_counter(), self.runner.device.type == "cuda"
+        req.swapped = self.batch.extract(row, device="cpu", pin_memory=on_cuda)
+        if not on_cuda:  # on CUDA the copy into pinned memory is asynchronous: its time is not known here
+            self.step_cost.observe_copy(req.swapped.nbytes, (time.perf_counter() - t0) * 1000)
         self._remove_row(row)
         req.status = RequestStatus.PREEMPTED
         if slo:

@@ -40,6 +40,7 @@ MIN_SAMPLES = 3  # samples a row count needs before it takes part in the fit
 MIN_ROW_COUNTS = 2  # distinct row counts (with MIN_SAMPLES each) before the decode model predicts
 MAX_BUCKET_WEIGHT = 8.0  # one row count weighs at most this many samples in the fit
 SEQ_UNIT = 1000.0  # window lengths are fitted in thousands of tokens (better conditioned)
+REFIT_EVERY = 16  # decode samples between two fits (a fit costs ~0.1-0.3 ms of Python), unless a row count joins
 
 
 class StepCost(Protocol):
@@ -144,7 +145,7 @@ class StepCostModel:
         self._prefill = _Line(alpha)
         self._copy = _Line(alpha)
         self._coef: tuple[float, float, float] | None = None
-        self._dirty = False
+        self._fitted_at = 0  # num_samples at the last fit
         self.num_samples = 0
 
     # ------------------------------------------------------------------------------------ learning
@@ -152,9 +153,11 @@ class StepCostModel:
         """One decode step over `rows` rows and a `seq_len`-column window took `ms` milliseconds."""
         if rows < 1 or not (math.isfinite(ms) and ms > 0):
             return
-        self._buckets.setdefault(rows, _Moments(self.alpha)).add(seq_len / SEQ_UNIT, ms)
+        bucket = self._buckets.setdefault(rows, _Moments(self.alpha))
+        bucket.add(seq_len / SEQ_UNIT, ms)
         self.num_samples += 1
-        self._dirty = True
+        if bucket.n == MIN_SAMPLES or self.num_samples - self._fitted_at >= REFIT_EVERY:
+            self._refit()
 
     def observe_prefill(self, tokens: int, ms: float) -> None:
         """One prefill forward (a packed group or a chunk) over `tokens` prompt tokens took `ms`."""
@@ -172,10 +175,12 @@ class StepCostModel:
 
     @property
     def coefficients(self) -> tuple[float, float, float] | None:
-        """(a ms, b ms/row, c ms/(row * 1000 tokens)) of the decode model, or None before it is ready."""
-        if self._dirty:
-            self._coef, self._dirty = self._fit(), False
+        """(a ms, b ms/row, c ms/(row * 1000 tokens)) of the decode model, or None before it is ready. Refitted
+        every `REFIT_EVERY` samples, and as soon as a row count has enough samples to take part."""
         return self._coef
+
+    def _refit(self) -> None:
+        self._coef, self._fitted_at = self._fit(), self.num_samples
 
     def decode_ms(self, rows: int, seq_len: int) -> float | None:
         coef = self.coefficients
