@@ -205,12 +205,15 @@ class Planner(SloPlanning):
                     break  # the rest waits for the next iteration: running rows are not held up further
             if self.group and req.priority != self.group[0].priority:
                 self._close_group()  # a higher class never waits for a lower one's prompts
-            if req.priority != Priority.INTERACTIVE and not self._slo_admits(queued, length, take):
+            work = self._slo_work(queued, length, take) if req.priority != Priority.INTERACTIVE else ()
+            if work is None:
                 self.slo.held_back = True
                 break  # background work waits while it would hold a chat's step past the target
             if self._room_for(queued, length):
                 self.queue.pop()
                 self.spent += take
+                if work:
+                    self.slo.charge(*work)
                 if queued.swapped_length is not None:
                     self._swap_in(queued)
                 elif take == length:  # a whole prompt: prefilled with the group, in one packed forward

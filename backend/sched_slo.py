@@ -200,26 +200,25 @@ class SloPlanning:
         decode = self.slo.cost.decode_ms(max(1, chat[0]) + rows + 1, seq_len) or 0.0
         return self.slo.tokens_left(decode, target, req.num_prompt_tokens - req.num_prefilled)
 
-    def _slo_admits(self, queued: Any, length: int, take: int) -> bool:
+    def _slo_work(self, queued: Any, length: int, take: int) -> tuple[int, bool, int, int] | None:
         """May background `queued` (a swap-in, or `take` prompt tokens of `length`) join this plan beside a
-        decoding chat: a new row stays within the admission cap, and the decode step plus the background work
-        (prefills, swap-in copies, a reallocation of the buffers) within the target? Charges its work if so."""
+        decoding chat: a new row within the admission cap, and the decode step plus the background work
+        (prefills, swap-in copies, a reallocation of the buffers) within the target? Returns the work to
+        `SloAccount.charge` once it is admitted (empty when nothing is capped), or None when it must wait."""
         chat = self._interactive() if self.slo.enabled else None
         target = self.slo.target_ms(*chat) if chat is not None else None
         if target is None:
-            return True
+            return ()
         swap_in = queued.swapped_length is not None
         joins = swap_in or queued.num_prefilled + take == length  # a new row after this step
         rows, seq_len = self._background_window(length if joins else 0)
         rows += int(joins)
         if joins and rows > self.slo.cap(*chat, seq_len, admit=True):
-            return False
+            return None
         new_forward = take > 0 and not (take == length and self.group)  # a whole prompt joins an open group
         total_rows = len(self.rows) + len(self.group) + int(joins)
         nbytes = (length * self.batch.bytes_per_token if swap_in else 0) + self.slo.relayout_bytes(total_rows, seq_len)
         decode = self.slo.cost.decode_ms(max(1, chat[0]) + rows, seq_len) or 0.0
         if decode + self.slo.work_ms(take, new_forward, nbytes) > target:
-            return False
-        self.slo.charge(take, new_forward, nbytes, total_rows)
-        return True
-
+            return None
+        return take, new_forward, nbytes, total_rows

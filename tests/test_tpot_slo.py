@@ -201,6 +201,40 @@ def test_with_nothing_to_cap_the_plans_are_those_without_a_target(seed, case):
         assert off.background_cap is None and not off.slo_held_back
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_random_plans_keep_the_cap_and_the_target(seed):
+    """Random batches, queues and cost models with a chat: after every plan the background rows are within
+    the cap the model allows, only background rows are swapped out for it, and the decode step with them
+    plus the background prefill and swap-in work it admitted stays within the target."""
+    import random
+
+    rng = random.Random(seed)
+    slope, multiple = rng.choice([0.2, 1.0, 3.0]), rng.choice([1.0, 1.3, 2.0, 4.0])
+    cost = FixedCost(lambda r, s: 1.0 + slope * r, per_token=rng.choice([0.0, 0.002, 0.01]),
+                     per_byte=rng.choice([0.0, 0.001, 0.02]))
+    rows, sched = _random_workload(seed)
+    if rng.random() < 0.5 or not rows:
+        sched.add(_req("chat", I, rng.randint(5, 100)))
+    else:
+        rows.append((_req("chat", I), rng.randint(5, 100)))
+    for n, req in enumerate(sched.waiting()):
+        if req.priority != I and rng.random() < 0.3:
+            _swapped(req, rng.randint(5, 200), start_seq=100 + n)
+    plan = sched.schedule(_batch(*rows, cost=cost, slo=multiple, max_prefill_tokens=500))
+    chats = sum(r.priority == I for r, _ in rows) + sum(r.priority == I for r in plan.admitted)
+    joined = [r for s in plan.steps if isinstance(s, (SwapIn, PrefillGroup)) or (isinstance(s, PrefillChunk) and s.last)
+              for r in s.requests if r.priority != I]
+    background = sum(r.priority != I for r, _ in rows) - len(plan.preempted) + len(joined)
+    cap = allowed(multiple, max(1, chats), cost=lambda r: 1.0 + slope * r)
+    assert plan.background_cap == cap and background <= cap
+    assert all(s.request.priority != I for s in plan.steps if isinstance(s, Preempt))
+    work = sum(cost.per_token * (s.num_tokens if isinstance(s, PrefillChunk) else sum(r.num_prompt_tokens for r in s.requests))
+               for s in plan.steps if isinstance(s, (PrefillGroup, PrefillChunk)) and s.requests[0].priority != I)
+    work += sum(cost.per_byte * s.request.swapped.length for s in plan.steps if isinstance(s, SwapIn))
+    if work or joined:
+        assert cost.decode_ms(max(1, chats) + background, 0) + work <= plan.step_target_ms + 1e-9
+
+
 # ------------------------------------------------------------------------------------- the engine
 def _greedy(n: int) -> SamplingParams:
     return SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
