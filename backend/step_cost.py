@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from itertools import combinations
 from typing import Protocol
 
 MIN_SAMPLES = 3  # samples a row count needs before it takes part in the fit
