@@ -6,6 +6,9 @@ lengths and admission order), preempted rows are queued again as swapped, a long
 its K/V. Nothing real is changed: the queue is read through a copy of its heap (pointers only), and requests,
 the scheduler's queue and the batch stay as they are until the engine core executes the plan.
 
+With an interactive latency target (`BatchSnapshot.interactive_tpot_slo`), the planner also keeps the background
+rows within its cap and bounds background work while a chat decodes (`sched_slo.SloPlanning`, which it inherits).
+
 Pure Python (no torch).
 """
 

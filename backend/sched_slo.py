@@ -9,7 +9,9 @@ most `multiple` times what a decode step of the interactive rows alone would cos
   `decode_ms(B_i + n, S) <= multiple * decode_ms(B_i, S_i)` (B_i interactive rows, at least 1; S_i their
   longest row; S the window with the background rows, tokens). Rows over it are swapped out (BATON §4.3,
   exactly: their K/V go to host memory and come back unchanged), lowest priority and most recently started
-  first, so the oldest background rows keep the slots and the rest come back in their start order.
+  first, so the oldest background rows keep the slots and the rest come back in their start order. A chat
+  that needs a row takes one of these (not a counted preemption); the others go after its prefill, so its
+  first token does not wait for them.
 - **Work.** Background newcomers are admitted only while the iteration's decode step with them, plus the
   background work planned so far in this iteration (prefill forwards, swap-in copies, and a reallocation of
   the KV buffers when a new row passes their row capacity), stays within the same target. A long
