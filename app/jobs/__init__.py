@@ -8,7 +8,7 @@ so a job survives restarts and kills and never runs a finished item twice.
 | `files.py` | `load_job_file`: a `.jsonl` OpenAI Batch file or a YAML/JSON agent task -> (kind, name, items, spec) |
 | `templates.py` | the `{previous}` / `{stepN}` placeholders of agent step prompts |
 | `control.py` | engine-free operations: `submit_job`, `pause_job`, `resume_job`, `cancel_job`, `export_lines` |
-| `progress.py` | `JobProgress` (what a view shows), `JobRun` (a running job's bookkeeping), `ProgressPrinter` |
+| `progress.py` | `JobProgress` (what a view shows: items, the share of the work done counting tokens, rate, ETA), `JobRun` (a running job's bookkeeping), `ProgressPrinter`, `format_duration` |
 | `batch_job.py` | running a batch job's items at `Priority.BATCH`, all at once (`app.chat.run_request`); export lines |
 | `agent_task.py` | running an agent task's steps at `Priority.AGENT`, the transcript recorded as a chat (`AnswerRecorder`) |
 | `runner.py` | `JobRunner`: `run_job`, `run_queued`, `pause`, `resume`, `cancel`, progress callback |
@@ -16,8 +16,8 @@ so a job survives restarts and kills and never runs a finished item twice.
 
 from .control import cancel_job, export_lines, pause_job, require_job, resume_job, submit_job
 from .files import load_job_file
-from .progress import JobProgress, ProgressPrinter
+from .progress import JobProgress, ProgressPrinter, format_duration
 from .runner import JobRunner
 
-__all__ = ["JobProgress", "JobRunner", "ProgressPrinter", "cancel_job", "export_lines", "load_job_file", "pause_job",
-           "require_job", "resume_job", "submit_job"]
+__all__ = ["JobProgress", "JobRunner", "ProgressPrinter", "cancel_job", "export_lines", "format_duration",
+           "load_job_file", "pause_job", "require_job", "resume_job", "submit_job"]
