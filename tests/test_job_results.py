@@ -1,5 +1,5 @@
 """A job's results without an engine: items as people read them, the export file (written atomically, the
-format of `baton jobs export`)."""
+format of `baton jobs export`), and a batch file with no valid request refused at submission."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from app.chat.batch_file import success_line
 from app.cli.main import main
-from app.jobs import OutputFileError, default_export_path, export_job, item_result, submit_job
+from app.jobs import OutputFileError, default_export_path, export_job, item_result, load_job_file, submit_job
 from app.jobs.batch_job import error_text
 from storage import Store
 
@@ -97,3 +97,15 @@ async def test_export_to_a_folder_that_does_not_exist_leaves_nothing(store, tmp_
 async def test_default_export_path_names_the_job(store, tmp_path):
     job = await finished_batch_job(store, tmp_path)
     assert default_export_path(tmp_path, job) == tmp_path / f"job-{job.id}-four.results.jsonl"
+
+
+@pytest.mark.parametrize("content, message", [
+    ("not json\n", "no line is a valid request (1 line; line 1: not valid JSON"),
+    ('{"custom_id": "x"}\n[1]\n', "no line is a valid request (2 lines; line 1: method must be 'POST'"),
+])
+def test_a_batch_file_without_a_valid_request_is_refused(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError) as caught:
+        load_job_file(path)
+    assert str(caught.value).startswith(f"{path}: {message}") and "\n" not in str(caught.value)

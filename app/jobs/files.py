@@ -5,7 +5,8 @@
 - **batch** (`.jsonl`): the `baton batch` input format (`app.chat.batch_file`). Each non-blank line is one item,
   in file order: `{"custom_id", "line_no", "messages", "sampling"}` for a valid line, or
   `{"custom_id", "line_no", "error": {"code", "message"}}` for a malformed one (it fails when the job runs;
-  the other lines still run). Spec: `{"format": "openai_batch"}`.
+  the other lines still run). A file none of whose lines is a valid request is refused (it is not a batch
+  file: a job of it could only fail). Spec: `{"format": "openai_batch"}`.
 - **agent** (`.yaml`, `.yml`, or `.json` with `"steps"`): `{"name", "system", "steps": [{"prompt"}, ...],
   "params": {...}}`. One item per step: `{"custom_id": "stepN", "step": N, "prompt": template}`; a prompt
   may use `{previous}` / `{stepN}` (see `app.jobs.templates`). Spec: `{"system", "params"}`, where `params`
@@ -51,8 +52,8 @@ def load_job_file(path: str | Path, name: str | None = None) -> JobFile:
     Returns:
         `(kind, name, items, spec)` with kind `"batch"` or `"agent"` (see the module docstring).
     Raises:
-        ValueError: `<path>: <what is wrong>` when the file cannot be read, is empty, is not valid
-            JSON/YAML, has no valid structure, or (agent) has a bad field, parameter or step prompt, or a
+        ValueError: `<path>: <what is wrong>` when the file cannot be read, is empty, has no valid
+            request line (batch), is not valid JSON/YAML, has no valid structure, or (agent) has a bad field, parameter or step prompt, or a
             string that is not valid UTF-8 text (`<path>: steps[0].prompt: not valid UTF-8 text: ...`);
             `name: ...` when `name` is blank or not valid UTF-8 text.
     """
@@ -107,6 +108,10 @@ def _batch(data: bytes, name: str) -> JobFile:
                           "messages": entry.messages, "sampling": entry.sampling})
     if not items:
         raise ValueError(batch_file.NO_REQUESTS)
+    if all("error" in item for item in items):  # surely not a batch file: refused rather than stored to fail
+        first = " ".join(items[0]["error"]["message"].split())
+        raise ValueError(f"no line is a valid request ({len(items)} line{'s' if len(items) > 1 else ''}; "
+                         f"{first})")
     return "batch", name, items, {"format": BATCH_FORMAT}
 
 
