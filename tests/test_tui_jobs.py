@@ -10,9 +10,10 @@ import json
 import pytest
 from textual.widgets import DataTable, DirectoryTree, ProgressBar
 
-from app.jobs import submit_job
+from app.jobs import JobProgress, submit_job
 from app.tui.screens.confirm import ConfirmScreen
-from app.tui.screens.jobs import JobFilePicker, JobsScreen
+from app.tui.screens.jobs import JobFilePicker, JobsScreen, job_cells
+from app.tui.widgets.job_bar import JobBar, progress_text
 from app.tui import BatonApp
 from app.tui.widgets.live_panel import LivePanel
 from storage import Store
@@ -76,8 +77,7 @@ async def test_a_submitted_batch_job_runs_to_done_while_the_tui_is_open(engine, 
         table = screen.query_one("#jobs-table", DataTable)
         await wait_for(pilot, lambda: str(table.get_cell(str(job.id), "status")) == "done", what="done shown")
         assert str(table.get_cell(str(job.id), "items")) == "3/0/3"
-        bar = screen.query_one(f"#job-bar-{job.id}", ProgressBar)
-        await wait_for(pilot, lambda: bar.percentage == 1, what="a full progress bar")
+        await wait_for(pilot, lambda: screen.bars[job.id].bar.percentage == 1, what="a full progress bar")
         items = await store.list_items(job.id)
         assert [i.status for i in items] == ["done"] * 3
 
@@ -210,3 +210,90 @@ async def test_a_refresh_of_the_jobs_screen_never_cancels_a_status_change(engine
         await pilot.pause()
         release.set()
         await wait_status(pilot, store, job.id, "cancelled")
+
+
+# ------------------------------------------------------------------------------------ issue #10.6
+SMALL = (80, 24)
+
+
+async def stored_job(store, tmp_path, name: str, n: int, done: int, failed: int, status: str):
+    """A batch job stored with `done` items done and `failed` failed, left with `status` (nothing runs it)."""
+    job = await submit_job(store, batch_file(tmp_path / f"{name}.jsonl", n))
+    items = await store.list_items(job.id)
+    for item in items[:done]:
+        await store.complete_item(item.id, {"custom_id": item.custom_id, "error": None, "response": None})
+    for item in items[done:done + failed]:
+        await store.fail_item(item.id, "engine_error: boom")
+    return await store.set_job_status(job.id, status)
+
+
+async def test_finished_jobs_show_full_bars_after_a_restart_and_every_refresh(engine, store, tmp_path):
+    """The bars were rebuilt at every refresh (the table's row keys are strings, compared with int job ids),
+    and a new bar was updated before it was in the DOM, so it showed 0% whatever the job's state."""
+    done = await stored_job(store, tmp_path, "five", 5, 5, 0, "done")
+    failed = await stored_job(store, tmp_path, "broke", 4, 1, 3, "failed")
+    cancelled = await stored_job(store, tmp_path, "stopped", 5, 2, 0, "cancelled")
+    paused = await stored_job(store, tmp_path, "later", 4, 1, 0, "paused")
+    app = BatonApp(engine=engine, store=store)  # a new app on a store with finished jobs: the restart
+    async with app.run_test(size=SMALL) as pilot:
+        await ready(pilot)
+        screen = await open_jobs(pilot)
+        for _ in range(3):  # what the screen does every second
+            await screen._reload()
+            await pilot.pause()
+        # one bar per job (rebuilt only when jobs come or go), each showing the job's finished share
+        assert sorted(bar.percentage for bar in screen.query(ProgressBar)) == [0.25, 0.4, 1.0, 1.0]
+        bars = list(screen.query(JobBar))
+        shown = {bar.progress.job_id: (bar.bar.percentage, str(bar.query_one(".job-progress").content))
+                 for bar in bars}
+        assert shown == {done.id: (1.0, "100% · done"), failed.id: (1.0, "100% · failed"),
+                         cancelled.id: (0.4, "40% · cancelled"), paused.id: (0.25, "25% · paused")}
+        assert all(bar.region.height == 1 and bar.region.right <= SMALL[0] for bar in bars)  # seen at 80x24
+        assert str(screen.query_one("#jobs-table", DataTable).get_cell(str(done.id), "items")) == "5/0/5"
+
+
+def test_the_eta_reads_in_minutes_and_seconds_and_is_a_dash_when_unknown(tmp_path):
+    from storage import Job
+
+    job = Job(3, "batch", "j", "running", None, {}, 10, 2, 0, None, None)
+    running = JobProgress(3, "running", 2, 0, 10, tokens_per_s=12.34, eta_s=80.2, partial=0.5)
+    cells = [str(c) for c in job_cells(job, running)]
+    assert cells[-2:] == ["12.3", "1m 20s"]
+    assert progress_text(running) == "25% · ETA 1m 20s"
+    unknown = JobProgress(3, "running", 2, 0, 10)
+    assert [str(c) for c in job_cells(job, unknown)][-1] == "—" and progress_text(unknown) == "20%"
+    paused = JobProgress(3, "paused", 2, 0, 10, eta_s=80)
+    assert [str(c) for c in job_cells(job, paused)][-2:] == ["—", "—"] and progress_text(paused) == "20% · paused"
+
+
+async def test_the_bar_and_eta_move_while_long_items_generate(engine, store, tmp_path, decode_gate, monkeypatch):
+    """Progress counted whole items only: a job of long items sat at 0% with no ETA until one finished."""
+    shown: list[float] = []
+    real_show = JobBar.show
+
+    def show(bar, progress):
+        shown.append(progress.fraction)
+        real_show(bar, progress)
+    monkeypatch.setattr(JobBar, "show", show)
+    gate = decode_gate(engine, skip=16)  # park after 16 decode steps: each item has ~17 of its 48 tokens
+    job = await submit_job(store, batch_file(tmp_path / "long.jsonl", 2, max_tokens=48))
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SMALL) as pilot:
+        await ready(pilot)
+        screen = await open_jobs(pilot)
+        await gate.parked()
+        table = screen.query_one("#jobs-table", DataTable)
+
+        def moving():
+            p = screen.progress_of(screen.jobs[job.id])
+            return (p.status == "running" and p.done == 0 and p.partial > 0 and screen.bars[job.id].bar.percentage > 0
+                    and str(table.get_cell(str(job.id), "eta")) != "—")
+        await wait_for(pilot, moving, timeout=60, what="the bar and the ETA to move before any item finished")
+        assert (await store.get_job(job.id)).done == 0
+        assert 0 < screen.live[job.id].fraction < 1
+        assert "ETA" in str(screen.bars[job.id].query_one(".job-progress").content)
+        gate.release()
+        await wait_status(pilot, store, job.id, "done", timeout=120)  # a busy 2-core machine: minutes, not s
+        await wait_for(pilot, lambda: screen.bars[job.id].bar.percentage == 1, what="a full bar")
+    assert shown == sorted(shown), "the progress went backwards"
+    assert shown[-1] == 1.0 and all(0 <= f <= 1 for f in shown)

@@ -2,8 +2,10 @@
 
 The app's `JobRunner` runs the queue while the TUI is open (once the model is loaded); the screen is handed
 it, shows the store's jobs (read every `REFRESH_S`) merged with the runner's live `JobProgress` (and the
-`JobProgressed` messages the app posts to the active screen), and changes job statuses through the runner.
-Opening an agent task's transcript dismisses the screen with the transcript's chat id.
+`JobProgressed` messages the app posts to the active screen; the newest snapshot wins), and changes job
+statuses through the runner. A job's bar counts finished items and the tokens of the items generating
+(`JobProgress.fraction`), so it moves while long items generate. Opening an agent task's transcript dismisses
+the screen with the transcript's chat id.
 """
 
 from __future__ import annotations
@@ -15,26 +17,28 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
-from textual.widgets import DataTable, DirectoryTree, Footer, Label, ProgressBar, Static
+from textual.widgets import DataTable, DirectoryTree, Footer, Static
 
 from storage import Job, Store
 
-from ...jobs import JobProgress, JobRunner, submit_job
+from ...jobs import JobProgress, JobRunner, format_duration, submit_job
 from ..messages import JobProgressed
+from ..widgets.job_bar import JobBar
 
 COLUMNS = (("id", "id"), ("kind", "kind"), ("name", "name"), ("status", "status"), ("done/failed/total", "items"),
            ("tok/s", "rate"), ("ETA", "eta"))
 JOB_FILE_SUFFIXES = (".jsonl", ".json", ".yaml", ".yml")
 REFRESH_S = 1.0
+UNKNOWN = "—"
 
 
-def job_cells(job: Job, live: JobProgress | None) -> tuple[Text, ...]:
-    """The table cells of a job; `live` (a running job's progress) overrides the stored counts."""
-    p = live if live is not None else JobProgress.of(job)
-    rate = f"{p.tokens_per_s:.1f}" if p.status == "running" else "–"
-    eta = f"{p.eta_s:.0f} s" if p.eta_s is not None and p.status == "running" else "–"
+def job_cells(job: Job, p: JobProgress) -> tuple[Text, ...]:
+    """The table cells of a job shown with progress `p` (the rate and ETA only while it runs)."""
+    running = p.status == "running"
+    rate = f"{p.tokens_per_s:.1f}" if running else UNKNOWN
+    eta = format_duration(p.eta_s) if running and p.eta_s is not None else UNKNOWN
     return (Text(str(job.id), justify="right"), Text(job.kind), Text(job.name), Text(p.status),
             Text(f"{p.done}/{p.failed}/{p.total}", justify="right"), Text(rate, justify="right"),
             Text(eta, justify="right"))
@@ -87,9 +91,6 @@ class JobsScreen(Screen):
     DEFAULT_CSS = """
     JobsScreen #jobs-table { height: 1fr; border: round $primary 60%; }
     JobsScreen #job-bars { height: auto; max-height: 40%; border: round $primary 60%; }
-    JobsScreen .job-bar { height: 1; }
-    JobsScreen .job-bar Label { width: 32; }
-    JobsScreen .job-bar ProgressBar { width: 1fr; }
     JobsScreen #jobs-empty { color: $text-muted; padding: 0 1; }
     JobFilePicker #job-file-dialog { width: 80%; height: 80%; }
     JobFilePicker #job-files { height: 1fr; }
@@ -111,6 +112,7 @@ class JobsScreen(Screen):
         self.runner = runner
         self.jobs: dict[int, Job] = {}
         self.live: dict[int, JobProgress] = {}
+        self.bars: dict[int, JobBar] = {}
 
     def compose(self) -> ComposeResult:
         table: DataTable = DataTable(id="jobs-table", cursor_type="row", zebra_stripes=True)
@@ -133,17 +135,33 @@ class JobsScreen(Screen):
     def reload(self) -> None:
         """Read the jobs from the store again (in a worker)."""
         # Its own group: `exclusive` cancels the previous refresh only, never a submit or a status change.
-        self.run_worker(self._reload(), name="read jobs", group="jobs-view", exclusive=True, exit_on_error=False)
+        self.run_worker(self._reload, name="read jobs", group="jobs-view", exclusive=True, exit_on_error=False)
 
     async def _reload(self) -> None:
         jobs = await self.store.list_jobs()
         for job in jobs:  # the runner's counts are ahead of the store's (rates, ETA)
             live = self.runner.progress(job.id)
             if live is not None:
-                self.live[job.id] = live
+                self._take(live)
             elif job.status != "running":
                 self.live.pop(job.id, None)
         self.show_jobs(jobs)
+
+    def _take(self, progress: JobProgress) -> bool:
+        """Keep `progress` unless a newer snapshot of the job is kept already (a `JobProgressed` posted
+        before a refresh read the runner arrives after it). Returns whether it was kept."""
+        kept = self.live.get(progress.job_id)
+        if kept is not None and kept.taken > progress.taken:
+            return False
+        self.live[progress.job_id] = progress
+        return True
+
+    def progress_of(self, job: Job) -> JobProgress:
+        """What to show for a job: the runner's live progress, unless the store has moved on from running."""
+        live = self.live.get(job.id)
+        if live is None or (job.status != "running" and live.status == "running"):
+            return JobProgress.of(job)  # not running here, or finished / paused since
+        return live
 
     @on(JobProgressed)
     def _progressed(self, event: JobProgressed) -> None:
@@ -151,7 +169,8 @@ class JobsScreen(Screen):
 
     def show_progress(self, progress: JobProgress) -> None:
         """Show a running job's latest progress."""
-        self.live[progress.job_id] = progress
+        if not self._take(progress):
+            return
         job = self.jobs.get(progress.job_id)
         if job is None:
             self.reload()
@@ -162,14 +181,14 @@ class JobsScreen(Screen):
         """Show these jobs (newest first), keeping the selected one selected."""
         table = self.query_one("#jobs-table", DataTable)
         selected = self.selected_job_id()
-        new = [j.id for j in jobs]
+        keys = [str(j.id) for j in jobs]
         self.jobs = {j.id: j for j in jobs}
-        if new != [key.value for key in table.rows]:
+        if keys != [key.value for key in table.rows]:  # jobs added or deleted
             table.clear()
             for job in jobs:
-                table.add_row(*job_cells(job, self.live.get(job.id)), key=str(job.id))
-            if selected in new:
-                table.move_cursor(row=new.index(selected))
+                table.add_row(*job_cells(job, self.progress_of(job)), key=str(job.id))
+            if selected in self.jobs:
+                table.move_cursor(row=keys.index(str(selected)))
             self._rebuild_bars(jobs)
         for job in jobs:
             self._show_job(job)
@@ -177,25 +196,20 @@ class JobsScreen(Screen):
     def _rebuild_bars(self, jobs: list[Job]) -> None:
         box = self.query_one("#job-bars", VerticalScroll)
         self.query_one("#jobs-empty").display = not jobs
-        box.query(".job-bar").remove()
-        box.mount_all(Horizontal(Label(f"#{j.id} {j.name}", markup=False),
-                                 ProgressBar(total=max(1, j.total), show_eta=False, id=f"job-bar-{j.id}"),
-                                 classes="job-bar") for j in jobs)
+        box.query(JobBar).remove()
+        self.bars = {j.id: JobBar(f"#{j.id} {j.name}", self.progress_of(j)) for j in jobs}
+        box.mount_all(self.bars.values())
 
     def _show_job(self, job: Job) -> None:
-        live = self.live.get(job.id)
-        if live is not None and job.status != "running" and live.status == "running":
-            live = None  # the store has moved on (finished, paused elsewhere)
+        p = self.progress_of(job)
         table = self.query_one("#jobs-table", DataTable)
         key = str(job.id)
-        if key not in table.rows:
-            return
-        for (_, column), cell in zip(COLUMNS, job_cells(job, live)):
-            if table.get_cell(key, column) != cell:
-                table.update_cell(key, column, cell)
-        p = live or JobProgress.of(job)
-        for bar in self.query(f"#job-bar-{job.id}").results(ProgressBar):
-            bar.update(total=max(1, p.total), progress=p.done + p.failed if p.total else 1)
+        if key in table.rows:
+            for (_, column), cell in zip(COLUMNS, job_cells(job, p)):
+                if table.get_cell(key, column) != cell:
+                    table.update_cell(key, column, cell)
+        if (bar := self.bars.get(job.id)) is not None:
+            bar.show(p)
 
     def selected_job_id(self) -> int | None:
         """The job under the table's cursor."""
