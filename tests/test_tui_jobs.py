@@ -8,12 +8,14 @@ import asyncio
 import json
 
 import pytest
-from textual.widgets import DataTable, DirectoryTree, ProgressBar
+from textual.widgets import DataTable, ProgressBar
 
 from app.jobs import JobProgress, submit_job
 from app.tui.screens.confirm import ConfirmScreen
-from app.tui.screens.jobs import JobFilePicker, JobsScreen, job_cells
+from app.tui.screens.job_file_picker import JobFilePicker, JobFileTree
+from app.tui.screens.jobs import JobsScreen, job_cells
 from app.tui.widgets.job_bar import JobBar, progress_text
+from app.tui.widgets.path_input import PathInput
 from app.tui import BatonApp
 from app.tui.widgets.live_panel import LivePanel
 from storage import Store
@@ -80,36 +82,6 @@ async def test_a_submitted_batch_job_runs_to_done_while_the_tui_is_open(engine, 
         await wait_for(pilot, lambda: screen.bars[job.id].bar.percentage == 1, what="a full progress bar")
         items = await store.list_items(job.id)
         assert [i.status for i in items] == ["done"] * 3
-
-
-async def test_submit_from_the_picker_and_a_bad_file_is_a_notification(engine, store, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    good = batch_file(tmp_path / "good.jsonl", 2)
-    bad = tmp_path / "bad.json"  # an agent task that is not JSON
-    bad.write_text("not json\n", encoding="utf-8")
-    app = BatonApp(engine=engine, store=store)
-    notes = []
-    original = app.notify
-    app.notify = lambda message, **kw: (notes.append((kw.get("severity"), str(message))), original(message, **kw))
-    async with app.run_test(size=SIZE) as pilot:
-        await ready(pilot)
-        await pilot.press("f9")
-        screen = await wait_for(pilot, lambda: isinstance(app.screen, JobsScreen) and app.screen, what="jobs")
-        await pilot.press("s")
-        picker = await wait_for(pilot, lambda: isinstance(app.screen, JobFilePicker) and app.screen, what="picker")
-        tree = picker.query_one(DirectoryTree)
-        await wait_for(pilot, lambda: tree.root.children, what="the tree")
-        shown = {node.data.path.name for node in tree.root.children}
-        assert {"good.jsonl", "bad.json"} <= shown and "baton.db" not in shown
-        picker.dismiss(bad)
-        await wait_for(pilot, lambda: any(s == "error" for s, _ in notes), what="an error notification")
-        assert await store.list_jobs() == []
-        assert "bad.json: not valid JSON" in next(msg for s, msg in notes if s == "error")
-        assert app.screen is screen
-        screen.submit_file(good)
-        jobs = await wait_for(pilot, lambda: screen.jobs, what="the job listed")
-        (job_id,) = jobs
-        await wait_status(pilot, store, job_id, "done")
 
 
 async def test_pause_resume_and_cancel_change_the_stored_status(engine, store, tmp_path):
@@ -297,3 +269,86 @@ async def test_the_bar_and_eta_move_while_long_items_generate(engine, store, tmp
         await wait_for(pilot, lambda: screen.bars[job.id].bar.percentage == 1, what="a full bar")
     assert shown == sorted(shown), "the progress went backwards"
     assert shown[-1] == 1.0 and all(0 <= f <= 1 for f in shown)
+
+
+async def type_text(pilot, text: str) -> None:
+    await pilot.press(*text)
+
+
+async def test_type_a_path_with_completion_and_bad_files_are_reported_in_the_dialog(engine, store, tmp_path,
+                                                                                    monkeypatch):
+    folder = tmp_path / "jobs"
+    folder.mkdir()
+    batch_file(folder / "good.jsonl", 2)
+    (folder / "bad.jsonl").write_text("not json\n", encoding="utf-8")
+    (folder / "empty.jsonl").write_text("", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SMALL) as pilot:
+        await ready(pilot)
+        await pilot.press("f9")
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, JobsScreen) and app.screen, what="jobs")
+        await pilot.press("s")
+        picker = await wait_for(pilot, lambda: isinstance(app.screen, JobFilePicker) and app.screen, what="picker")
+        path_input = picker.query_one(PathInput)
+        assert path_input.has_focus and path_input.value == f"{tmp_path}/"
+        tree = picker.query_one(JobFileTree)
+        assert tree.region.height >= 3 and path_input.region.bottom <= SMALL[1]  # both seen at 80x24
+        await type_text(pilot, "jo")
+        await wait_for(pilot, lambda: path_input._suggestion, what="a completion")
+        await pilot.press("tab")  # completes the folder ...
+        assert path_input.value == f"{folder}/"
+        await wait_for(pilot, lambda: tree.path == folder, what="the tree to follow the typed folder")
+        await type_text(pilot, "ba")
+        await wait_for(pilot, lambda: path_input._suggestion, what="a completion")
+        await pilot.press("right")  # ... and the file, with → as well
+        assert path_input.value == str(folder / "bad.jsonl")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: picker.error, what="the error in the dialog")
+        assert "no line is a valid request" in picker.error and "bad.jsonl" in picker.error
+        assert app.screen is picker and path_input.value == str(folder / "bad.jsonl")  # nothing typed is lost
+        for typed, message in (("empty.jsonl", "no requests"), ("missing.jsonl", "No such file")):
+            await pilot.press("ctrl+w", "ctrl+w")  # back to the folder
+            await type_text(pilot, typed)
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: picker.error and message in picker.error, what=f"the error for {typed}")
+            assert app.screen is picker and path_input.value == str(folder / typed)
+        assert await store.list_jobs() == []
+        await pilot.press("ctrl+w", "ctrl+w")
+        await type_text(pilot, "go")
+        await wait_for(pilot, lambda: path_input._suggestion, what="a completion")
+        await pilot.press("tab", "enter")
+        await wait_for(pilot, lambda: app.screen is screen, what="the picker to close")
+        (job,) = await store.list_jobs()
+        assert (job.name, job.total) == ("good", 2)
+        await wait_for(pilot, lambda: job.id in screen.jobs, what="the job listed")
+        await pilot.press("s")  # the picker opens where the last file was
+        picker = await wait_for(pilot, lambda: isinstance(app.screen, JobFilePicker) and app.screen, what="picker")
+        assert picker.query_one(PathInput).value == f"{folder}/"
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is screen, what="the picker to close")
+        assert len(await store.list_jobs()) == 1
+
+
+async def test_pick_a_file_in_the_tree(engine, store, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    batch_file(work / "good.jsonl", 2)
+    (work / "notes.txt").write_text("not a job file\n", encoding="utf-8")
+    monkeypatch.chdir(work)
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("f9")
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, JobsScreen) and app.screen, what="jobs")
+        await pilot.press("s")
+        picker = await wait_for(pilot, lambda: isinstance(app.screen, JobFilePicker) and app.screen, what="picker")
+        tree = picker.query_one(JobFileTree)
+        await wait_for(pilot, lambda: tree.root.children, what="the tree")
+        assert {node.data.path.name for node in tree.root.children} == {"good.jsonl"}  # not baton.db
+        await pilot.press("down")  # from the path to the tree
+        assert tree.has_focus
+        await pilot.press("down", "enter")
+        await wait_for(pilot, lambda: app.screen is screen, what="the picker to close")
+        (job,) = await store.list_jobs()
+        assert job.source_path == str(work / "good.jsonl")

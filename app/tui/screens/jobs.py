@@ -1,4 +1,5 @@
-"""The jobs screen (F9): every background job with its progress; pause, resume, cancel, submit, open a transcript.
+"""The jobs screen (F9): every background job with its progress; submit (a path typed or picked), pause,
+resume, cancel, open a transcript.
 
 The app's `JobRunner` runs the queue while the TUI is open (once the model is loaded); the screen is handed
 it, shows the store's jobs (read every `REFRESH_S`) merged with the runner's live `JobProgress` (and the
@@ -11,25 +12,25 @@ the screen with the transcript's chat id.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
 
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical, VerticalScroll
-from textual.screen import ModalScreen, Screen
-from textual.widgets import DataTable, DirectoryTree, Footer, Static
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
 
 from storage import Job, Store
 
 from ...jobs import JobProgress, JobRunner, format_duration, submit_job
 from ..messages import JobProgressed
 from ..widgets.job_bar import JobBar
+from .confirm import ConfirmScreen
+from .job_file_picker import JobFilePicker
 
 COLUMNS = (("id", "id"), ("kind", "kind"), ("name", "name"), ("status", "status"), ("done/failed/total", "items"),
            ("tok/s", "rate"), ("ETA", "eta"))
-JOB_FILE_SUFFIXES = (".jsonl", ".json", ".yaml", ".yml")
 REFRESH_S = 1.0
 UNKNOWN = "—"
 
@@ -42,41 +43,6 @@ def job_cells(job: Job, p: JobProgress) -> tuple[Text, ...]:
     return (Text(str(job.id), justify="right"), Text(job.kind), Text(job.name), Text(p.status),
             Text(f"{p.done}/{p.failed}/{p.total}", justify="right"), Text(rate, justify="right"),
             Text(eta, justify="right"))
-
-
-class JobFilePicker(ModalScreen[Path | None]):
-    """Choose a job file (`.jsonl` batch, `.json`/`.yaml` agent task) in a directory tree; Esc cancels."""
-
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
-
-    def __init__(self, root: str | Path = ".") -> None:
-        super().__init__(classes="dialog-screen")
-        self._root = Path(root)
-
-    def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog", id="job-file-dialog") as box:
-            box.border_title = "Submit a job file"
-            box.border_subtitle = "Enter picks · Esc cancels"
-            yield JobFileTree(self._root, id="job-files")
-
-    def on_mount(self) -> None:
-        self.query_one(JobFileTree).focus()
-
-    @on(DirectoryTree.FileSelected)
-    def _chosen(self, event: DirectoryTree.FileSelected) -> None:
-        self.dismiss(Path(event.path))
-
-    def action_cancel(self) -> None:
-        """Close without a file."""
-        self.dismiss(None)
-
-
-class JobFileTree(DirectoryTree):
-    """A directory tree showing folders and job files only (hidden entries left out)."""
-
-    def filter_paths(self, paths: Iterable[Path]) -> Iterable[Path]:
-        return [p for p in paths if not p.name.startswith(".")
-                and (p.is_dir() or p.suffix.lower() in JOB_FILE_SUFFIXES)]
 
 
 class JobsScreen(Screen):
@@ -92,18 +58,16 @@ class JobsScreen(Screen):
     JobsScreen #jobs-table { height: 1fr; border: round $primary 60%; }
     JobsScreen #job-bars { height: auto; max-height: 40%; border: round $primary 60%; }
     JobsScreen #jobs-empty { color: $text-muted; padding: 0 1; }
-    JobFilePicker #job-file-dialog { width: 80%; height: 80%; }
-    JobFilePicker #job-files { height: 1fr; }
     """
 
     BINDINGS = [
         Binding("escape,f9", "close", "Back", tooltip="Back to the chats"),
-        Binding("s", "submit", "Submit", tooltip="Submit a job file (.jsonl batch, .json/.yaml agent task)"),
+        Binding("s", "submit", "Submit", tooltip="Submit a job file: type its path or pick it "
+                                                 "(.jsonl batch, .json/.yaml agent task)"),
         Binding("p", "pause", "Pause", tooltip="Pause the selected job"),
         Binding("r", "resume", "Resume", tooltip="Resume the selected job (a failed one retries its failures)"),
-        Binding("x", "cancel_job", "Cancel job", tooltip="Cancel the selected job (asks first)"),
-        Binding("enter", "open_transcript", "Transcript", show=False,
-                tooltip="Open an agent task's transcript chat"),
+        Binding("x", "cancel_job", "Cancel", tooltip="Cancel the selected job (asks first)"),
+        Binding("enter", "open", "Transcript", show=False, tooltip="Open an agent task's transcript chat"),
     ]
 
     def __init__(self, store: Store, runner: JobRunner) -> None:
@@ -113,6 +77,7 @@ class JobsScreen(Screen):
         self.jobs: dict[int, Job] = {}
         self.live: dict[int, JobProgress] = {}
         self.bars: dict[int, JobBar] = {}
+        self.folder = Path.cwd()  # where the file picker starts (then: the folder of the last file submitted)
 
     def compose(self) -> ComposeResult:
         table: DataTable = DataTable(id="jobs-table", cursor_type="row", zebra_stripes=True)
@@ -235,22 +200,19 @@ class JobsScreen(Screen):
         self.dismiss()
 
     def action_submit(self) -> None:
-        """Pick a job file and submit it."""
-        self.app.push_screen(JobFilePicker(Path.cwd()), lambda path: path and self.submit_file(path))
+        """Type or pick a job file and submit it."""
+        self.app.push_screen(JobFilePicker(self.folder, lambda path: submit_job(self.store, path)),
+                             lambda job: job and self._submitted(job))
 
-    def submit_file(self, path: str | Path) -> None:
-        """Store a job file as a queued job (the runner picks it up); a bad file is a notification."""
-        self.run_worker(self._submit(Path(path)), name="submit job", group="store", exit_on_error=False)
-
-    async def _submit(self, path: Path) -> None:
-        try:
-            job = await submit_job(self.store, path)
-        except ValueError as exc:
-            self.notify(str(exc), title="Cannot submit the job", severity="error", timeout=10)
-            return
+    def _submitted(self, job: Job) -> None:
         self.notify(f"job {job.id} “{job.name}”: {job.total} items queued", title="Job submitted")
-        await self._reload()
-        self.select_job(job.id)
+        if job.source_path:
+            self.folder = Path(job.source_path).parent
+
+        async def show() -> None:
+            await self._reload()
+            self.select_job(job.id)
+        self.run_worker(show(), name="show the submitted job", group="store", exit_on_error=False)
 
     def action_pause(self) -> None:
         """Pause the selected job."""
@@ -264,8 +226,6 @@ class JobsScreen(Screen):
 
     def action_cancel_job(self) -> None:
         """Cancel the selected job, after a confirmation."""
-        from .confirm import ConfirmScreen
-
         if job := self._selected():
             question = f"Cancel job {job.id} “{job.name}”? Its pending items will never run."
             self.app.push_screen(ConfirmScreen(question, "Cancel job"), lambda yes: yes and self.cancel(job.id))
@@ -285,9 +245,9 @@ class JobsScreen(Screen):
 
     @on(DataTable.RowSelected, "#jobs-table")
     def _row_chosen(self) -> None:
-        self.action_open_transcript()
+        self.action_open()
 
-    def action_open_transcript(self) -> None:
+    def action_open(self) -> None:
         """Open the selected agent task's transcript chat on the chat screen."""
         if (job := self._selected()) is None:
             return
