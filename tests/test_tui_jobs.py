@@ -1,6 +1,8 @@
 """Background jobs in the TUI: the app runs the job queue while it is open; the jobs screen (F9) shows every
-job with a progress bar, submits files, pauses / resumes / cancels, and opens an agent task's transcript; the
-live panel labels job rows. Pilot drives `BatonApp` on `random:tiny` with a real SQLite file."""
+job with a progress bar (tokens counted, a readable ETA), submits a file whose path is typed (with
+completion) or picked, pauses / resumes / cancels, shows a job's results and exports them, and opens an agent
+task's transcript; the live panel labels job rows. Pilot drives `BatonApp` on `random:tiny` with a real
+SQLite file; where a job must be caught mid-item, the engine is parked with `DecodeGate` (no timing)."""
 
 from __future__ import annotations
 
@@ -8,12 +10,15 @@ import asyncio
 import json
 
 import pytest
-from textual.widgets import DataTable, ProgressBar
+from textual.widgets import DataTable, ProgressBar, TextArea
 
-from app.jobs import JobProgress, submit_job
+from app.jobs import JobProgress, export_lines, submit_job
 from app.tui.screens.confirm import ConfirmScreen
+from app.tui.screens.help import JOB_KEYS, HelpScreen, binding_rows
 from app.tui.screens.job_file_picker import JobFilePicker, JobFileTree
+from app.tui.screens.job_results import JobResultsScreen
 from app.tui.screens.jobs import JobsScreen, job_cells
+from app.tui.screens.path_prompt import PathPromptScreen
 from app.tui.widgets.job_bar import JobBar, progress_text
 from app.tui.widgets.path_input import PathInput
 from app.tui import BatonApp
@@ -352,3 +357,79 @@ async def test_pick_a_file_in_the_tree(engine, store, tmp_path, monkeypatch):
         await wait_for(pilot, lambda: app.screen is screen, what="the picker to close")
         (job,) = await store.list_jobs()
         assert job.source_path == str(work / "good.jsonl")
+
+
+async def test_view_a_jobs_results_and_export_them(engine, store, tmp_path, monkeypatch):
+    path = batch_file(tmp_path / "three.jsonl", 3)
+    with path.open("a", encoding="utf-8") as f:
+        f.write("not json\n")
+    job = await submit_job(store, path)
+    monkeypatch.chdir(tmp_path)
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SMALL) as pilot:
+        await ready(pilot)
+        screen = await open_jobs(pilot)
+        await wait_status(pilot, store, job.id, "done")
+        screen.select_job(job.id)
+        await pilot.press("v")
+        results = await wait_for(pilot, lambda: isinstance(app.screen, JobResultsScreen) and app.screen,
+                                 what="the results")
+        await wait_for(pilot, lambda: len(results.results) == 4, what="the items listed")
+        table = results.query_one("#results-table", DataTable)
+        assert [str(table.get_cell(str(i), "status")) for i in range(4)] == ["done", "done", "done", "failed"]
+        stored = await store.list_items(job.id)
+        first = stored[0].result["response"]["body"]["choices"][0]["message"]["content"]
+        text = results.query_one("#result-text", TextArea)
+        assert text.read_only and text.text.splitlines() == f"› hello 0\n\n{first}".splitlines()
+        assert table.region.height >= 4 and text.region.height >= 3 and text.region.bottom <= SMALL[1]
+        await pilot.press("down", "down", "down")  # the last row: the malformed line
+        await wait_for(pilot, lambda: "invalid_json_line" in text.text, what="the failed item's error")
+        await pilot.press("e")
+        prompt = await wait_for(pilot, lambda: isinstance(app.screen, PathPromptScreen) and app.screen,
+                                what="the export dialog")
+        path_input = prompt.query_one(PathInput)
+        assert path_input.value == str(tmp_path / f"job-{job.id}-three.results.jsonl")
+        await pilot.press("ctrl+u")
+        await type_text(pilot, "nowhere/out.jsonl")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: prompt.error, what="the error in the dialog")
+        assert "cannot write the output file" in prompt.error and app.screen is prompt
+        await pilot.press("ctrl+u")
+        (tmp_path / "exports").mkdir()
+        await type_text(pilot, "exports/out.jsonl")
+        notes = record_notifications(app)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.screen is results, what="the dialog to close")
+        await wait_for(pilot, lambda: notes, what="the notification")
+        out = tmp_path / "exports" / "out.jsonl"
+        assert notes[-1][2] == f"wrote 4 lines to {out} (3 ok, 1 failed, 0 not run)"
+        written = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+        expected = await export_lines(store, job.id)
+        assert written[:3] == expected[:3]  # done lines as stored; the error line's id is new each time
+        assert {**written[3], "id": None} == {**expected[3], "id": None}
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is screen, what="back on the jobs screen")
+        await pilot.press("e")  # the jobs screen exports too, suggesting the folder used last
+        prompt = await wait_for(pilot, lambda: isinstance(app.screen, PathPromptScreen) and app.screen,
+                                what="the export dialog")
+        assert prompt.query_one(PathInput).value == str(tmp_path / "exports" / f"job-{job.id}-three.results.jsonl")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is screen, what="back on the jobs screen")
+
+
+async def test_the_new_keys_are_in_the_footer_and_the_help(engine, store, tmp_path):
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SMALL) as pilot:
+        await ready(pilot)
+        await pilot.press("f9")
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, JobsScreen) and app.screen, what="jobs")
+        shown = {b.key for b in JobsScreen.BINDINGS if b.show}
+        assert {"s", "p", "r", "x", "v", "e"} <= shown
+        await pilot.press("f1")
+        help_screen = await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen) and app.screen, what="help")
+        keys = [k for k, _ in help_screen.rows()]
+        assert {"V", "E", "Enter", "F1"} <= set(keys)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is screen, what="back")
+    chat_help = {k for keys, _ in JOB_KEYS for k in keys.split(" / ")}  # the chat screen's help lists them all
+    assert {k for keys, _ in binding_rows(JobsScreen.BINDINGS) for k in keys.split(" / ")} <= chat_help

@@ -1,5 +1,5 @@
-"""The jobs screen (F9): every background job with its progress; submit (a path typed or picked), pause,
-resume, cancel, open a transcript.
+"""The jobs screen (F9): every background job with its progress; submit, pause, resume, cancel, view and
+export results, open a transcript.
 
 The app's `JobRunner` runs the queue while the TUI is open (once the model is loaded); the screen is handed
 it, shows the store's jobs (read every `REFRESH_S`) merged with the runner's live `JobProgress` (and the
@@ -23,11 +23,13 @@ from textual.widgets import DataTable, Footer, Static
 
 from storage import Job, Store
 
-from ...jobs import JobProgress, JobRunner, format_duration, submit_job
+from ...jobs import ExportSummary, JobProgress, JobRunner, format_duration, submit_job
 from ..messages import JobProgressed
 from ..widgets.job_bar import JobBar
 from .confirm import ConfirmScreen
+from .help import APP_KEYS, HelpScreen, binding_rows
 from .job_file_picker import JobFilePicker
+from .job_results import JobResultsScreen, export_prompt
 
 COLUMNS = (("id", "id"), ("kind", "kind"), ("name", "name"), ("status", "status"), ("done/failed/total", "items"),
            ("tok/s", "rate"), ("ETA", "eta"))
@@ -67,7 +69,12 @@ class JobsScreen(Screen):
         Binding("p", "pause", "Pause", tooltip="Pause the selected job"),
         Binding("r", "resume", "Resume", tooltip="Resume the selected job (a failed one retries its failures)"),
         Binding("x", "cancel_job", "Cancel", tooltip="Cancel the selected job (asks first)"),
-        Binding("enter", "open", "Transcript", show=False, tooltip="Open an agent task's transcript chat"),
+        Binding("v", "results", "View", tooltip="View the selected job's items and their outputs"),
+        Binding("e", "export", "Export", tooltip="Export a batch job's results to a JSONL file "
+                                                 "(as `baton jobs export`)"),
+        Binding("enter", "open", "Open", show=False,
+                tooltip="Open an agent task's transcript chat, or a batch job's results"),
+        Binding("f1", "help", "Help", show=False, tooltip="Show the keys"),
     ]
 
     def __init__(self, store: Store, runner: JobRunner) -> None:
@@ -77,7 +84,7 @@ class JobsScreen(Screen):
         self.jobs: dict[int, Job] = {}
         self.live: dict[int, JobProgress] = {}
         self.bars: dict[int, JobBar] = {}
-        self.folder = Path.cwd()  # where the file picker starts (then: the folder of the last file submitted)
+        self.folder = Path.cwd()  # where the file picker and the export dialog start (then: the last used)
 
     def compose(self) -> ComposeResult:
         table: DataTable = DataTable(id="jobs-table", cursor_type="row", zebra_stripes=True)
@@ -199,6 +206,12 @@ class JobsScreen(Screen):
         """Back to the chats."""
         self.dismiss()
 
+    def action_help(self) -> None:
+        """The keys of the jobs and results screens."""
+        self.app.push_screen(HelpScreen([("Jobs screen", binding_rows(self.BINDINGS)),
+                                         ("Results screen (V)", binding_rows(JobResultsScreen.BINDINGS)),
+                                         ("Everywhere", APP_KEYS)]))
+
     def action_submit(self) -> None:
         """Type or pick a job file and submit it."""
         self.app.push_screen(JobFilePicker(self.folder, lambda path: submit_job(self.store, path)),
@@ -243,17 +256,40 @@ class JobsScreen(Screen):
             await self._reload()
         self.run_worker(work(), name="change job", group="store", exit_on_error=False)
 
+    def action_results(self) -> None:
+        """Show the selected job's items and their outputs."""
+        if job := self._selected():
+            self.app.push_screen(JobResultsScreen(self.store, job, self.folder), self._use_folder)
+
+    def _use_folder(self, folder: Path | None) -> None:
+        if folder is not None:
+            self.folder = folder
+
+    def action_export(self) -> None:
+        """Write the selected batch job's results to a JSONL file the user names."""
+        if (job := self._selected()) is None:
+            return
+        if job.kind != "batch":
+            self.notify(f"job {job.id} is an agent task: its results are its transcript chat (Enter opens it)",
+                        severity="warning")
+            return
+        self.app.push_screen(export_prompt(self.store, job, self.folder), self._exported)
+
+    def _exported(self, summary: ExportSummary | None) -> None:
+        if summary is not None:
+            self.folder = summary.path.parent
+            self.notify(summary.line(), title="Results exported")
+
     @on(DataTable.RowSelected, "#jobs-table")
     def _row_chosen(self) -> None:
         self.action_open()
 
     def action_open(self) -> None:
-        """Open the selected agent task's transcript chat on the chat screen."""
+        """Open the selected agent task's transcript chat on the chat screen, or a batch job's results."""
         if (job := self._selected()) is None:
             return
         chat_id = job.spec.get("chat_id")
         if job.kind != "agent" or chat_id is None:
-            self.notify(f"job {job.id} is a batch job: its results are exported with `baton jobs export "
-                        f"{job.id}`", severity="warning")
+            self.action_results()
             return
         self.dismiss(chat_id)  # the chat screen opens it
