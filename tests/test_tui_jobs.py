@@ -423,8 +423,15 @@ async def test_the_new_keys_are_in_the_footer_and_the_help(engine, store, tmp_pa
         await ready(pilot)
         await pilot.press("f9")
         screen = await wait_for(pilot, lambda: isinstance(app.screen, JobsScreen) and app.screen, what="jobs")
-        shown = {b.key for b in JobsScreen.BINDINGS if b.show}
-        assert {"s", "p", "r", "x", "v", "e"} <= shown
+        from textual.widgets._footer import FooterKey
+
+        footer = {}
+        await wait_for(pilot, lambda: footer.update({k.key: k for k in screen.query(FooterKey)}) or
+                       {"v", "e"} <= set(footer), what="the footer's keys")
+        limit = footer["ctrl+p"].region.x  # the command palette key, docked right
+        for key, description in (("s", "Submit"), ("v", "View"), ("e", "Export")):  # whole, at 80 columns
+            assert footer[key].description == description
+            assert 0 < footer[key].region.width and footer[key].region.right <= limit
         await pilot.press("f1")
         help_screen = await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen) and app.screen, what="help")
         keys = [k for k, _ in help_screen.rows()]

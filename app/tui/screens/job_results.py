@@ -108,8 +108,9 @@ class JobResultsScreen(Screen[Path]):
 
     def reload(self) -> None:
         """Read the job and its items again (in a worker)."""
-        self.run_worker(self._reload, name="read results", group="results-view", exclusive=True,
-                        exit_on_error=False)
+        # the jobs screen's group: a store failure is notified as a "Storage error" (BatonApp.FAILURE_TITLES);
+        # `exclusive` cancels only this screen's earlier read
+        self.run_worker(self._reload, name="read results", group="jobs-view", exclusive=True, exit_on_error=False)
 
     async def _reload(self) -> None:
         job = await self.store.get_job(self.job.id)
