@@ -3,7 +3,8 @@
 Public API (everything the app uses comes from here, never from a submodule): `Engine`, `EngineConfig`,
 `SamplingParams`, `Priority`, `TokenOutput`, `CompletionResult`, `RequestStatus`, `EngineStats`, `RowStats`,
 `DeviceMemory`, `read_device_memory`, `load_model`, `LoadedModel`, `ModelLoadError`, `DEFAULT_MODEL`,
-`PRESETS`, `text_problem` (why a string is not valid UTF-8 text, the check every prompt goes through).
+`PRESETS`, `text_problem` (why a string is not valid UTF-8 text, the check every prompt goes through),
+`ContextLengthError` (the `ValueError` for a prompt longer than the context).
 
 The names are resolved lazily (PEP 562 module `__getattr__`): `from backend import SamplingParams` imports
 only the torch-free `backend.config`, so a command line that validates options or prints `--help` never pays
@@ -23,7 +24,7 @@ _EXPORTS: dict[str, str] = {
     "RequestStatus": "request", "TokenOutput": "request",
     "EngineStats": "stats", "RowStats": "stats",
     "DeviceMemory": "memory", "read_device_memory": "memory",
-    "text_problem": "intake",
+    "text_problem": "intake", "ContextLengthError": "intake",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -46,7 +47,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from .config import DEFAULT_MODEL, EngineConfig, Priority, SamplingParams
     from .engine import CompletionResult, Engine
-    from .intake import text_problem
+    from .intake import ContextLengthError, text_problem
     from .memory import DeviceMemory, read_device_memory
     from .models import PRESETS, LoadedModel, ModelLoadError, load_model
     from .request import RequestStatus, TokenOutput

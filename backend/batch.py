@@ -312,6 +312,20 @@ class RunningBatch:
                 dst.append(out)
         return RowKV(keys, values, n)
 
+    def row_views(self, row: int) -> RowKV:
+        """One row's live K/V as views into the batch's buffers (valid until the batch changes; no copy).
+
+        Returns:
+            `RowKV` with per-layer `[1, kv_heads, length, head_dim]` views.
+        Raises:
+            IndexError: for a row that is not live.
+        """
+        if not 0 <= row < self.size:
+            raise IndexError(f"row {row} is not live (batch size {self.size})")
+        n, end = self.lengths[row], self.off + self.seq_len
+        return RowKV([k[row:row + 1, :, end - n:end] for k in self.k],
+                     [v[row:row + 1, :, end - n:end] for v in self.v], n)
+
     # -------------------------------------------------------------------------------- decode step
     def step_inputs(self) -> tuple[torch.Tensor, torch.Tensor, Cache, RowGroups | None]:
         """Prepare one decode step over all rows.

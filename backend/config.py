@@ -128,6 +128,13 @@ class EngineConfig:
             the budget.
         memory_high_watermark: swap out lowest-priority rows while the window is above this fraction.
         max_preemptions: times one request may be preempted before it is left to finish (no starvation).
+        prefix_cache_bytes: most bytes of K/V the prefix cache keeps on the device (bytes; 0 turns it off;
+            `backend.prefix_cache`). None: on CPU min(2 GiB, 10% of RAM); on CUDA min(8 GiB, 10% of the
+            device's memory). It is given back before a live request would wait or be swapped for it.
+        prefix_cache_host_bytes: the cache's second tier in pinned host memory on CUDA, where blocks evicted
+            from the device go before they are dropped (bytes; 0: none). None: min(4 GiB, 10% of RAM) on
+            CUDA; unused on CPU.
+        prefix_block_size: tokens per cached block (vLLM's default, 16).
 
     Raises:
         ValueError: for any invalid field, with the field name first in the message.
@@ -146,6 +153,9 @@ class EngineConfig:
     memory_low_watermark: float = 0.80
     memory_high_watermark: float = 0.95
     max_preemptions: int = 3
+    prefix_cache_bytes: int | None = None
+    prefix_cache_host_bytes: int | None = None
+    prefix_block_size: int = 16
 
     def __post_init__(self) -> None:
         _check(isinstance(self.model, str) and self.model.strip() != "", "model", "must be a non-empty string")
@@ -171,5 +181,12 @@ class EngineConfig:
                f"need 0 < low ({self.memory_low_watermark}) <= high ({self.memory_high_watermark}) <= 1")
         _check(isinstance(self.max_preemptions, int) and self.max_preemptions >= 0,
                "max_preemptions", f"must be an integer >= 0, got {self.max_preemptions!r}")
+        for name in ("prefix_cache_bytes", "prefix_cache_host_bytes"):
+            value = getattr(self, name)
+            if value is not None:
+                _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                       name, f"must be an integer >= 0 (bytes) or None, got {value!r}")
+        _check(isinstance(self.prefix_block_size, int) and self.prefix_block_size >= 1,
+               "prefix_block_size", f"must be an integer >= 1, got {self.prefix_block_size!r}")
         _check(self.attn_implementation in ("sdpa", "eager"),
                "attn_implementation", f"must be 'sdpa' or 'eager', got {self.attn_implementation!r}")

@@ -23,6 +23,7 @@ from .config import EngineConfig
 from .kv_budget import kv_window_bytes
 from .memory import read_device_memory
 from .models import LoadedModel
+from .prefix_reuse import MIN_SHARED_TOKENS, PrefixReuse
 from .request import Request, RequestStatus, TokenOutput
 from .runner import ModelRunner
 from .sampler import SamplingTensors, draw_uniforms, sample
@@ -60,6 +61,7 @@ class EngineCore:
         self._cpu_kv_budget = min(8 * 2**30, int(0.4 * psutil.virtual_memory().total))
         self._budget: int | None = None  # this iteration's KV budget (bytes), set by step()
         self.window = StatsWindow()
+        self.prefix = PrefixReuse(config, self.runner, self.window)
         self._generator = torch.Generator().manual_seed(config.seed)
         self._final_outputs: list[tuple[Request, TokenOutput]] = []
         self.stats = EngineStats.empty()
@@ -86,11 +88,27 @@ class EngineCore:
         """One iteration: schedule, execute the plan (swap-ins, prefills, preemptions), decode every row
         (emitting its token and retiring it when finished), publish stats and final outputs."""
         self._budget = self._kv_budget()  # one device-memory reading per iteration
-        self._execute(self.scheduler.schedule(self.snapshot()))
+        if self.prefix.enabled:
+            self.prefix.seed(self._admission_candidates())
+        plan = self.scheduler.schedule(self.snapshot())
+        if self.prefix.enabled and self.fixed_kv_budget() is None:
+            self._give_back_prefix_cache(plan)
+        self._execute(plan)
         if self.rows:
             self._decode_step()
         self._publish_stats()
         self._send_final_outputs()
+
+    def _admission_candidates(self) -> list[Request]:
+        """The head of the queue that this iteration could admit: as many as there are free rows plus rows
+        of lower priority that could be preempted for them (an upper bound; the plan decides)."""
+        free = self.config.max_batch_size - len(self.rows)
+        out = []
+        for i, req in enumerate(self.scheduler.head(self.config.max_batch_size)):
+            if i >= free + sum(1 for r in self.rows if r.priority > req.priority):
+                break
+            out.append(req)
+        return out
 
     def snapshot(self) -> BatchSnapshot:
         """The running batch and this iteration's budgets as the scheduler reads them (no tensors)."""
@@ -136,6 +154,7 @@ class EngineCore:
             if row is None:
                 return  # already finished
             req = self.rows[row]
+            self.prefix.keep_row(req, self.batch, row)  # a cancelled row's blocks stay useful
             self._remove_row(row)
         self._finish(req, RequestStatus.FINISHED_ABORTED)
 
@@ -179,6 +198,7 @@ class EngineCore:
     def _drop_partial_prefill(self, req: Request) -> None:
         """Free the K/V a queued long prompt holds between prefill chunks; it starts its prefill again."""
         req.prefill_cache, req.num_prefilled = None, 0
+        self.prefix.forget_seed(req)
         req.status = RequestStatus.WAITING
         self.window.count("num_prefill_restarts")
 
@@ -222,14 +242,37 @@ class EngineCore:
         mem = read_device_memory(self.runner.device)
         used = mem.used_bytes - mem.torch_reserved_bytes + mem.torch_allocated_bytes  # other processes + live tensors
         window = kv_window_bytes(len(self.rows), self.batch.seq_len, self.batch.bytes_per_token, decode_column=True)
-        return max(self.batch.bytes_per_token, window + mem.total_bytes - used)
+        # the prefix cache's device blocks count as free: they are given back before the batch goes without
+        return max(self.batch.bytes_per_token, window + mem.total_bytes - used + self.prefix.device_bytes)
 
-    def _prefill_group(self, group: list[Request]) -> None:
+    def _give_back_prefix_cache(self, plan: SchedulerOutput) -> None:
+        """Under a budget read from device memory, shrink the prefix cache's device tier so that the planned
+        window (and the K/V held between prefill chunks) fits first: the cache never makes a live request wait
+        or be swapped out."""
+        bpt = self.batch.bytes_per_token
+        need = kv_window_bytes(plan.num_rows, plan.seq_len, bpt, decode_column=True) + plan.num_held_prefill_tokens * bpt
+        self.prefix.give_back(int(self._budget * self.config.memory_high_watermark) - need)
+
+    def _prefill_group(self, group: list[Request], share: bool = True) -> None:
         """Prefill newcomers (together, in one packed forward), emit their first tokens, and embed their
         K/V as new batch rows. When the shared forward fails, each prompt is retried alone so that only the
-        faulty request fails."""
+        faulty request fails. With `share`, newcomers that share a long prefix with an earlier one start from
+        its cached blocks instead of computing it again (`PrefixReuse.split_group`)."""
         if not group:
             return
+        if share:
+            group, followers = self.prefix.split_group(group)
+            self._prefill_group(group, share=False)
+            rest = []
+            for req in followers:  # the leaders' blocks are cached now
+                if not req.status.is_finished and self.prefix.seed_one(req, MIN_SHARED_TOKENS):
+                    self._prefill_chunk(req, req.num_prompt_tokens - req.num_prefilled)
+                else:
+                    rest.append(req)
+            self._prefill_group(rest, share=False)
+            return
+        for req in group:
+            self.prefix.count(req)
         t0 = time.perf_counter()
         try:
             logits, row_kvs = self.runner.prefill_packed([r.prompt_ids for r in group])  # [n, V], per layer [1, H, L, D]
@@ -239,7 +282,7 @@ class EngineCore:
                 self._finish(group[0], RequestStatus.FINISHED_ERROR, error=f"prefill failed: {exc!r}")
             else:
                 for req in group:
-                    self._prefill_group([req])
+                    self._prefill_group([req], share=False)
             return
         self.window.prefill(sum(r.num_prompt_tokens for r in group), time.perf_counter() - t0,
                              rows_waiting=len(self.rows), requests=len(group))
@@ -248,12 +291,14 @@ class EngineCore:
         except Exception:  # e.g. out of device memory: each insert below tries alone and fails alone
             pass
         for req, token, row_kv in zip(group, tokens, row_kvs):
+            self.prefix.keep_prompt(req, row_kv)
             self._start_decoding(req, token, row_kv)
 
     def _prefill_chunk(self, req: Request, n: int) -> None:
         """Prefill the next `n` prompt tokens of a long prompt (chunked prefill). After the last chunk the
         request emits its first token and joins the batch; before it, it waits in the queue (`PREFILLING`),
         ahead of new work of its class, holding its K/V in its own cache."""
+        self.prefix.count(req)
         t0 = time.perf_counter()
         start = req.num_prefilled
         try:
@@ -271,7 +316,9 @@ class EngineCore:
             self.scheduler.requeue(req)
             return
         req.prefill_cache = None
-        self._start_decoding(req, tokens[0], self.runner.cache_to_row(cache))
+        row_kv = self.runner.cache_to_row(cache)
+        self.prefix.keep_prompt(req, row_kv)
+        self._start_decoding(req, tokens[0], row_kv)
 
     def _sample_first(self, reqs: list[Request], logits: torch.Tensor) -> list[int]:
         """First output token of each request from its prompt's last logits `[n, V]`."""
@@ -311,6 +358,7 @@ class EngineCore:
             return
         finished = [row for row, (req, tok) in enumerate(zip(rows, tokens)) if self._accept_token(req, tok)]
         for row in reversed(finished):
+            self.prefix.keep_row(rows[row], self.batch, row)
             self._remove_row(row)
         self.window.decode_step(len(tokens), time.perf_counter() - t0)
 
@@ -345,7 +393,7 @@ class EngineCore:
             if finish is None:
                 self._emit(req, TokenOutput(req.request_id, token, text, None, req.num_prompt_tokens,
                                             req.num_output_tokens, engine_step=self._step_count(),
-                                            arrival_step=req.arrival_step))
+                                            arrival_step=req.arrival_step, cached_tokens=req.num_cached_tokens))
                 return req.status.is_finished  # the consumer went away while emitting
             self._finish(req, finish, token=token, text=text)
             return True
@@ -373,7 +421,7 @@ class EngineCore:
         self.window.count(counter)
         out = TokenOutput(req.request_id, token, text, status.value, req.num_prompt_tokens,
                           req.num_output_tokens, error, engine_step=self._step_count(),
-                          arrival_step=req.arrival_step)
+                          arrival_step=req.arrival_step, cached_tokens=req.num_cached_tokens)
         self._on_finished(req.request_id)
         self._final_outputs.append((req, out))  # sent after this iteration's stats are published
 
@@ -407,4 +455,4 @@ class EngineCore:
                                                               if r.swapped is not None),
                                             padding_fraction=b.padding_fraction,
                                             seq_len=b.seq_len, device=str(self._loaded.device),
-                                            model=self._loaded.name)
+                                            model=self._loaded.name, **self.prefix.stats_fields())

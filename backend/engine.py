@@ -24,7 +24,7 @@ import torch
 from .config import EngineConfig, Priority, SamplingParams
 from .core import EngineCore
 from .detokenizer import IncrementalDetokenizer
-from .intake import max_token_chars, text_problem
+from .intake import ContextLengthError, max_token_chars, text_problem
 from .models import LoadedModel, load_model
 from .request import Request, TokenOutput
 from .stats import EngineStats
@@ -66,6 +66,7 @@ class CompletionResult:
         error: message when `finish_reason == "error"` (including requests rejected at submission).
         ttft_ms: time to first token (ms), None when none came.
         e2e_ms: submission to last item (ms).
+        cached_tokens: prompt tokens served from the prefix cache (tokens).
     """
 
     request_id: str
@@ -77,6 +78,7 @@ class CompletionResult:
     error: str | None
     ttft_ms: float | None
     e2e_ms: float
+    cached_tokens: int = 0
 
 
 class Engine:
@@ -165,7 +167,8 @@ class Engine:
             priority: scheduling class.
             request_id: your id (unique among live requests) or None for a fresh one.
         Raises:
-            ValueError: invalid prompt (empty, longer than the context), params, priority or duplicate id.
+            ValueError: invalid prompt (empty; longer than the context: `ContextLengthError`), params, priority
+                or duplicate id.
             RuntimeError: the engine is not running.
         Leaving the iteration early (break, task cancellation) cancels the request in the engine.
         """
@@ -231,7 +234,7 @@ class Engine:
                 i = pending.pop(out.request_id)
                 results[i] = CompletionResult(out.request_id, "".join(texts), ids, out.finish_reason,
                                               out.prompt_tokens, out.completion_tokens, out.error, ttft[0],
-                                              (time.perf_counter() - start) * 1000)
+                                              (time.perf_counter() - start) * 1000, out.cached_tokens)
         return results  # type: ignore[return-value]
 
     def cancel(self, request_id: str) -> bool:
@@ -296,15 +299,15 @@ class Engine:
         """Refuse text that cannot fit in the context, without tokenizing it (its UTF-8 is checked before).
 
         Raises:
-            ValueError: `prompt: <what> is N characters, ...` when N (characters) is more than `max_model_len`
-                (tokens) times the most characters one token stands for.
+            ContextLengthError: `prompt: <what> is N characters, ...` when N (characters) is more than
+                `max_model_len` (tokens) times the most characters one token stands for.
         """
         per_token = max_token_chars(self.model.tokenizer)
         max_len = self.max_model_len or self.model.max_model_len  # before start(): the model's own
         if per_token is not None and len(text) > max_len * per_token:
-            raise ValueError(f"prompt: {what} is {len(text)} characters, which cannot fit in the context of "
-                             f"{max_len} tokens (max_model_len): one token of this model stands for at most "
-                             f"{per_token} characters")
+            raise ContextLengthError(f"prompt: {what} is {len(text)} characters, which cannot fit in the context "
+                                     f"of {max_len} tokens (max_model_len): one token of this model stands for at "
+                                     f"most {per_token} characters")
 
     def _make_request(self, prompt: Prompt, params: SamplingParams | None, priority: Priority,
                       request_id: str | None, emit: Callable[[TokenOutput], None]) -> Request:
@@ -319,8 +322,8 @@ class Engine:
             raise ValueError(f"priority: must be one of {[p.name for p in Priority]}, got {priority!r}") from None
         ids = self.tokenize(prompt)
         if len(ids) >= self.max_model_len:
-            raise ValueError(f"prompt: {len(ids)} tokens leave no room in the context of "
-                             f"{self.max_model_len} tokens (max_model_len)")
+            raise ContextLengthError(f"prompt: {len(ids)} tokens leave no room in the context of "
+                                     f"{self.max_model_len} tokens (max_model_len)")
         budget = self._core.fixed_kv_budget()
         need = (len(ids) + params.max_tokens + 1) * self._core.bytes_per_token
         if budget is not None and need > budget:

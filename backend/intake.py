@@ -2,6 +2,7 @@
 
 - `text_problem`: a Python string can hold a lone surrogate (U+D800..U+DFFF, from JSON's `"\\ud83d"` or a
   `surrogateescape`d byte); it has no UTF-8 encoding, and a fast tokenizer fails on it with `TypeError`.
+- `ContextLengthError`: the `ValueError` for a prompt longer than the context.
 - `max_token_chars`: the most characters of text one token can stand for, read once from the tokenizer's
   vocabulary. A text longer than `max_model_len * max_token_chars` characters needs more than `max_model_len`
   tokens, so it is refused without tokenizing it (issue #9 reports 266 s and 9.7 GB to tokenize a 50 MB line).
@@ -12,6 +13,14 @@ from __future__ import annotations
 import json
 import re
 import weakref
+
+
+
+class ContextLengthError(ValueError):
+    """A prompt that cannot fit in the model's context (`max_model_len` tokens), by its token count or, before
+    tokenizing, by its length in characters (exported as `backend.ContextLengthError`; the HTTP server answers
+    it with OpenAI's `context_length_exceeded`). A `ValueError`, so callers that catch those still do."""
+
 
 _LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 # Pre-tokenizers that keep every character (ByteLevel maps each byte to one character; Metaspace maps a

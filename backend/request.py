@@ -53,6 +53,8 @@ class TokenOutput:
         engine_step: decode steps the engine had run when this item was emitted (for latency accounting).
         arrival_step: decode steps the engine had run when it took this request from its inbox, so
             `engine_step - arrival_step` is the number of decode steps the request waited through.
+        cached_tokens: prompt tokens whose K/V came from the prefix cache instead of being prefilled
+            (tokens; OpenAI's `usage.prompt_tokens_details.cached_tokens`).
     """
 
     request_id: str
@@ -64,6 +66,7 @@ class TokenOutput:
     error: str | None = None
     engine_step: int = 0
     arrival_step: int = 0
+    cached_tokens: int = 0
 
     @property
     def finished(self) -> bool:
@@ -93,6 +96,9 @@ class Request:
     swapped: "RowKV | None" = None  # K/V in host memory while preempted
     num_prefilled: int = 0  # prompt tokens prefilled so far by chunked prefill (0: none, or all at once)
     prefill_cache: Any = None  # the transformers cache holding those tokens' K/V until the last chunk
+    num_cached_tokens: int = 0  # prompt tokens whose K/V came from the prefix cache (tokens)
+    prefix_probe: int = -1  # the prefix cache's version when it last missed for this prompt
+    prefix_counted: bool = False  # counted in the prefix cache's query/hit counters
     status: RequestStatus = RequestStatus.WAITING
     output_ids: list[int] = field(default_factory=list)
     generator: torch.Generator | None = None

@@ -90,6 +90,14 @@ class ModelRunner:
         keys = [layer.keys for layer in cache.layers]
         return RowKV(keys, [layer.values for layer in cache.layers], keys[0].shape[2])
 
+    def cache_from_kv(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> DynamicCache:
+        """A prefill cache that already holds the K/V of a prompt's first tokens (per layer
+        `[1, kv_heads, n, head_dim]`, e.g. from the prefix cache), for `prefill_chunk` to go on from."""
+        cache = DynamicCache(config=self.model.config)
+        for layer, (k, v) in enumerate(zip(keys, values)):
+            cache.update(k, v, layer)
+        return cache
+
     @torch.inference_mode()
     def prefill_packed(self, prompts: list[list[int]]) -> tuple[torch.Tensor, list[RowKV]]:
         """Prefill several prompts in one packed forward, each attending only to itself.

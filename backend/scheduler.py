@@ -124,6 +124,14 @@ class Scheduler:
             heapq.heappop(self._heap)
         return None
 
+    def head(self, n: int) -> list[Request]:
+        """The first `n` waiting requests in admission order (without taking them)."""
+        valid = (e for e in self._heap if self._waiting.get(e[3].request_id) is e[3])
+        out: dict[str, Request] = {}
+        for entry in heapq.nsmallest(2 * n, valid):  # a requeued request may have two entries
+            out.setdefault(entry[3].request_id, entry[3])
+        return list(out.values())[:n]
+
     def waiting(self) -> list[Request]:
         """Waiting and swapped requests in admission order (a copy)."""
         return sorted(self._waiting.values(), key=self._order)

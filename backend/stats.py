@@ -50,6 +50,12 @@ class EngineStats:
             fixed budget), and cumulative seconds: `prefill_seconds`, `decode_seconds`,
             `decode_row_seconds` (step time x rows) and `idle_row_seconds` (prefill time x rows that waited
             through it: BATON's idle decode-row time; idle fraction = idle / (idle + decode_row)).
+            Prefix cache (`backend.prefix_cache`, vLLM's metric meanings): `num_prefix_cache_queries` (prompt
+            tokens looked up, once per request), `num_prefix_cache_hits` (of those, tokens served from the
+            cache), `num_prefix_cache_hit_requests`, `num_prefix_cache_evictions` (blocks dropped),
+            `num_prefix_cache_offloads` (blocks moved from the device to host memory).
+        prefix_cache_bytes, prefix_cache_host_bytes: K/V the prefix cache holds on the device and in host
+            memory (bytes); prefix_cache_capacity_bytes: its bound, both tiers (bytes; 0: the cache is off).
         device, model: what the engine runs on.
     """
 
@@ -69,8 +75,17 @@ class EngineStats:
     mean_decode_step_ms: float = 0.0
     mean_prefill_ms: float = 0.0
     counters: dict = field(default_factory=dict)
+    prefix_cache_bytes: int = 0
+    prefix_cache_host_bytes: int = 0
+    prefix_cache_capacity_bytes: int = 0
     device: str = ""
     model: str = ""
+
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        """Share of looked-up prompt tokens served from the prefix cache, since start (0.0 with no lookup)."""
+        queries = self.counters.get("num_prefix_cache_queries", 0)
+        return self.counters.get("num_prefix_cache_hits", 0) / queries if queries else 0.0
 
     @property
     def batch_size(self) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .errors import NotFoundError, StorageError
-from .records import Chat, Job, JobItem, Message, SearchHit
+from .records import Chat, Job, JobItem, Message, SearchHit, StoredFile
 
 if TYPE_CHECKING:
     from .db import default_db_path
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .store import Store
 
 __all__ = ["Chat", "Job", "JobItem", "Message", "NotFoundError", "SCHEMA_VERSION", "SearchHit",
-           "StorageError", "Store", "default_db_path"]
+           "StorageError", "Store", "StoredFile", "default_db_path"]
 
 _LAZY = {"Store": ("store", "Store"), "default_db_path": ("db", "default_db_path"),
          "SCHEMA_VERSION": ("migrations", "LATEST")}

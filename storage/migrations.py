@@ -180,6 +180,15 @@ STEPS: tuple[Step, ...] = (
          ("ALTER TABLE message ADD COLUMN writer_pid INTEGER",
           "ALTER TABLE message ADD COLUMN writer_started REAL",
           "ALTER TABLE job ADD COLUMN owner_started REAL")),
+    Step("uploaded files (the OpenAI Files API's batch input files, served by baton serve)", (
+        """CREATE TABLE file (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            purpose TEXT NOT NULL,
+            filename TEXT NOT NULL,
+            bytes INTEGER NOT NULL CHECK (bytes = length(content)),
+            content BLOB NOT NULL,
+            created_at TEXT NOT NULL
+        )""",)),
 )
 LATEST = len(STEPS)
 

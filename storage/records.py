@@ -94,6 +94,26 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredFile:
+    """An uploaded file (the OpenAI Files API's `File` object), without its content
+    (`Store.file_content` reads that).
+
+    Attributes:
+        id: the store's id (the API's `file-<id>`).
+        purpose: what it was uploaded for (`batch`).
+        filename: the name it was uploaded under.
+        bytes: its size (bytes).
+        created_at: when it was uploaded (UTC).
+    """
+
+    id: int
+    purpose: str
+    filename: str
+    bytes: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class JobItem:
     """One request of a job; `idx` is its position in the job's input (unique within the job)."""
 

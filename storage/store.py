@@ -10,6 +10,7 @@ from typing import Any
 from . import db, migrations, writers
 from .errors import NotFoundError, StorageError
 from .export import chat_dict, chat_markdown
+from .files import FilesMixin
 from .jobs import JobsMixin
 from .records import FINISH_REASONS, ROLES, Chat, Message, SearchHit
 from .rows import (CHAT_COLUMNS, MESSAGE_COLUMNS, chat_from_row, fts_query, message_from_row, now,
@@ -18,7 +19,7 @@ from .rows import (CHAT_COLUMNS, MESSAGE_COLUMNS, chat_from_row, fts_query, mess
 _MESSAGE_SELECT = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM message"
 
 
-class Store(JobsMixin):
+class Store(JobsMixin, FilesMixin):
     """The chat history and job queue in one SQLite file, through one long-lived connection.
 
     Create it with `await Store.open(path)` (or `async with await Store.open(...) as store`).

@@ -273,6 +273,24 @@ def test_batch_round_trip(tmp_path, capsys):
     assert bodies["stopped"]["usage"]["completion_tokens"] <= 12
 
 
+def test_batch_lines_sharing_a_system_prompt_report_cached_tokens(tmp_path, capsys):
+    """Lines that repeat one long system prompt prefill it once: the others report it as
+    `usage.prompt_tokens_details.cached_tokens` (OpenAI's field), and `--prefix-cache 0` reports none."""
+    system = "You answer in the voice of a patient librarian who cites sources. " * 5
+    lines = [{"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"messages": [{"role": "system", "content": system}, {"role": "user", "content": f"q {i}"}],
+                       "max_tokens": 3, "temperature": 0}} for i in range(4)]
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    cached = {}
+    for size in ("64MiB", "0"):
+        out = tmp_path / f"out-{size}.jsonl"
+        assert main(["batch", str(inp), "-o", str(out), *TINY, "--prefix-cache", size]) == 0
+        rows = [json.loads(x) for x in out.read_text().splitlines()]
+        cached[size] = [r["response"]["body"]["usage"]["prompt_tokens_details"]["cached_tokens"] for r in rows]
+    assert sum(cached["64MiB"]) >= 3 * 64 and cached["0"] == [0, 0, 0, 0]
+
+
 def test_batch_unreadable_input_exits_2(tmp_path, capsys):
     out = tmp_path / "out.jsonl"
     assert main(["batch", str(tmp_path / "missing.jsonl"), "-o", str(out), *TINY]) == 2
@@ -455,6 +473,19 @@ def test_engine_options_reach_the_engine_config_of_every_command(argv):
     assert (config.max_prefill_tokens, config.max_batch_size, config.model) == (512, 3, "random:tiny")
     assert config.kv_budget_bytes == 3 * 2**29
     assert engine_config(build_parser().parse_args(argv)).kv_budget_bytes is None  # the default: from memory
+
+
+@pytest.mark.parametrize("argv", [["chat", "hi"], ["tui"], ["batch", "in.jsonl", "-o", "out.jsonl"], ["jobs", "run"]])
+@pytest.mark.parametrize("text, size", [("1GiB", 2**30), ("0", 0), ("off", 0), (None, None)])
+def test_the_prefix_cache_size_reaches_every_command(argv, text, size):
+    extra = ["--prefix-cache", text] if text is not None else []
+    assert engine_config(build_parser().parse_args([*argv, *extra])).prefix_cache_bytes == size
+
+
+def test_a_bad_prefix_cache_size_is_one_usage_line(capsys):
+    assert main(["chat", "hi", *TINY, "--prefix-cache", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--prefix-cache" in err and "must be 0 (off) or a size" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("text, size", [("1048576", 2**20), ("512MiB", 2**29), ("2 gib", 2**31), ("1.5GB", 1.5e9),

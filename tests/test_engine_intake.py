@@ -4,15 +4,22 @@ far too long is refused before the tokenizer reads it whole."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from backend import SamplingParams
+from backend import ContextLengthError, SamplingParams
 
 HUGE = "lorem ipsum " * 400_000  # 4.8 MB: random:tiny's 2048 positions hold at most 2048 * 13 characters
 
 
 async def _collect(engine, prompt, params):
     return [out async for out in engine.generate(prompt, params)]
+
+
+def await_first(engine, prompt):
+    """The first output of `engine.generate(prompt)` (where its intake errors are raised)."""
+    return asyncio.run(anext(aiter(engine.generate(prompt))))
 
 
 @pytest.mark.parametrize("prompt", ["hi \ud83d", [{"role": "user", "content": "a\udc80b"}],
@@ -58,7 +65,7 @@ def tokenizer_calls(tiny, monkeypatch):
                                            {"role": "user", "content": HUGE}]], ids=["text", "chat"])
 def test_a_prompt_that_cannot_fit_is_refused_without_tokenizing_it(make_engine, tokenizer_calls, prompt):
     engine = make_engine()
-    with pytest.raises(ValueError, match=r"^prompt: .*cannot fit in the context of 2048 tokens"):
+    with pytest.raises(ContextLengthError, match=r"^prompt: .*cannot fit in the context of 2048 tokens"):
         engine.tokenize(prompt)
     bad, good = engine.generate_batch([prompt, "fine"], SamplingParams(max_tokens=3, ignore_eos=True))
     assert bad.finish_reason == "error" and "max_model_len" in bad.error
@@ -70,6 +77,8 @@ def test_a_prompt_under_the_character_bound_is_still_measured_in_tokens(make_eng
     engine = make_engine()
     result, = engine.generate_batch(["x" * 10_000])  # within 2048 * 13 characters: tokenized, then measured
     assert result.finish_reason == "error" and result.error.startswith("prompt: 10000 tokens leave no room")
+    with pytest.raises(ContextLengthError, match=r"^prompt: 10000 tokens leave no room"):
+        await_first(engine, "x" * 10_000)
     assert 10_000 in tokenizer_calls
 
 

@@ -167,8 +167,9 @@ async def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(make_en
 
 async def test_background_prompts_are_chunked_finer_while_a_chat_is_decoding(make_engine, decode_gate, tiny):
     """`max_background_prefill_tokens`: while an interactive row decodes, a batch prompt is prefilled in chunks
-    of that budget (the chat waits at most that long per token); with no chat running it goes in whole."""
-    engine = make_engine(max_batch_size=4, max_background_prefill_tokens=16)
+    of that budget (the chat waits at most that long per token); with no chat running it goes in whole (the
+    prefix cache is off: the second run would start from the first one's blocks)."""
+    engine = make_engine(max_batch_size=4, max_background_prefill_tokens=16, prefix_cache_bytes=0)
     gate = decode_gate(engine)  # the background prompt is sent while the chat waits for its first decode step
     chat, background = list(range(5, 15)), [3 + (7 * i) % 200 for i in range(100)]
 

@@ -3,9 +3,12 @@
 - No import cycle anywhere (deferred and `TYPE_CHECKING` imports count too).
 - `backend` imports neither `app` nor `storage`; `storage` imports no torch, no `backend`, no `app`.
 - Only `app/tui` imports Textual; `app/chat` imports no argparse and none of the front ends; `app/jobs` no front
-  end; `app/tui` not the CLI.
+  end; `app/tui` not the CLI; `app/server` (HTTP) neither Textual, argparse, the CLI nor the TUI, and only it
+  (and the CLI's `serve` command, when it runs) imports the HTTP stack (FastAPI, Starlette, uvicorn,
+  sse-starlette, prometheus-client).
 - The app imports the engine only through `backend`'s public names, never a submodule.
-- `baton --help`, `baton jobs list` and `baton jobs show` never import torch (they print at once).
+- `baton --help`, `baton jobs list` and `baton jobs show` never import torch or the HTTP stack (they print at
+  once); `import app.server` imports no torch (the engine is handed to it).
 """
 
 from __future__ import annotations
@@ -103,6 +106,7 @@ def test_the_checker_sees_relative_and_deferred_imports():
     assert "app.chat.batch_file" in IMPORTS["app.chat.run_request"]  # from .batch_file import ...
     assert "app.tui" in IMPORTS["app.cli.main"]  # the TUI command imports it when it runs
     assert "app.jobs" in IMPORTS["app.tui.screens.jobs"]  # from ...jobs import ...
+    assert "app.server.serve" in IMPORTS["app.cli.serve_cmd"]  # deferred, inside the handler
 
 
 @pytest.mark.parametrize("within,forbidden", [
@@ -114,6 +118,8 @@ def test_the_checker_sees_relative_and_deferred_imports():
     ("app.cli", "textual"),
     ("app.jobs", "textual"), ("app.jobs", "argparse"), ("app.jobs", "app.cli"), ("app.jobs", "app.tui"),
     ("app.tui", "app.cli"),
+    ("app.server", "textual"), ("app.server", "argparse"), ("app.server", "app.cli"), ("app.server", "app.tui"),
+    ("app.chat", "app.server"), ("app.jobs", "app.server"),
 ])
 def test_import_boundaries(within, forbidden):
     assert _importers(forbidden, within) == []
@@ -122,6 +128,18 @@ def test_import_boundaries(within, forbidden):
 def test_only_the_tui_imports_textual():
     users = {m for m, imps in IMPORTS.items() if any(_under(i, "textual") for i in imps)}
     assert users and all(_under(m, "app.tui") or _under(m, "themes") for m in users), sorted(users)
+
+
+HTTP_STACK = ("fastapi", "starlette", "uvicorn", "sse_starlette", "prometheus_client", "multipart")
+
+
+def test_the_cli_imports_the_server_only_in_its_serve_command():
+    assert {line.split(" -> ")[0] for line in _importers("app.server", "app.cli")} == {"app.cli.serve_cmd"}
+
+
+def test_only_the_server_imports_the_http_stack():
+    users = {m for m, imps in IMPORTS.items() if any(_under(i, p) for p in HTTP_STACK for i in imps)}
+    assert users and all(_under(m, "app.server") for m in users), sorted(users)
 
 
 def test_the_app_uses_only_the_engines_public_api():
@@ -152,7 +170,12 @@ def _loaded_after(code: str, tmp_path: Path) -> set[str]:
 
 def test_the_core_and_the_cli_load_without_textual_or_torch(tmp_path):
     loaded = _loaded_after("import app.chat.run_request, app.chat.recorder, app.cli, app.jobs", tmp_path)
-    assert not loaded & {"textual", "torch", "transformers"}, sorted(loaded)
+    assert not loaded & {"textual", "torch", "transformers", *HTTP_STACK}, sorted(loaded)
+
+
+def test_the_server_loads_without_textual_or_torch(tmp_path):
+    loaded = _loaded_after("import app.server, app.server.serve", tmp_path)
+    assert "fastapi" in loaded and not loaded & {"textual", "torch", "transformers"}, sorted(loaded)
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["jobs", "--help"], ["jobs", "list"], ["jobs", "show", "1"]])
@@ -164,4 +187,4 @@ def test_help_and_job_listings_never_import_torch(argv, tmp_path):
             f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n")
     loaded = _loaded_after(code, tmp_path)
     assert "storage" in loaded or argv[-1] == "--help"  # the job commands did read the store
-    assert not loaded & {"torch", "transformers", "textual"}, sorted(loaded)
+    assert not loaded & {"torch", "transformers", "textual", *HTTP_STACK}, sorted(loaded)

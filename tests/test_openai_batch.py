@@ -112,7 +112,8 @@ def test_output_lines_have_the_openai_shape():
     assert body["object"] == "chat.completion" and body["created"] == 10 and body["model"] == "m"
     assert body["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "héllo"},
                                 "logprobs": None, "finish_reason": "length"}]
-    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8,
+                             "prompt_tokens_details": {"cached_tokens": 0}}
     bad = json.loads(ob.dumps_line(ob.error_line(None, "invalid_json_line", "line 2: nope")))
     assert bad["custom_id"] is None and bad["response"] is None
     assert bad["error"] == {"code": "invalid_json_line", "message": "line 2: nope"}

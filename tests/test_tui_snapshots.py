@@ -64,3 +64,7 @@ def test_settings_modal(snap_compare, app):
 
 def test_help_screen(snap_compare, app):
     assert snap_compare(app, terminal_size=TERMINAL, run_before=show_rome, press=["f1"])
+
+
+def test_help_screen_at_80x24(snap_compare, app):
+    assert snap_compare(app, terminal_size=(80, 24), run_before=show_rome, press=["f1"])

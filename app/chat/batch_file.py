@@ -139,14 +139,16 @@ def _parse_request(obj: dict, cid: str | None, line_no: int) -> BatchRequest:
 
 
 def success_line(custom_id: str, request_id: str, model: str, content: str, finish_reason: str,
-                 prompt_tokens: int, completion_tokens: int, created: int | None = None) -> dict[str, Any]:
+                 prompt_tokens: int, completion_tokens: int, created: int | None = None,
+                 cached_tokens: int = 0) -> dict[str, Any]:
     """An output line for a request that ran, with a `chat.completion` body (`completions.chat_completion`
     gives the arguments' meaning).
 
     Returns:
         A JSON-serialisable dict in the OpenAI `BatchRequestOutput` shape.
     """
-    body = chat_completion(request_id, model, content, finish_reason, prompt_tokens, completion_tokens, created)
+    body = chat_completion(request_id, model, content, finish_reason, prompt_tokens, completion_tokens, created,
+                           cached_tokens)
     return {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id,
             "response": {"status_code": 200, "request_id": request_id, "body": body}, "error": None}
 

@@ -72,7 +72,7 @@ async def run_request(engine: Engine, request: BatchRequest, priority: Priority 
         on_end(request_id)
     if is_complete(last.finish_reason):
         return success_line(request.custom_id, request_id, engine.model.name, "".join(parts), last.finish_reason,
-                            last.prompt_tokens, last.completion_tokens)
+                            last.prompt_tokens, last.completion_tokens, cached_tokens=last.cached_tokens)
     code = "cancelled" if last.finish_reason == "cancelled" else "engine_error"
     return error_line(request.custom_id, code, f"line {request.line_no}: generation "
                                                f"{last.finish_reason}: {last.error or 'no detail'}")

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 #: `EngineConfig` field (the first word of its ValueError messages) -> the option that sets it.
 ENGINE_OPTIONS = {"model": "--model", "device": "--device", "dtype": "--dtype", "max_batch_size": "--max-batch-size",
-                  "max_prefill_tokens": "--max-prefill-tokens", "kv_budget_bytes": "--kv-budget"}
+                  "max_prefill_tokens": "--max-prefill-tokens", "kv_budget_bytes": "--kv-budget",
+                  "prefix_cache_bytes": "--prefix-cache"}
 
 _SIZE = re.compile(r"(\d+(?:\.\d*)?)\s*(|b|kb|mb|gb|tb|kib|mib|gib|tib)", re.IGNORECASE)
 MAX_SIZE = 2**63  # bytes: what a signed 64-bit integer holds
@@ -44,6 +45,20 @@ def parse_size(text: str) -> int:
     return max(1, int(size))
 
 
+def parse_cache_size(text: str) -> int:
+    """A prefix cache size: `0` (off) or a size as `parse_size` takes it (bytes).
+
+    Raises:
+        argparse.ArgumentTypeError: neither.
+    """
+    if text.strip() in ("0", "0B", "0b", "off"):
+        return 0
+    try:
+        return parse_size(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be 0 (off) or a size such as 512MiB or 2GiB, got {text!r}") from None
+
+
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
     """Add the engine options (an "engine" group) to `parser`."""
     group = parser.add_argument_group("engine")
@@ -61,6 +76,10 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                        help="most memory the batch's KV cache may take, e.g. 2GiB; more requests wait or are "
                             "swapped out to host memory (default: on CPU min(8 GiB, 40%% of RAM); on CUDA "
                             "what the device has free, read with NVML)")
+    group.add_argument("--prefix-cache", type=parse_cache_size, default=None, metavar="SIZE",
+                       help="memory for K/V kept across requests, so a chat turn or a repeated system prompt "
+                            "prefills only what is new, e.g. 1GiB; 0 turns it off (default: on CPU min(2 GiB, "
+                            "10%% of RAM); on CUDA min(8 GiB, 10%% of device memory), then host memory)")
 
 
 def option_message(exc: ValueError, options: dict[str, str] = ENGINE_OPTIONS) -> str:
@@ -81,7 +100,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
     try:
         return EngineConfig(model=args.model, device=args.device, dtype=args.dtype,
                             max_batch_size=args.max_batch_size, max_prefill_tokens=args.max_prefill_tokens,
-                            kv_budget_bytes=args.kv_budget)
+                            kv_budget_bytes=args.kv_budget, prefix_cache_bytes=args.prefix_cache)
     except ValueError as exc:
         raise UsageError(option_message(exc)) from exc
 

@@ -28,6 +28,7 @@ from . import batch_cmd, chat_cmd
 from .engine_options import ENGINE_OPTIONS, add_engine_options, engine_config, option_message
 from .errors import UsageError
 from .jobs_cmd import add_jobs_subparser
+from .serve_cmd import add_serve_subparser
 
 # Engine/sampling field names (first word of their ValueError messages) -> the option that sets them.
 _OPTION_OF_FIELD = {**ENGINE_OPTIONS, "max_tokens": "--max-tokens", "temperature": "--temperature", "seed": "--seed"}
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="output file (written atomically; replaced if it exists; not the input file)")
     batch.set_defaults(handler=_batch)
     add_jobs_subparser(sub, engine)
+    add_serve_subparser(sub, engine)
     return parser
 
 

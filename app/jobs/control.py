@@ -17,7 +17,7 @@ from storage import Job, NotFoundError, Store
 
 from . import batch_job
 from .agent_task import create_agent_chat
-from .files import load_job_file, path_text
+from .files import batch_job_file, load_job_file, path_text
 
 PAUSABLE = ("queued", "running")
 RESUMABLE = ("paused", "failed")
@@ -44,6 +44,21 @@ async def submit_job(store: Store, path: str | Path, name: str | None = None) ->
     if kind == "agent":
         spec = {**spec, "chat_id": await create_agent_chat(store, job_name, spec)}
     return await store.create_job(kind, job_name, items, spec, source_path=path_text(Path(path).resolve()))
+
+
+async def submit_batch(store: Store, data: bytes, name: str, spec: dict | None = None) -> Job:
+    """Store an OpenAI Batch file's bytes as a queued batch job (`files.batch_job_file`); nothing runs.
+
+    Args:
+        store: the open store.
+        data: the file's bytes.
+        name: the job's name.
+        spec: more fields for the job's spec (e.g. the Batch API's batch object), next to `format`.
+    Raises:
+        ValueError: the file holds no request. StorageError.
+    """
+    kind, job_name, items, job_spec = batch_job_file(data, name)
+    return await store.create_job(kind, job_name, items, {**job_spec, **(spec or {})})
 
 
 async def pause_job(store: Store, job_id: int) -> Job:

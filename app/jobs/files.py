@@ -6,7 +6,8 @@
   in file order: `{"custom_id", "line_no", "messages", "sampling"}` for a valid line, or
   `{"custom_id", "line_no", "error": {"code", "message"}}` for a malformed one (it fails when the job runs;
   the other lines still run). A file none of whose lines is a valid request is refused (it is not a batch
-  file: a job of it could only fail). Spec: `{"format": "openai_batch"}`.
+  file: a job of it could only fail; an upload to `baton serve`, `batch_job_file`, is not, as the Batch API's
+  lines fail one by one). Spec: `{"format": "openai_batch"}`.
 - **agent** (`.yaml`, `.yml`, or `.json` with `"steps"`): `{"name", "system", "steps": [{"prompt"}, ...],
   "params": {...}}`. One item per step: `{"custom_id": "stepN", "step": N, "prompt": template}`; a prompt
   may use `{previous}` / `{stepN}` (see `app.jobs.templates`). Spec: `{"system", "params"}`, where `params`
@@ -52,9 +53,10 @@ def load_job_file(path: str | Path, name: str | None = None) -> JobFile:
     Returns:
         `(kind, name, items, spec)` with kind `"batch"` or `"agent"` (see the module docstring).
     Raises:
-        ValueError: `<path>: <what is wrong>` when the file cannot be read, is empty, has no valid
-            request line (batch), is not valid JSON/YAML, has no valid structure, or (agent) has a bad field, parameter or step prompt, or a
-            string that is not valid UTF-8 text (`<path>: steps[0].prompt: not valid UTF-8 text: ...`);
+        ValueError: `<path>: <what is wrong>` when the file cannot be read, is empty, has no valid request
+            line (batch), is not valid JSON/YAML, has no valid structure, or (agent) has a bad field,
+            parameter or step prompt, or a string that is not valid UTF-8 text
+            (`<path>: steps[0].prompt: not valid UTF-8 text: ...`);
             `name: ...` when `name` is blank or not valid UTF-8 text.
     """
     path = Path(path)
@@ -69,7 +71,7 @@ def load_job_file(path: str | Path, name: str | None = None) -> JobFile:
     suffix, stem = path.suffix.lower(), path_text(path.stem)
     try:
         if suffix == ".jsonl":
-            return _batch(data, name or stem)
+            return _with_a_request(batch_job_file(data, name or stem))
         if suffix in (".yaml", ".yml", ".json"):
             return _agent(_parse_mapping(data, suffix), name, stem)
         return _sniff(data, name, stem)
@@ -92,12 +94,19 @@ def _sniff(data: bytes, name: str | None, stem: str) -> JobFile:
         return _agent(obj, name, stem)
     lines = [x for x in data.splitlines() if x.strip()]
     if lines and all(x.lstrip().startswith(b"{") for x in lines):
-        return _batch(data, name or stem)
+        return _with_a_request(batch_job_file(data, name or stem))
     raise ValueError("not a job file: use .jsonl for an OpenAI Batch file, .yaml/.yml/.json for an agent "
                      "task with \"steps\"")
 
 
-def _batch(data: bytes, name: str) -> JobFile:
+def batch_job_file(data: bytes, name: str) -> JobFile:
+    """A batch job from an OpenAI Batch file's bytes (read from disk, or uploaded to `baton serve`).
+
+    Returns:
+        `(kind, name, items, spec)` as `load_job_file`'s, kind `"batch"`.
+    Raises:
+        ValueError: `NO_REQUESTS` for a file without a request line (its bad lines are items that fail).
+    """
     items: list[dict[str, Any]] = []
     for entry in batch_file.parse_input(data):
         if isinstance(entry, batch_file.LineError):
@@ -108,11 +117,18 @@ def _batch(data: bytes, name: str) -> JobFile:
                           "messages": entry.messages, "sampling": entry.sampling})
     if not items:
         raise ValueError(batch_file.NO_REQUESTS)
-    if all("error" in item for item in items):  # surely not a batch file: refused rather than stored to fail
+    return "batch", name, items, {"format": BATCH_FORMAT}
+
+
+def _with_a_request(job: JobFile) -> JobFile:
+    """A batch job file from disk, refused when none of its lines is a valid request (surely not a batch
+    file: a job of it could only fail)."""
+    items = job[2]
+    if all("error" in item for item in items):
         first = " ".join(items[0]["error"]["message"].split())
         raise ValueError(f"no line is a valid request ({len(items)} line{'s' if len(items) > 1 else ''}; "
                          f"{first})")
-    return "batch", name, items, {"format": BATCH_FORMAT}
+    return job
 
 
 def _parse_mapping(data: bytes, suffix: str) -> Any:

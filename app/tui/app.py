@@ -101,7 +101,7 @@ class BatonApp(App[None]):
             self.notify(f"Unknown theme {name!r}: using {self.theme}", severity="warning")
 
     def watch_theme(self, name: str) -> None:
-        """Remember a theme chosen in the app (e.g. the palette's "Change theme")."""
+        """Remember a theme chosen in the app (e.g. the palette's "Theme")."""
         if self._remember_theme and name != self.preferences.theme:
             self.save_preferences(theme=name)
 

@@ -67,8 +67,8 @@ class ChatLibrary:
         self._post(m.ChatChanged(chat))
 
     async def archive(self, chat_id: int, archived: bool) -> None:
-        """Archive or unarchive a chat; posts `ChatChanged`."""
-        self._post(m.ChatChanged(await self.store.archive_chat(chat_id, archived)))
+        """Archive or unarchive a chat; posts `ChatArchived`."""
+        self._post(m.ChatArchived(await self.store.archive_chat(chat_id, archived)))
 
     async def delete(self, chat_id: int) -> None:
         """Stop the chat's answer, if any, and delete the chat; posts `ChatDeleted`."""

@@ -72,6 +72,13 @@ class ChatChanged(Message):
 
 
 @dataclass
+class ChatArchived(Message):
+    """A chat was archived, or brought back (`chat.archived` says which)."""
+
+    chat: Chat
+
+
+@dataclass
 class ChatDeleted(Message):
     """A chat and its messages were deleted."""
 

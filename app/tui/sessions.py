@@ -31,9 +31,21 @@ if TYPE_CHECKING:
     from backend import Engine, TokenOutput
 
 DEFAULT_TITLE = "New chat"
-TITLE_LENGTH = 40
+TITLE_LENGTH = 60  # the most characters of a title made from a first message, its ellipsis included
 
 Launch = Callable[[Coroutine[Any, Any, Any], str], object]
+
+
+def title_from(text: str, limit: int = TITLE_LENGTH) -> str:
+    """A chat title from its first message: the words that fit in `limit` characters, then `…` when some are
+    left out (a single word longer than half of that is cut inside). The chat list shortens it further to its
+    own width."""
+    words = " ".join(text.split())
+    if len(words) <= limit:
+        return words or DEFAULT_TITLE
+    space = words.rfind(" ", 0, limit)  # the last word boundary that leaves room for the ellipsis
+    head = words[:space] if space >= limit // 2 else words[:limit - 1]
+    return head.rstrip(" ,;:-") + "…"
 
 
 class BusyError(RuntimeError):
@@ -183,7 +195,7 @@ class Sessions:
         """Name a fresh "New chat" after its first message."""
         stored = await self.store.list_messages(chat.id)
         if len(stored) == 1:
-            title = " ".join(text.split())[:TITLE_LENGTH] or DEFAULT_TITLE
+            title = title_from(text)
             renamed = await self.store.rename_chat(chat.id, title)
             self.rename(chat.id, title)
             self._post(m.ChatChanged(renamed))

@@ -63,19 +63,24 @@ class ChatScreen(Screen):
     BINDINGS = [
         Binding("ctrl+n", "new_chat", "New chat"),
         Binding("escape", "stop", "Stop", tooltip="Stop the open chat's answer (the partial answer is kept)"),
+        Binding("f1,question_mark", "help", "Help", tooltip="Show the keys (? when not typing)"),
         Binding("ctrl+r", "regenerate", "Regenerate", tooltip="Answer the last message again"),
         Binding("ctrl+f", "search", "Search", tooltip="Full-text search over every message"),
         Binding("ctrl+b", "toggle_panel", "Live panel", tooltip="Show/hide the live engine panel"),
-        Binding("f1,question_mark", "help", "Help", tooltip="Show the keys (? when not typing)"),
-        Binding("f2", "rename_chat", "Rename", show=False, tooltip="Rename the open chat"),
+        Binding("f2", "rename_chat", "Rename", tooltip="Rename the open chat"),
         Binding("f3", "settings", "Settings", tooltip="Chat settings: system prompt, temperature, top-p, "
                 "max tokens, seed"),
-        Binding("f4", "archive_chat", "Archive", show=False, tooltip="Archive / unarchive the open chat"),
-        Binding("f5", "toggle_archived", "Show archived", show=False, tooltip="List archived chats too (or not)"),
+        Binding("f4", "archive_chat", "Archive", tooltip="Archive / unarchive the open chat"),
+        Binding("f5", "toggle_archived", "Show archived", tooltip="List archived chats too (or not)"),
         Binding("f9", "jobs", "Jobs", tooltip="Background jobs: progress, submit, pause / resume / cancel"),
-        Binding("f8", "delete_chat", "Delete", show=False, tooltip="Delete the open chat (asks first)"),
-        Binding("ctrl+s", "export_chat", "Export", show=False, tooltip="Export the open chat to Markdown + JSON"),
+        Binding("f8", "delete_chat", "Delete", tooltip="Delete the open chat (asks first)"),
+        Binding("ctrl+s", "export_chat", "Export", tooltip="Export the open chat to Markdown + JSON"),
         Binding("ctrl+l", "focus_chats", "Chat list", show=False, tooltip="Focus the chat list"),
+        # Priority: a focused message's scroll view binds Ctrl+PgUp/PgDn (sideways paging) first.
+        Binding("alt+down,ctrl+pagedown", "next_chat", "Next chat", show=False, priority=True,
+                tooltip="Open the next chat in the list"),
+        Binding("alt+up,ctrl+pageup", "previous_chat", "Previous chat", show=False, priority=True,
+                tooltip="Open the previous chat in the list"),
     ]
 
     def __init__(self, store: Store, engine: Engine, jobs: JobRunner, *, show_panel: bool = False,
@@ -98,7 +103,7 @@ class ChatScreen(Screen):
             yield ChatList(id="chat-list")
             yield self.pane
         yield StatusLine(id="status")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         """Load the chat list; start the model (in a thread) unless it is running; open the panel if asked."""
@@ -259,6 +264,27 @@ class ChatScreen(Screen):
         """Focus the chat list."""
         self.query_one(ChatList).focus()
 
+    def action_next_chat(self) -> None:
+        """Open the chat below the highlighted one in the list (after the last: the first)."""
+        self._step_chat(1)
+
+    def action_previous_chat(self) -> None:
+        """Open the chat above the highlighted one in the list (before the first: the last)."""
+        self._step_chat(-1)
+
+    def _step_chat(self, step: int) -> None:
+        """Move the list's highlight (which follows the open chat) by `step`, open that chat, focus the prompt.
+        The highlight moves at once, so keys pressed before the chat has opened step on from it."""
+        chat_list = self.query_one(ChatList)
+        ids = chat_list.chat_ids
+        if not ids:
+            return
+        here = chat_list.highlighted
+        index = (here + step if here is not None else (0 if step > 0 else -1)) % len(ids)
+        chat_list.highlighted = index
+        self._run(self.library.open(ids[index]))
+        self.query_one(PromptInput).focus()
+
     # ------------------------------------------------------------------------ the prompt
     @on(PromptInput.Submitted)
     def _submitted(self, event: PromptInput.Submitted) -> None:
@@ -269,6 +295,8 @@ class ChatScreen(Screen):
             if event.editing is None:
                 self._run(self.library.create(event.text))
                 self.pane.prompt_sent()
+            else:
+                self.pane.prompt_refused()
             return
         try:
             if event.editing is None:
@@ -277,6 +305,7 @@ class ChatScreen(Screen):
                 self.sessions.edit_and_resend(chat, event.editing, event.text)
         except BusyError as exc:
             self.notify(str(exc), severity="warning")
+            self.pane.prompt_refused()
             return
         self.pane.prompt_sent()
 
@@ -319,6 +348,29 @@ class ChatScreen(Screen):
             self._run(self.library.load(self.show_archived))
         else:
             self.query_one(ChatList).update_chat(event.chat)
+
+    @on(m.ChatArchived)
+    async def _archived(self, event: m.ChatArchived) -> None:
+        """Say where the chat went; an archived open chat gives way to the next one, ready to type in."""
+        chat, chat_list = event.chat, self.query_one(ChatList)
+        if not chat.archived:
+            self.notify(f"“{chat.title}” is back in the chat list", title="Chat unarchived", markup=False)
+            self._run(self.library.load(self.show_archived, select=self._chat_id()))
+            return
+        self.notify(f"“{chat.title}” is archived: F5 lists archived chats, F4 on it brings it back",
+                    title="Chat archived", markup=False)
+        if self.show_archived:
+            chat_list.update_chat(chat)
+            return
+        following = None
+        if self._chat_id() == chat.id:
+            following = chat_list.neighbour(chat.id)
+            if following is None:
+                await self.pane.close_chat()
+            else:
+                self._run(self.library.open(following))
+            self.query_one(PromptInput).focus()
+        self._run(self.library.load(self.show_archived, select=following))
 
     @on(m.ChatDeleted)
     async def _deleted(self, event: m.ChatDeleted) -> None:

@@ -18,7 +18,9 @@ BUSY_MARK = "●"
 class ChatList(OptionList):
     """The list of chats; Enter (or a click) opens one. Archived chats are listed only when asked.
 
-    Change it through `show_chats`, `update_chat` and `set_busy` (from the screen's message handlers).
+    Change it through `show_chats`, `update_chat` and `set_busy` (from the screen's message handlers). While
+    the user moves through the list (it has focus) its rows keep their places: a new order of the same chats
+    waits until focus leaves the list, and the highlight stays on the chat it is on.
     """
 
     @dataclass
@@ -32,6 +34,7 @@ class ChatList(OptionList):
         self.border_title = "Chats"
         self._chats: dict[int, Chat] = {}
         self._busy: set[int] = set()
+        self._order: list[int] | None = None  # a newer order held back while the user is in the list
         self.loaded = False  # True once a list from the store has been shown
 
     @property
@@ -39,20 +42,52 @@ class ChatList(OptionList):
         """The listed chats' ids, in display order."""
         return [int(option.id) for option in self.options if option.id is not None]
 
+    @property
+    def highlighted_chat(self) -> int | None:
+        """The id of the highlighted chat, if any."""
+        option = self.highlighted_option
+        return None if option is None or option.id is None else int(option.id)
+
     def show_chats(self, chats: list[Chat], busy: set[int], current: int | None, show_archived: bool) -> None:
-        """Replace the list; highlight `current` when it is listed."""
-        self._chats = {chat.id: chat for chat in chats}
+        """Replace the list; highlight `current` when it is listed (while the user is in the list: the chat
+        they highlighted, and the same chats in a new order keep the old one until they leave the list)."""
         self._busy = set(busy)
         self.border_title = "Chats + archived" if show_archived else "Chats"
+        if self.has_focus and self.loaded:
+            if {chat.id for chat in chats} == set(self._chats):
+                self._chats = {chat.id: chat for chat in chats}
+                self._order = None if list(self._chats) == self.chat_ids else list(self._chats)
+                for chat in chats:
+                    self.replace_option_prompt(str(chat.id), self._prompt(chat))
+                return
+            current = self.highlighted_chat or current
+        self._show(chats, current)
+        self.loaded = True
+
+    def _show(self, chats: list[Chat], current: int | None) -> None:
+        self._chats = {chat.id: chat for chat in chats}
+        self._order = None
         self.set_options(Option(self._prompt(chat), id=str(chat.id)) for chat in chats)
         if current is not None:
             self.highlight_chat(current)
-        self.loaded = True
+
+    def on_blur(self) -> None:
+        """The user left the list: show the order held back while they were in it."""
+        if self._order is not None:
+            self._show([self._chats[chat_id] for chat_id in self._order], self.highlighted_chat)
 
     def highlight_chat(self, chat_id: int) -> None:
         """Move the highlight to a chat (if it is listed)."""
         if chat_id in self._chats:
             self.highlighted = self.get_option_index(str(chat_id))
+
+    def neighbour(self, chat_id: int) -> int | None:
+        """The chat listed below `chat_id` (else the one above it), e.g. to open when it leaves the list."""
+        ids = self.chat_ids
+        if chat_id not in ids:
+            return None
+        at = ids.index(chat_id)
+        return ids[at + 1] if at + 1 < len(ids) else ids[at - 1] if at > 0 else None
 
     def update_chat(self, chat: Chat) -> None:
         """Show a chat's new title or archived flag (if it is listed)."""

@@ -15,6 +15,8 @@ from textual.widgets.markdown import MarkdownStream
 
 from storage import Message as StoredMessage
 
+from .chat_markdown import chat_parser
+
 CODE_BLOCK = re.compile(r"^(`{3,}|~{3,})[^\n]*\n(.*?)^\1", re.DOTALL | re.MULTILINE)
 REASONS = {"length": "length cap", "cancelled": "stopped", "error": "failed", "interrupted": "interrupted"}
 
@@ -82,7 +84,7 @@ class MessageView(Vertical, can_focus=True):
     def compose(self) -> ComposeResult:
         """The label, the Markdown text and the stats line."""
         yield Static(self._label, classes="message-label", markup=False)
-        yield Markdown(self.text, classes="message-body")
+        yield Markdown(self.text, classes="message-body", parser_factory=chat_parser)
         yield Static(self._stats, classes="message-stats", markup=False)
 
     @property

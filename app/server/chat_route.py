@@ -1,0 +1,64 @@
+"""`POST /v1/chat/completions`: OpenAI's chat completions on the engine, whole or streamed.
+
+The body is parsed by `app.chat.completions.parse_body(over_http=True)` (the fields honoured and refused are
+listed there), so the server and batch files accept exactly the same requests; `max_tokens` defaults to the
+rest of the context (as vLLM's and OpenAI's do), and `priority` to `interactive`.
+Responses: a `chat.completion`; with `stream: true`, server-sent `chat.completion.chunk`s: the first with
+`delta.role`, then the text deltas, then one with `finish_reason`, then (with
+`stream_options.include_usage`) a usage chunk without choices, then `data: [DONE]`. `usage` reports
+`prompt_tokens_details.cached_tokens`, the prompt tokens served from the engine's prefix cache.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from backend import Priority
+
+from ..chat.completions import CHAT_COMPLETIONS_URL, chat_completion, chat_completion_chunk, parse_body
+from .body import read_json
+from .generation import ClientGone, Generation, check_model, open_generation, sampling_params, until_disconnected
+from .sse import event_stream
+
+router = APIRouter()
+
+
+@router.post(CHAT_COMPLETIONS_URL)
+async def create_chat_completion(request: Request) -> Any:
+    """Answer a chat-completions request (see the module docstring). Errors: `app.server.errors`."""
+    state = request.app.state.baton
+    body = parse_body(await read_json(request), over_http=True, default_max_tokens=state.engine.max_model_len)
+    model = check_model(state, body.model)
+    params = sampling_params(body.sampling)
+    priority = body.priority if body.priority is not None else Priority.INTERACTIVE
+    try:
+        gen = await open_generation(state, request, body.messages, params, priority, "messages")
+    except ClientGone:
+        return Response(status_code=499)  # nobody is listening; the request was cancelled
+    created = int(time.time())
+    if body.stream:
+        return event_stream(_chunks(gen, model, created, body.include_usage), state.settings.drain_timeout_s)
+    try:
+        text, last = await until_disconnected(request, gen.collect())
+    except ClientGone:
+        return Response(status_code=499)
+    return chat_completion(gen.request_id, model, text, gen.finish_reason(last), last.prompt_tokens,
+                           last.completion_tokens, created, last.cached_tokens)
+
+
+async def _chunks(gen: Generation, model: str, created: int, include_usage: bool) -> AsyncIterator[dict]:
+    rid = gen.request_id
+    yield chat_completion_chunk(rid, model, created, content="", role="assistant", include_usage=include_usage)
+    async for out in gen.outputs():
+        if out.text:
+            yield chat_completion_chunk(rid, model, created, content=out.text, include_usage=include_usage)
+        if out.finished:
+            yield chat_completion_chunk(rid, model, created, finish_reason=gen.finish_reason(out),
+                                        include_usage=include_usage)
+            if include_usage:
+                yield chat_completion_chunk(rid, model, created, usage_counts=(
+                    out.prompt_tokens, out.completion_tokens, out.cached_tokens))
