@@ -3,8 +3,8 @@
 The table lists the items in input order (`app.jobs.item_result`: label, status, tokens, the start of the
 output or error); the text area under it shows the selected item's prompt and whole output, read-only (it
 can be selected and copied). While the job runs, the list is read again when an item finishes
-(`JobProgressed`; at most once a second). E exports a batch job's OpenAI Batch output file (`export_prompt`, the format of
-`baton jobs export`).
+(`JobProgressed`; at most once a second). E exports a batch job's OpenAI Batch output file (`export_prompt`,
+the format of `baton jobs export`).
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ class JobResultsScreen(Screen[Path]):
 
     def _title(self) -> str:
         j = self.job
-        return f"Results of job {j.id} “{j.name}” ({j.kind}, {j.status}: {j.done} done, {j.failed} failed, {j.total} items)"
+        return (f"Results of job {j.id} “{j.name}” ({j.kind}, {j.status}: {j.done} done, {j.failed} failed, "
+                f"{j.total} items)")
 
     def on_mount(self) -> None:
         table = self.query_one("#results-table", DataTable)
