@@ -64,7 +64,7 @@ async def stored_status(store, job_id: int) -> str:
     return (await store.get_job(job_id)).status
 
 
-async def wait_status(pilot, store, job_id: int, status: str, timeout: float = 20.0) -> None:
+async def wait_status(pilot, store, job_id: int, status: str, timeout: float = 120.0) -> None:
     last = None
     for _ in range(int(timeout / 0.05)):
         last = await stored_status(store, job_id)
