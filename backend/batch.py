@@ -31,6 +31,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from .attention import RowGroups, plan_row_groups
+from .kv_budget import grown_row_capacity
 
 _SEQ_SLACK = 128  # extra columns reserved on the right when the window is relaid out (tokens)
 _LEFT_SLACK = 32  # extra columns reserved on the left, for longer newcomers (tokens)
@@ -105,6 +106,7 @@ class RunningBatch:
         self.num_layers, self.kv_heads, self.head_dim = num_layers, kv_heads, head_dim
         self.dtype, self.device, self.max_batch_size = dtype, torch.device(device), max_batch_size
         self.bytes_per_token = 2 * num_layers * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+        self.num_relayouts = 0  # buffer reallocations and in-place window moves so far (copies of the window)
         self._release()
         self._cache = Cache(layers=[_WindowLayer(self, i) for i in range(num_layers)])
 
@@ -146,6 +148,7 @@ class RunningBatch:
 
         Copies the live window `[B, kv_heads, S, head_dim]` once per layer.
         """
+        self.num_relayouts += 1
         new_off = left
         cap_seq = new_off + self.seq_len + right
         B, S = self.size, self.seq_len
@@ -174,6 +177,7 @@ class RunningBatch:
         if d == 0 or not B or not S:
             self.off = new_off
             return
+        self.num_relayouts += 1
         step = abs(d)
         starts = list(range(0, S, step))
         if d > 0:
@@ -200,9 +204,7 @@ class RunningBatch:
             if abs(new_off - self.off) * _MAX_MOVE_CHUNKS >= S:
                 self._move_window(new_off)
                 return
-        cap_batch = self.cap_batch
-        if rows > cap_batch:  # geometric: a power of two, at least double, at least 4, at most max_batch_size
-            cap_batch = min(self.max_batch_size, max(4, 2 * cap_batch, 1 << (rows - 1).bit_length()))
+        cap_batch = grown_row_capacity(self.cap_batch, rows, self.max_batch_size)
         self._relayout(cap_batch, left + _LEFT_SLACK, max(right, _SEQ_SLACK, (S + left) // 2))
 
     def reserve(self, rows: int, max_length: int) -> None:

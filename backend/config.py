@@ -135,6 +135,11 @@ class EngineConfig:
             from the device go before they are dropped (bytes; 0: none). None: min(4 GiB, 10% of RAM) on
             CUDA; unused on CPU.
         prefix_block_size: tokens per cached block (vLLM's default, 16).
+        interactive_tpot_slo: the interactive latency target, a multiple >= 1 (e.g. 1.5): while an
+            interactive request decodes, background (agent, batch) rows and work are limited so that an
+            iteration costs at most this multiple of a decode step of the interactive rows alone, as
+            predicted from the engine's own step timings (`backend.step_cost`, `backend.sched_slo`); rows
+            over the cap are swapped out and come back when no chat decodes. None: no target.
 
     Raises:
         ValueError: for any invalid field, with the field name first in the message.
@@ -156,6 +161,7 @@ class EngineConfig:
     prefix_cache_bytes: int | None = None
     prefix_cache_host_bytes: int | None = None
     prefix_block_size: int = 16
+    interactive_tpot_slo: float | None = None
 
     def __post_init__(self) -> None:
         _check(isinstance(self.model, str) and self.model.strip() != "", "model", "must be a non-empty string")
@@ -188,5 +194,11 @@ class EngineConfig:
                        name, f"must be an integer >= 0 (bytes) or None, got {value!r}")
         _check(isinstance(self.prefix_block_size, int) and self.prefix_block_size >= 1,
                "prefix_block_size", f"must be an integer >= 1, got {self.prefix_block_size!r}")
+        if self.interactive_tpot_slo is not None:
+            value = self.interactive_tpot_slo
+            _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                   and value >= 1, "interactive_tpot_slo",
+                   f"must be a number >= 1 (a multiple of the interactive rows' own step time, e.g. 1.5) "
+                   f"or None, got {value!r}")
         _check(self.attn_implementation in ("sdpa", "eager"),
                "attn_implementation", f"must be 'sdpa' or 'eager', got {self.attn_implementation!r}")

@@ -30,6 +30,7 @@ from .sampler import SamplingTensors, draw_uniforms, sample
 from .sched_output import ADMISSIONS, DropPrefill, Preempt, PrefillChunk, PrefillGroup, SchedulerOutput, Step, SwapIn
 from .scheduler import BatchSnapshot, Scheduler
 from .stats import EngineStats, RowStats, StatsWindow
+from .step_cost import StepCostModel
 
 
 class EngineCore:
@@ -46,6 +47,8 @@ class EngineCore:
         rows: the running requests, in row order.
         scheduler: the waiting queue (new, swapped-out and part-prefilled requests).
         window: counters and recent rates; `stats` is the snapshot published after every iteration.
+        step_cost: the decode, prefill and copy costs learned from this engine's own timings
+            (`step_cost.StepCostModel`); the scheduler keeps `interactive_tpot_slo` with it.
     """
 
     def __init__(self, config: EngineConfig, loaded: LoadedModel, on_finished: Callable[[str], None]):
@@ -61,6 +64,8 @@ class EngineCore:
         self._cpu_kv_budget = min(8 * 2**30, int(0.4 * psutil.virtual_memory().total))
         self._budget: int | None = None  # this iteration's KV budget (bytes), set by step()
         self.window = StatsWindow()
+        self.step_cost = StepCostModel()
+        self._last_plan = SchedulerOutput()
         self.prefix = PrefixReuse(config, self.runner, self.window)
         self._generator = torch.Generator().manual_seed(config.seed)
         self._final_outputs: list[tuple[Request, TokenOutput]] = []
@@ -90,7 +95,9 @@ class EngineCore:
         self._budget = self._kv_budget()  # one device-memory reading per iteration
         if self.prefix.enabled:
             self.prefix.seed(self._admission_candidates())
-        plan = self.scheduler.schedule(self.snapshot())
+        plan = self._last_plan = self.scheduler.schedule(self.snapshot())
+        if plan.slo_held_back:
+            self.window.count("num_slo_held_back")
         if self.prefix.enabled and self.fixed_kv_budget() is None:
             self._give_back_prefix_cache(plan)
         self._execute(plan)
@@ -117,7 +124,8 @@ class EngineCore:
                              cfg.max_batch_size, cfg.max_prefill_tokens, cfg.max_background_prefill_tokens,
                              rows=tuple(self.rows), row_lengths=tuple(b.lengths), seq_len=b.seq_len,
                              budget_is_fixed=self.fixed_kv_budget() is not None,
-                             next_start_seq=self._next_start_seq)
+                             next_start_seq=self._next_start_seq, interactive_tpot_slo=cfg.interactive_tpot_slo,
+                             step_cost=self.step_cost, row_capacity=b.cap_batch)
 
     def recover(self, exc: Exception) -> None:
         """After an unexpected fault in `step`: fail the running rows and go on from an empty batch."""
@@ -186,11 +194,14 @@ class EngineCore:
                 self._prefill_group([r for r in reqs if self.scheduler.take(r)])
             case PrefillChunk(req, start, num_tokens):
                 if req.num_prefilled == start and self.scheduler.take(req):
+                    if not start and self.prefix.enabled and self.prefix.seed_one(req):
+                        # an earlier step of this plan cached its prefix: go on from there, same budget
+                        num_tokens = min(num_tokens, req.num_prompt_tokens - req.num_prefilled)
                     self._prefill_chunk(req, num_tokens)
-            case Preempt(req):
+            case Preempt(req, _, slo):
                 row = next((i for i, r in enumerate(self.rows) if r is req), None)
                 if row is not None:
-                    self._swap_out(row)
+                    self._swap_out(row, slo)
             case DropPrefill(req):
                 if req.held_prefill_tokens:
                     self._drop_partial_prefill(req)
@@ -202,21 +213,31 @@ class EngineCore:
         req.status = RequestStatus.WAITING
         self.window.count("num_prefill_restarts")
 
-    def _swap_out(self, row: int) -> None:
-        """Preempt one row: copy its K/V to host memory (pinned on CUDA), free the row, requeue it."""
+    def _swap_out(self, row: int, slo: bool = False) -> None:
+        """Preempt one row: copy its K/V to host memory (pinned on CUDA), free the row, requeue it. A swap-out
+        for the interactive target (`slo`) is not counted toward `max_preemptions` (`sched_slo.py`)."""
         req = self.rows[row]
-        req.swapped = self.batch.extract(row, device="cpu", pin_memory=self.runner.device.type == "cuda")
+        t0, on_cuda = time.perf_counter(), self.runner.device.type == "cuda"
+        req.swapped = self.batch.extract(row, device="cpu", pin_memory=on_cuda)
+        if not on_cuda:  # on CUDA the copy into pinned memory is asynchronous: its time is not known here
+            self.step_cost.observe_copy(req.swapped.nbytes, (time.perf_counter() - t0) * 1000)
         self._remove_row(row)
         req.status = RequestStatus.PREEMPTED
-        req.num_preemptions += 1
+        if slo:
+            self.window.count("num_slo_swap_outs")
+        else:
+            req.num_preemptions += 1
+            self.window.count("num_preemptions")
         self.scheduler.requeue(req)
-        self.window.count("num_preemptions")
         self.window.count("num_swap_outs")
         self.window.count("num_swapped_out_bytes", req.swapped.nbytes)
 
     def _swap_in(self, req: Request) -> None:
         """Bring a preempted row back: its K/V bytes return unchanged, decoding resumes where it stopped."""
+        t0, relayouts = time.perf_counter(), self.batch.num_relayouts
         self.batch.insert(req.swapped)
+        if self.batch.num_relayouts == relayouts:
+            self.step_cost.observe_copy(req.swapped.nbytes, (time.perf_counter() - t0) * 1000)
         self.window.count("num_swap_ins")
         req.swapped = None
         req.status = RequestStatus.RUNNING
@@ -284,8 +305,9 @@ class EngineCore:
                 for req in group:
                     self._prefill_group([req], share=False)
             return
-        self.window.prefill(sum(r.num_prompt_tokens for r in group), time.perf_counter() - t0,
-                             rows_waiting=len(self.rows), requests=len(group))
+        prompt_tokens, seconds = sum(r.num_prompt_tokens for r in group), time.perf_counter() - t0
+        self.window.prefill(prompt_tokens, seconds, rows_waiting=len(self.rows), requests=len(group))
+        self.step_cost.observe_prefill(prompt_tokens, seconds * 1000)
         try:
             self.batch.reserve(len(group), max(kv.length for kv in row_kvs))  # one relayout at most
         except Exception:  # e.g. out of device memory: each insert below tries alone and fails alone
@@ -309,7 +331,9 @@ class EngineCore:
             self._finish(req, RequestStatus.FINISHED_ERROR, error=f"prefill failed: {exc!r}")
             return
         req.num_prefilled, req.prefill_cache = start + n, cache
-        self.window.prefill(n, time.perf_counter() - t0, rows_waiting=len(self.rows), requests=int(last))
+        seconds = time.perf_counter() - t0
+        self.window.prefill(n, seconds, rows_waiting=len(self.rows), requests=int(last))
+        self.step_cost.observe_prefill(n, seconds * 1000)
         self.window.count("num_prefill_chunks")
         if not last:
             req.status = RequestStatus.PREFILLING
@@ -342,8 +366,10 @@ class EngineCore:
         self._row_params = None
 
     def _decode_step(self) -> None:
+        """One decode step over every row; its time (ms) teaches the step cost model, unless the window was
+        relaid out during it (a copy, not the step's own cost)."""
         t0 = time.perf_counter()
-        rows = self.rows
+        rows, seq_len, relayouts = self.rows, self.batch.seq_len, self.batch.num_relayouts
         try:
             if self._row_params is None:
                 self._row_params = SamplingTensors.build([r.params for r in rows], self.runner.device)
@@ -360,7 +386,10 @@ class EngineCore:
         for row in reversed(finished):
             self.prefix.keep_row(rows[row], self.batch, row)
             self._remove_row(row)
-        self.window.decode_step(len(tokens), time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        self.window.decode_step(len(tokens), seconds)
+        if self.batch.num_relayouts == relayouts:
+            self.step_cost.observe_decode(len(tokens), seq_len, seconds * 1000)
 
     def _remove_row(self, row: int) -> None:
         moved = self.batch.remove(row)
@@ -455,4 +484,13 @@ class EngineCore:
                                                               if r.swapped is not None),
                                             padding_fraction=b.padding_fraction,
                                             seq_len=b.seq_len, device=str(self._loaded.device),
-                                            model=self._loaded.name, **self.prefix.stats_fields())
+                                            model=self._loaded.name, **self.prefix.stats_fields(),
+                                            **self._slo_stats_fields())
+
+    def _slo_stats_fields(self) -> dict:
+        """The interactive target as the live panel shows it: the last plan's background cap and step target,
+        and the cost model's prediction for the batch as it is (ms; None where there is none)."""
+        plan, b = self._last_plan, self.batch
+        return dict(slo_background_cap=plan.background_cap, slo_target_step_ms=plan.step_target_ms,
+                    predicted_step_ms=self.step_cost.decode_ms(b.size, b.seq_len) if b.size else None,
+                    step_cost_coefficients=self.step_cost.coefficients)

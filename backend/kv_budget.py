@@ -28,6 +28,14 @@ def kv_window_bytes(rows: int, seq_len: int, bytes_per_token: int, *, decode_col
     return rows * (seq_len + int(decode_column)) * bytes_per_token
 
 
+def grown_row_capacity(capacity: int, rows: int, max_batch_size: int) -> int:
+    """Rows the KV buffers are reallocated for when they must hold `rows` rows but hold `capacity`
+    (`RunningBatch`): geometric, a power of two, at least double, at least 4, at most `max_batch_size`."""
+    if rows <= capacity:
+        return capacity
+    return min(max_batch_size, max(4, 2 * capacity, 1 << (rows - 1).bit_length()))
+
+
 @dataclass(frozen=True)
 class MemoryView:
     """What the scheduler needs to know about the batch's KV memory (all in bytes or tokens).

@@ -12,6 +12,7 @@ from .kv_budget import MemoryView
 
 if TYPE_CHECKING:
     from .request import Request
+    from .step_cost import StepCost
 
 MIN_CHUNK_TOKENS = 128  # a prefill chunk that only fills the rest of an iteration's budget is at least this long
 
@@ -38,6 +39,12 @@ class BatchSnapshot:
             (tokens).
         next_start_seq: the admission number the next newly started row will get (preemption takes the most
             recently started row).
+        interactive_tpot_slo: the interactive step target, a multiple >= 1 of what a decode step of the
+            interactive rows alone costs (`EngineConfig.interactive_tpot_slo`; `sched_slo.py`); None: none.
+        step_cost: the cost model the target is kept with (`step_cost.StepCost`: predicted ms of a decode
+            step, a prefill, a copy); the engine passes its learned `StepCostModel`, a test a fixed one.
+        row_capacity: rows the batch's KV buffers hold before they are reallocated (rows; None: not
+            known, no reallocation is charged to background work).
 
     Raises:
         ValueError: `rows` and `row_lengths` differ in length.
@@ -56,6 +63,9 @@ class BatchSnapshot:
     budget_is_fixed: bool = False
     min_chunk_tokens: int = MIN_CHUNK_TOKENS
     next_start_seq: int = 0
+    interactive_tpot_slo: float | None = None
+    step_cost: StepCost | None = None
+    row_capacity: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.rows) != len(self.row_lengths):

@@ -75,11 +75,14 @@ class Preempt:
 
     Attributes:
         request: the row's request.
-        for_request: the request it makes room for (admission), or None (memory pressure).
+        for_request: the request it makes room for (admission), or None (memory pressure, SLO).
+        slo: a background row over the interactive target's cap (`sched_slo.py`): not counted toward
+            `max_preemptions`.
     """
 
     request: Request
     for_request: Request | None = None
+    slo: bool = False
 
     @property
     def requests(self) -> tuple[Request, ...]:
@@ -117,6 +120,10 @@ class SchedulerOutput:
         seq_len: the batch's window length after the plan (tokens).
         num_held_prefill_tokens: prompt tokens whose K/V queued long prompts hold between chunks after the
             plan (tokens).
+        background_cap: the most background rows the interactive target lets the batch carry after the
+            plan (rows); None: no cap (no target, no interactive request, or the cost model not ready).
+        step_target_ms: the target an iteration keeps while an interactive request decodes (ms; None: none).
+        slo_held_back: background work (a newcomer, a swap-in, prompt tokens) waits because of the target.
     """
 
     steps: tuple[Step, ...] = ()
@@ -124,6 +131,9 @@ class SchedulerOutput:
     num_rows: int = 0
     seq_len: int = 0
     num_held_prefill_tokens: int = 0
+    background_cap: int | None = None
+    step_target_ms: float | None = None
+    slo_held_back: bool = False
 
     @property
     def admitted(self) -> tuple[Request, ...]:

@@ -6,6 +6,9 @@ lengths and admission order), preempted rows are queued again as swapped, a long
 its K/V. Nothing real is changed: the queue is read through a copy of its heap (pointers only), and requests,
 the scheduler's queue and the batch stay as they are until the engine core executes the plan.
 
+With an interactive latency target (`BatchSnapshot.interactive_tpot_slo`), the planner also keeps the background
+rows within its cap and bounds background work while a chat decodes (`sched_slo.SloPlanning`, which it inherits).
+
 Pure Python (no torch).
 """
 
@@ -18,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from .config import Priority
 from .sched_output import DropPrefill, Preempt, PrefillChunk, PrefillGroup, SchedulerOutput, Step, SwapIn
+from .sched_slo import SloAccount, SloPlanning
 
 if TYPE_CHECKING:
     from .kv_budget import MemoryView
@@ -156,7 +160,7 @@ class QueueView:
         return max(holders, key=lambda s: key(s.request), default=None)
 
 
-class Planner:
+class Planner(SloPlanning):
     """One iteration's plan: `plan()` runs the admission loop, then memory-pressure relief, on the projection.
 
     Args:
@@ -173,13 +177,20 @@ class Planner:
         self.steps: list[Step] = []
         self.spent = 0  # prompt tokens planned so far (tokens)
         self.next_start_seq = batch.next_start_seq
+        self.slo = SloAccount(batch)  # the interactive step target (`sched_slo.py`)
+        self.cap: int | None = None  # background rows the target allows (rows; None: no cap)
+        self.target_ms: float | None = None
 
     def plan(self) -> SchedulerOutput:
         """The plan (`SchedulerOutput`); its invariants are checked."""
         self.admit()
+        self.keep_slo_target()  # after admission: a chat's first token does not wait for these swap-outs
         self.relieve_memory_pressure()
-        out = SchedulerOutput(tuple(self.steps), self.spent, len(self.rows), self.seq_len, self.queue.held_tokens)
+        out = SchedulerOutput(tuple(self.steps), self.spent, len(self.rows), self.seq_len, self.queue.held_tokens,
+                              self.cap, self.target_ms, self.slo.held_back)
         out.assert_invariants(self.batch.max_batch_size, self.batch.max_prefill_tokens)
+        assert self.cap is None or sum(r.priority != Priority.INTERACTIVE for r in self.rows) <= self.cap, \
+            "more background rows than the interactive target allows"
         return out
 
     # ----------------------------------------------------------------------------------- admission
@@ -197,9 +208,15 @@ class Planner:
                     break  # the rest waits for the next iteration: running rows are not held up further
             if self.group and req.priority != self.group[0].priority:
                 self._close_group()  # a higher class never waits for a lower one's prompts
+            work = self._slo_work(queued, length, take) if req.priority != Priority.INTERACTIVE else ()
+            if work is None:
+                self.slo.held_back = True
+                break  # background work waits while it would hold a chat's step past the target
             if self._room_for(queued, length):
                 self.queue.pop()
                 self.spent += take
+                if work:
+                    self.slo.charge(*work)
                 if queued.swapped_length is not None:
                     self._swap_in(queued)
                 elif take == length:  # a whole prompt: prefilled with the group, in one packed forward
@@ -209,19 +226,30 @@ class Planner:
                     self._chunk(queued, take)
                 continue
             self._close_group()  # the room may have been the group's: its prompts run before a victim is chosen
-            victim = self.scheduler.choose_victim(self.rows, int(req.priority))
+            victim, slo = self._slo_victim(req), True  # a row the target would swap out anyway: not counted
+            if victim is None:
+                victim, slo = self.scheduler.choose_victim(self.rows, int(req.priority)), False
             if victim is None:
                 break
-            self._preempt(victim, for_request=req)
+            self._preempt(victim, for_request=req, slo=slo)
         self._close_group()
 
     def _prefill_budget(self, req: Request) -> int:
-        """Prompt tokens this iteration may prefill up to and including `req` (tokens; see `EngineConfig`)."""
+        """Prompt tokens this iteration may prefill up to and including `req` (tokens; see `EngineConfig`):
+        for background prompts while a chat decodes, `max_background_prefill_tokens` and what the interactive
+        target leaves (`sched_slo.py`)."""
         budget, background = self.batch.max_prefill_tokens, self.batch.max_background_prefill_tokens
-        if background is None or req.priority == Priority.INTERACTIVE:
+        if req.priority == Priority.INTERACTIVE:
             return budget
         chatting = any(r.priority == Priority.INTERACTIVE for r in itertools.chain(self.rows, self.group))
-        return min(budget, background) if chatting else budget
+        if chatting and background is not None:
+            budget = min(budget, background)
+        slo = self._slo_tokens(req)
+        if slo is not None and self.spent + slo < budget:
+            if self.spent + slo < min(budget, self.spent + req.num_prompt_tokens - req.num_prefilled):
+                self.slo.held_back = True
+            budget = self.spent + slo
+        return budget
 
     def _prefill_take(self, queued: Queued) -> int:
         """Prompt tokens of `queued` to prefill now: all that is left, or a chunk of what is left of the budget
@@ -272,14 +300,15 @@ class Planner:
         else:
             self.queue.put_back(replace(queued, num_prefilled=start + take, held_tokens=start + take))
 
-    def _preempt(self, index: int, for_request: Request | None) -> None:
+    def _preempt(self, index: int, for_request: Request | None, slo: bool = False) -> None:
         row = self.rows[index]
         last = self.rows.pop()
         if index < len(self.rows):
             self.rows[index] = last  # the last row moves into the freed slot (`RunningBatch.remove`)
         self.seq_len = max((r.length for r in self.rows), default=0)  # all-padding columns trimmed
-        self.steps.append(Preempt(row.request, for_request))
-        self.queue.put_back(Queued(row.request, row.length, row.request.num_prefilled, 0, row.num_preemptions + 1))
+        self.steps.append(Preempt(row.request, for_request, slo))
+        counted = row.num_preemptions + (0 if slo else 1)  # SLO swap-outs do not count (`sched_slo.py`)
+        self.queue.put_back(Queued(row.request, row.length, row.request.num_prefilled, 0, counted))
 
     # ---------------------------------------------------------------------------- memory pressure
     def memory_view(self) -> MemoryView:

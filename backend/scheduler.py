@@ -20,6 +20,9 @@ succeeded (the projection is in `sched_plan.py`). Rules:
 - Memory (`kv_budget.py`): new work is admitted while the padded window after the insert stays under the low
   watermark of the budget; before a decode step, rows are swapped out (lowest priority first), or a long
   prompt's K/V held between chunks dropped, while the window would exceed the high watermark.
+- Interactive latency target (`BatchSnapshot.interactive_tpot_slo`, `sched_slo.py`): while a chat decodes,
+  background rows over the cap the step cost model allows are swapped out (not counted as preemptions) and
+  background work joins an iteration only within the target.
 """
 
 from __future__ import annotations

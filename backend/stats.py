@@ -54,8 +54,18 @@ class EngineStats:
             tokens looked up, once per request), `num_prefix_cache_hits` (of those, tokens served from the
             cache), `num_prefix_cache_hit_requests`, `num_prefix_cache_evictions` (blocks dropped),
             `num_prefix_cache_offloads` (blocks moved from the device to host memory).
+            Interactive target (`EngineConfig.interactive_tpot_slo`): `num_slo_swap_outs` (background rows
+            swapped out to keep it; also in `num_swap_outs`, not in `num_preemptions`), `num_slo_held_back`
+            (iterations in which it held background work back: a newcomer, a swap-in, prompt tokens).
         prefix_cache_bytes, prefix_cache_host_bytes: K/V the prefix cache holds on the device and in host
             memory (bytes); prefix_cache_capacity_bytes: its bound, both tiers (bytes; 0: the cache is off).
+        slo_background_cap: the most background rows the interactive target lets the batch carry now
+            (rows; None: no cap: no target, no chat decoding, or the cost model not ready yet).
+        slo_target_step_ms: the step time the target keeps while a chat decodes (ms; None: none now).
+        predicted_step_ms: the cost model's prediction for a decode step of the batch as it is (ms; None:
+            empty batch, or the model not ready).
+        step_cost_coefficients: the learned decode step model (a ms, b ms/row, c ms/(row x 1000 tokens)) of
+            `a + b*B + c*B*S` (`backend.step_cost`); None before it is ready.
         device, model: what the engine runs on.
     """
 
@@ -78,6 +88,10 @@ class EngineStats:
     prefix_cache_bytes: int = 0
     prefix_cache_host_bytes: int = 0
     prefix_cache_capacity_bytes: int = 0
+    slo_background_cap: int | None = None
+    slo_target_step_ms: float | None = None
+    predicted_step_ms: float | None = None
+    step_cost_coefficients: tuple[float, float, float] | None = None
     device: str = ""
     model: str = ""
 

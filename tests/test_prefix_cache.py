@@ -253,3 +253,18 @@ async def test_the_cache_never_takes_the_batch_s_kv_budget(make_engine, tiny):
     [res] = await asyncio.to_thread(engine.generate_batch, [big], SamplingParams(max_tokens=budget // bpt // 3, **GREEDY))
     assert res.finish_reason == "length" and res.token_ids == solo_greedy(tiny, big, budget // bpt // 3)
     assert engine.stats().kv_budget_bytes == budget
+
+
+async def test_a_chunked_prompt_follows_a_prefix_prefilled_earlier_in_the_same_iteration(make_engine, tiny):
+    """Prompts too long to be admitted whole together: the first is prefilled whole, the second gets a chunk in
+    the same iteration; that chunk starts from the first one's blocks instead of computing the shared prefix
+    again (found by benchmarks/shared_prefix.py: each job computed its system prompt twice)."""
+    shared = [10 + i % 200 for i in range(1017)]
+    prompts = [shared + [220 + i] * 20 for i in range(4)]  # 1,037 tokens each; the prefill budget is 2,048
+    params = SamplingParams(max_tokens=2, **GREEDY)
+    engine = make_engine()
+    got = await asyncio.to_thread(engine.generate_batch, prompts, params, Priority.BATCH)
+    assert [r.cached_tokens for r in got] == [0, 1008, 1008, 1008]
+    off = make_engine(prefix_cache_bytes=0)
+    ref = await asyncio.to_thread(off.generate_batch, prompts, params, Priority.BATCH)
+    assert [r.token_ids for r in got] == [r.token_ids for r in ref]

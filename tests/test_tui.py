@@ -30,9 +30,9 @@ from app.tui.widgets.status_line import StatusLine
 from backend import DEFAULT_MODEL, Engine, EngineConfig
 from conftest import queued
 from storage import Store
-from tui_support import (SIZE, choose_chat, config_dir, idle, new_chat, open_chat_id, populate, ready,
-                         record_notifications, send,  # noqa: F401
-                         wait_for)
+from themes import BATON_THEMES
+from tui_support import (SIZE, cells_in_256_colours, choose_chat, config_dir, idle, new_chat, open_chat_id,  # noqa: F401
+                         populate, ready, record_notifications, send, type_burst, wait_for)
 
 # random:tiny makes ~1,000 tokens/s alone on a CPU: long answers keep chats streaming side by side for
 # seconds. ignore_eos: always the full length. (Its context is 2,048 tokens.)
@@ -91,6 +91,188 @@ async def test_deleting_the_open_chat_puts_the_cursor_in_the_prompt(engine, stor
         await pilot.press(*"typed")
         assert screen.query_one(PromptInput).text == "typed"
         assert keep in chat_list.chat_ids
+
+
+@pytest.mark.parametrize("size", [SIZE, (80, 24)])
+async def test_a_new_chat_puts_the_cursor_in_the_prompt(engine, store, size):
+    await populate(store)
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=size) as pilot:
+        screen = await ready(pilot)
+        await pilot.press("ctrl+l")
+        assert app.focused is screen.query_one(ChatList)
+        first = await new_chat(pilot)  # Ctrl+N from the chat list
+        await wait_for(pilot, lambda: isinstance(app.focused, PromptInput), what="the prompt focused")
+        await pilot.press(*"hi")
+        assert screen.query_one(PromptInput).text == "hi" and open_chat_id(pilot) == first
+        await pilot.press("ctrl+l", "down", "enter")  # an older chat, with messages: focus one of them
+        await wait_for(pilot, lambda: open_chat_id(pilot) not in (None, first), what="the older chat")
+        await wait_for(pilot, lambda: screen.query_one(ChatView).messages(), what="its messages")
+        screen.query_one(ChatView).messages()[0].focus()
+        await pilot.pause()
+        second = await new_chat(pilot)
+        await wait_for(pilot, lambda: isinstance(app.focused, PromptInput), what="the prompt focused")
+        await pilot.press(*" there")
+        assert screen.query_one(PromptInput).text == "hi there" and second != first
+
+
+@pytest.mark.parametrize("size", [SIZE, (80, 24)])
+async def test_next_and_previous_chat_keys_open_the_neighbouring_chats(engine, store, size):
+    ids = await populate(store)
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=size) as pilot:
+        screen = await ready(pilot)
+        third = await new_chat(pilot)
+        chat_list = screen.query_one(ChatList)
+        await wait_for(pilot, lambda: chat_list.chat_ids == [third, ids["paris"], ids["rome"]], what="the list")
+
+        async def step(*keys: str, to: int) -> None:
+            await pilot.press(*keys)
+            await wait_for(pilot, lambda: open_chat_id(pilot) == to, what=f"chat {to} open after {keys}")
+            assert chat_list.chat_ids[chat_list.highlighted] == to
+            await wait_for(pilot, lambda: isinstance(app.focused, PromptInput), what="the prompt focused")
+
+        await step("alt+down", to=ids["paris"])
+        await step("alt+down", to=ids["rome"])
+        await step("alt+down", to=third)  # after the last, the first
+        await step("alt+up", to=ids["rome"])  # before the first, the last
+        await step("ctrl+l", "ctrl+pageup", to=ids["paris"])  # from the chat list too
+        screen.query_one(ChatView).messages()[0].focus()  # from a message (its scroll view binds Ctrl+PgDn)
+        await step("ctrl+pagedown", to=ids["rome"])
+        type_burst(pilot, "\x1b[1;3A\x1b[1;3A")  # Alt+Up twice at once (as tmux sends it): the second steps on
+        await wait_for(pilot, lambda: open_chat_id(pilot) == third, what="two chats up")
+        type_burst(pilot, "\x1b[6;5~")  # Ctrl+PgDn as tmux sends it
+        await wait_for(pilot, lambda: open_chat_id(pilot) == ids["paris"], what="Ctrl+PgDn from the terminal")
+        assert chat_list.chat_ids[chat_list.highlighted] == ids["paris"]
+
+
+# ----------------------------------------------------------------------------------- typing
+# Keys typed in one burst (a fast typist, a held Backspace, tmux) land in the order they were typed (issue #10.4:
+# "second try." became "second tr"). Textual 8.2.8 runs a TextArea's bound keys (Backspace, arrows, Delete...)
+# only once the key has bubbled up to the app, after the characters typed behind it were inserted
+# (docs/upstream/textual-textarea-keys.md); the prompt runs them where it inserts characters.
+@pytest.mark.parametrize("size", [SIZE, (80, 24)])
+async def test_characters_typed_right_after_backspaces_are_kept_in_order(engine, store, size):
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=size) as pilot:
+        screen = await ready(pilot)
+        prompt = screen.query_one(PromptInput)
+        assert app.focused is prompt
+        await pilot.press(*"second trxx")
+        type_burst(pilot, "\x7f\x7fy.")  # Backspace, Backspace, y, .
+        await wait_for(pilot, lambda: prompt.text == "second try.", what="'second try.'")
+        type_burst(pilot, "\x1b[D\x1b[DX")  # Left, Left, X: typed before the "y"
+        await wait_for(pilot, lambda: prompt.text == "second trXy.", what="'second trXy.'")
+
+
+async def test_an_edit_typed_in_one_burst_is_sent_as_typed(engine, store):
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await ready(pilot)
+        chat_id = await new_chat(pilot)
+        await store.update_chat_settings(chat_id, None, {"max_tokens": 4})
+        await send(pilot, "Tell me three facts about Rome", press=True)
+        await idle(pilot)
+        screen.query_one(ChatView).messages()[0].focus()
+        await pilot.press("e")
+        prompt = screen.query_one(PromptInput)
+        assert prompt.editing is not None and prompt.has_focus
+        type_burst(pilot, "\x7f" * 4 + "Name\r")  # four Backspaces, "Name", Enter
+        await wait_for(pilot, lambda: prompt.editing is None, what="the edit sent")
+        await idle(pilot)
+        user = (await store.list_messages(chat_id))[0]
+        assert user.content == "Tell me three facts about Name"
+
+
+@pytest.mark.parametrize("size", [SIZE, (80, 24)])
+async def test_keys_typed_right_after_enter_stay_in_the_prompt(engine, store, size):
+    """The prompt used to be cleared once the screen had accepted the message, after the keys typed behind the
+    Enter had been inserted: they were lost."""
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=size) as pilot:
+        screen = await ready(pilot)
+        chat_id = await new_chat(pilot)
+        await store.update_chat_settings(chat_id, None, {"max_tokens": 4})
+        prompt = screen.query_one(PromptInput)
+        await pilot.press(*"first")
+        type_burst(pilot, "\rnext")  # Enter, then "next" at once
+        view = screen.query_one(ChatView)
+        await wait_for(pilot, lambda: [v.text for v in view.messages()][:1] == ["first"], what="the message sent")
+        await idle(pilot)
+        assert [(m.role, m.content) for m in await store.list_messages(chat_id)][0] == ("user", "first")
+        assert prompt.text == "next"
+
+
+async def test_a_message_the_chat_cannot_take_yet_stays_in_the_prompt(engine, store, decode_gate):
+    app = BatonApp(engine=engine, store=store)
+    notes = record_notifications(app)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        chat_id = await new_chat(pilot)
+        await store.update_chat_settings(chat_id, None, {"max_tokens": 1900, "ignore_eos": True})
+        gate = decode_gate(engine)  # the answer is held after its first token: the chat is answering
+        await send(pilot, "a long one", press=True)
+        await wait_for(pilot, lambda: chat_id in screen.sessions.busy_chats(), what="the answer")
+        prompt = screen.query_one(PromptInput)
+        await pilot.press(*"too soon", "enter")
+        await wait_for(pilot, lambda: any(sev == "warning" for sev, _, _ in notes), what="the warning")
+        await wait_for(pilot, lambda: not prompt.pending, what="the refusal")
+        assert prompt.text == "too soon" and "still answering" in notes[-1][2]
+        gate.release()
+        await pilot.press("escape")
+        await idle(pilot)
+
+
+@pytest.mark.parametrize("size", [SIZE, (80, 24)])
+async def test_up_and_down_in_the_prompt_recall_this_chats_messages(engine, store, size):
+    ids = await populate(store)
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=size) as pilot:
+        screen = await ready(pilot)
+        prompt = screen.query_one(PromptInput)
+        chat_id = await new_chat(pilot)
+        await store.update_chat_settings(chat_id, None, {"max_tokens": 4})
+        await pilot.press(*"first question", "enter")
+        await idle(pilot)
+        await pilot.press(*"line one", "ctrl+j", *"line two", "enter")
+        await idle(pilot)
+        assert prompt.text == "" and app.focused is prompt
+
+        await pilot.press(*"draft", "ctrl+j", *"more")  # a two-line draft: Up first moves the cursor up
+        await pilot.press("up")
+        assert prompt.text == "draft\nmore" and prompt.cursor_location[0] == 0
+        await pilot.press("up")  # on the first line: the last message sent, the cursor at its end
+        assert prompt.text == "line one\nline two" and prompt.cursor_location == (1, 8) and prompt.recalled == 1
+        await pilot.press("up")  # inside a recalled message the cursor moves
+        assert prompt.text == "line one\nline two" and prompt.cursor_location[0] == 0
+        await pilot.press("up")
+        assert prompt.text == "first question" and prompt.recalled == 2
+        await pilot.press("up")  # nothing older: the text stays
+        assert prompt.text == "first question"
+        await pilot.press("down")
+        assert prompt.text == "line one\nline two" and prompt.recalled == 1
+        await pilot.press("down")  # past the newest: the draft, as it was
+        assert prompt.text == "draft\nmore" and prompt.recalled is None
+        await pilot.press("down")
+        assert prompt.text == "draft\nmore"
+
+        await pilot.press(*["backspace"] * len(prompt.text))  # the cursor is at the end: delete the draft
+        assert prompt.text == ""
+        await pilot.press("up", "up", "up", "enter")  # back over both lines of the last one: resend the first
+        await idle(pilot)
+        assert [m.content for m in await store.list_messages(chat_id) if m.role == "user"] == [
+            "first question", "line one\nline two", "first question"]
+        await pilot.press("up")
+        assert prompt.text == "first question"
+        await pilot.press("down")
+        assert prompt.text == ""
+
+        await pilot.press("alt+down")  # another chat: its own messages
+        await wait_for(pilot, lambda: open_chat_id(pilot) == ids["paris"], what="the Paris chat")
+        await pilot.press("up")
+        assert prompt.text == "What is the capital of France?"
+        await pilot.press("up")
+        assert prompt.text == "What is the capital of France?"
 
 
 # ----------------------------------------------------------------------------------- streaming
@@ -444,6 +626,37 @@ async def test_theme_choice_is_remembered_between_runs(engine, store, config_dir
     assert json.loads((config_dir / "preferences.json").read_text())["theme"] == "nord"
 
 
+@pytest.mark.parametrize("size", [SIZE, (80, 24)])
+async def test_the_focused_message_stands_out_in_256_colours_in_every_theme(engine, store, size):
+    """A faint tint fell on the same palette entry as the background in 256 colours (baton-dark, baton-ember):
+    only 3 cells of a message changed when it was focused (issue #10.3)."""
+    ids = await populate(store)
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=size) as pilot:
+        screen = await ready(pilot)
+        await pilot.press("alt+down")  # the Rome chat: a question and a long answer
+        await wait_for(pilot, lambda: open_chat_id(pilot) == ids["rome"] and
+                       len(screen.query_one(ChatView).messages()) == 2, what="the Rome chat")
+        prompt = screen.query_one(PromptInput)
+        for theme in BATON_THEMES:
+            app.theme = theme.name
+            for back, role in ((1, "assistant"), (2, "user")):
+                prompt.focus()
+                await pilot.pause()
+                view = screen.query_one(ChatView).messages()[-back]
+                assert view.role == role
+                before = cells_in_256_colours(app, view.region)
+                await pilot.press(*["shift+tab"] * back)  # from the prompt back to the message
+                assert app.focused is view
+                await pilot.pause()
+                after = cells_in_256_colours(app, view.region)
+                changed = [cell for cell in before if before[cell] != after.get(cell)]
+                assert len(changed) >= 0.9 * len(before), (theme.name, role, len(changed), len(before))
+                label = view.query_one(".message-label").region
+                assert all(after[x, label.y][3] for x in range(label.x, label.x + 3)), (  # "You", "Assistant"
+                    theme.name, role, "label not in reverse video")
+
+
 async def test_unreadable_preferences_are_a_warning_and_defaults(engine, store, config_dir):
     (config_dir / "preferences.json").write_text("{not json", encoding="utf-8")
     app = BatonApp(engine=engine, store=store)
@@ -530,7 +743,7 @@ async def test_help_screen_lists_the_keys(engine, store):
         dialog = await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen) and app.screen)
         keys = {keys for keys, _ in dialog.rows()}
         for key in ("Ctrl+N", "Esc", "Ctrl+R", "Ctrl+F", "Ctrl+B", "F2", "F3", "F4", "F5", "F8", "Ctrl+S",
-                    "Shift+Enter / Ctrl+J", "F1 / ?"):
+                    "Shift+Enter / Ctrl+J", "F1 / ?", "Alt+Down / Ctrl+PgDn", "Alt+Up / Ctrl+PgUp"):
             assert key in keys, key
         await pilot.press("escape")
         await wait_for(pilot, lambda: not isinstance(app.screen, HelpScreen))
@@ -600,7 +813,7 @@ async def test_typing_with_no_chat_open_starts_a_chat_and_answers(engine, store)
             msgs = await store.list_messages(chat_id)
             return len(msgs) >= 2 and msgs[-1].finish_reason is not None
 
-        for _ in range(200):
+        for _ in range(2400):  # a bound for a stuck engine (120 s), not a speed requirement
             if await answered():
                 break
             await pilot.pause(0.05)

@@ -10,6 +10,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from rich.color import ColorSystem
+from textual._xterm_parser import XTermParser
+from textual.geometry import Region
+
 from app.tui.screens.chat import ChatScreen
 from app.tui.widgets.chat_list import ChatList
 from app.tui.widgets.chat_view import ChatView
@@ -25,7 +29,7 @@ def write_preferences(folder: Path, **prefs) -> None:
     (folder / "preferences.json").write_text(json.dumps(prefs), encoding="utf-8")
 
 
-async def wait_for(pilot, condition: Callable[[], object], timeout: float = 20.0, what: str = "condition"):
+async def wait_for(pilot, condition: Callable[[], object], timeout: float = 60.0, what: str = "condition"):
     """Let the app run until `condition()` is truthy (returns its value); fails after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -84,7 +88,37 @@ async def send(pilot, text: str, press: bool = False) -> None:
         await pilot.press("enter")
     else:
         prompt.action_submit()
-    await wait_for(pilot, lambda: prompt.text == "", what="the prompt to be accepted")
+    await wait_for(pilot, lambda: prompt.text == "" and not prompt.pending, what="the prompt to be accepted")
+
+
+def type_burst(pilot, data: str) -> None:
+    """Type `data` as a terminal delivers a fast typist's (or tmux's) burst: the bytes (e.g. `"\\x7f\\x7fy."`:
+    two Backspaces, `y`, `.`) go through Textual's own input parser, and every key it makes is posted at once, as
+    the driver's input thread does with one read of several bytes. (`pilot.press` waits for the app to go idle
+    after every key, which hides any reordering.) Wait for the outcome with `wait_for`."""
+    driver = pilot.app._driver
+    for event in XTermParser().feed(data):
+        driver.process_message(event)
+
+
+def cells_in_256_colours(app, region: Region) -> dict[tuple[int, int], tuple[str, int | None, int | None, bool]]:
+    """What a 256-colour terminal (`TERM=xterm-256color`, no `COLORTERM`) shows in a region of the screen: per
+    cell, its character, foreground and background palette entries and reverse video. Textual writes true
+    colours that the terminal driver downgrades with rich's `Color.downgrade`, as done here."""
+    def entry(color) -> int | None:
+        return None if color is None else color.downgrade(ColorSystem.EIGHT_BIT).number
+
+    cells = {}
+    for y, strip in enumerate(app.screen._compositor.render_strips()):
+        x = 0
+        for segment in strip:
+            style = segment.style
+            for char in segment.text:
+                if region.contains(x, y):
+                    cells[x, y] = (char, entry(style and style.color), entry(style and style.bgcolor),
+                                   bool(style and style.reverse))
+                x += 1
+    return cells
 
 
 async def choose_chat(pilot, chat_id: int) -> None:
@@ -95,7 +129,7 @@ async def choose_chat(pilot, chat_id: int) -> None:
     await wait_for(pilot, lambda: open_chat_id(pilot) == chat_id, what=f"chat {chat_id} to open")
 
 
-async def idle(pilot, timeout: float = 60.0) -> None:
+async def idle(pilot, timeout: float = 180.0) -> None:
     """Wait until no chat is answering."""
     sessions = chat_screen(pilot).sessions
     await wait_for(pilot, lambda: not sessions.busy_chats(), timeout, what="every answer to finish")

@@ -32,7 +32,8 @@ def _noop(*_: Any) -> None:
 
 async def run_request(engine: Engine, request: BatchRequest, priority: Priority = Priority.BATCH, *,
                       may_start: Callable[[], bool] = lambda: True,
-                      on_submit: Callable[[str], None] = _noop, on_token: Callable[[], None] = _noop,
+                      on_submit: Callable[[str, SamplingParams], None] = _noop,
+                      on_token: Callable[[], None] = _noop,
                       on_end: Callable[[str], None] = _noop) -> dict[str, Any]:
     """Run one batch request and return its OpenAI Batch output line.
 
@@ -42,7 +43,8 @@ async def run_request(engine: Engine, request: BatchRequest, priority: Priority 
         priority: the scheduling class (`Priority.BATCH` for batch files and jobs).
         may_start: asked once the parameters are valid; False gives a `cancelled` line without submitting
             (a job that is stopping).
-        on_submit(request_id): the request is about to be sent to the engine.
+        on_submit(request_id, params): the request is about to be sent to the engine with these sampling
+            parameters (a job counts its progress against `params.max_tokens`).
         on_token(): one output token arrived.
         on_end(request_id): the request is no longer in flight (called once for every `on_submit`).
     Returns:
@@ -57,7 +59,7 @@ async def run_request(engine: Engine, request: BatchRequest, priority: Priority 
     request_id = uuid.uuid4().hex
     parts: list[str] = []
     last = None
-    on_submit(request_id)
+    on_submit(request_id, params)
     try:
         async for out in engine.generate(request.messages, params, priority=priority, request_id=request_id):
             parts.append(out.text)

@@ -8,7 +8,6 @@ runs) and no torch until a command loads the model.
 | `batch_cmd.py` | `baton batch`: an OpenAI Batch file through the engine, with a rich progress bar |
 | `jobs_cmd.py` | `baton jobs ...`: the persistent job queue (`app.jobs`) from the command line |
 | `engine_options.py` | the engine options every command shares, `engine_config`, `start_engine` |
-| `atomic_output.py` | output files that appear whole or not at all |
 | `errors.py` | `UsageError` (exit status 2) |
 """
 

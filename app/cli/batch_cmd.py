@@ -27,7 +27,7 @@ from backend import EngineConfig
 from ..chat import batch_file
 from ..chat.batch_file import BatchRequest, LineError
 from ..chat.run_request import run_request
-from .atomic_output import atomic_output
+from ..jobs.atomic_output import OutputFileError, atomic_output
 from .engine_options import start_engine
 from .errors import UsageError
 
@@ -92,18 +92,21 @@ def run_batch(config: EngineConfig, input_path: str | os.PathLike, output_path: 
     entries = batch_file.parse_input(data)
     if not entries:
         raise UsageError(f"{input_path}: {batch_file.NO_REQUESTS}")
-    with atomic_output(Path(output_path)) as out:
-        t0 = time.perf_counter()
-        engine = start_engine(config)
-        load_seconds = time.perf_counter() - t0
-        try:
-            console = Console(file=err)
-            show = console.is_terminal if progress is None else progress
-            lines, tokens, seconds = _run_entries(engine, entries, console, show)
-        finally:
-            engine.shutdown()
-        for line in lines:
-            out.write(batch_file.dumps_line(line) + "\n")
+    try:
+        with atomic_output(Path(output_path)) as out:
+            t0 = time.perf_counter()
+            engine = start_engine(config)
+            load_seconds = time.perf_counter() - t0
+            try:
+                console = Console(file=err)
+                show = console.is_terminal if progress is None else progress
+                lines, tokens, seconds = _run_entries(engine, entries, console, show)
+            finally:
+                engine.shutdown()
+            for line in lines:
+                out.write(batch_file.dumps_line(line) + "\n")
+    except OutputFileError as exc:  # raised before the model loads
+        raise UsageError(str(exc)) from exc
     failed = sum(1 for line in lines if line["error"] is not None)
     summary = BatchSummary(len(lines) - failed, failed, tokens, seconds, load_seconds)
     print(f"baton: batch: {summary.line()}; wrote {output_path}", file=err)

@@ -49,7 +49,7 @@ class RemoteSpec:
 #: `EngineConfig` field (the first word of its ValueError messages) -> the option that sets it.
 ENGINE_OPTIONS = {"model": "--model", "device": "--device", "dtype": "--dtype", "max_batch_size": "--max-batch-size",
                   "max_prefill_tokens": "--max-prefill-tokens", "kv_budget_bytes": "--kv-budget",
-                  "prefix_cache_bytes": "--prefix-cache"}
+                  "prefix_cache_bytes": "--prefix-cache", "interactive_tpot_slo": "--interactive-slo"}
 
 _SIZE = re.compile(r"(\d+(?:\.\d*)?)\s*(|b|kb|mb|gb|tb|kib|mib|gib|tib)", re.IGNORECASE)
 MAX_SIZE = 2**63  # bytes: what a signed 64-bit integer holds
@@ -109,6 +109,10 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                        help="memory for K/V kept across requests, so a chat turn or a repeated system prompt "
                             "prefills only what is new, e.g. 1GiB; 0 turns it off (default: on CPU min(2 GiB, "
                             "10%% of RAM); on CUDA min(8 GiB, 10%% of device memory), then host memory)")
+    group.add_argument("--interactive-slo", type=float, default=None, metavar="X",
+                       help="while a chat streams, limit background (batch, agent) work so that each of its "
+                            "steps takes at most X times what it would take alone, e.g. 1.5; the engine learns "
+                            "its step times as it runs (default: off)")
 
 
 def add_remote_options(parser: argparse.ArgumentParser) -> None:
@@ -153,7 +157,8 @@ def engine_config(args: argparse.Namespace) -> EngineConfig | RemoteSpec:
     try:
         return EngineConfig(model=args.model, device=args.device, dtype=args.dtype,
                             max_batch_size=args.max_batch_size, max_prefill_tokens=args.max_prefill_tokens,
-                            kv_budget_bytes=args.kv_budget, prefix_cache_bytes=args.prefix_cache)
+                            kv_budget_bytes=args.kv_budget, prefix_cache_bytes=args.prefix_cache,
+                            interactive_tpot_slo=args.interactive_slo)
     except ValueError as exc:
         raise UsageError(option_message(exc)) from exc
 

@@ -23,12 +23,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from .. import jobs
-from ..chat.batch_file import dumps_line
-from .atomic_output import atomic_output
+from ..jobs.export import export_job
 from .engine_options import engine_config, start_engine
 from .errors import UsageError
 
@@ -181,14 +179,8 @@ async def handle_cancel(store, args: argparse.Namespace) -> int:
 @_with_store
 async def handle_export(store, args: argparse.Namespace) -> int:
     """`jobs export ID -o OUT.jsonl`: written atomically; a summary line on stderr."""
-    lines = await jobs.export_lines(store, args.job_id)
-    with atomic_output(Path(args.output)) as out:
-        for line in lines:
-            out.write(dumps_line(line) + "\n")
-    ok = sum(1 for x in lines if x["error"] is None)
-    not_run = sum(1 for x in lines if x["error"] is not None and x["error"]["code"] == "not_run")
-    print(f"baton: jobs: wrote {len(lines)} lines to {args.output} ({ok} ok, {len(lines) - ok - not_run} failed, "
-          f"{not_run} not run)", file=sys.stderr)
+    summary = await export_job(store, args.job_id, args.output)
+    print(f"baton: jobs: {summary.line()}", file=sys.stderr)
     return 0
 
 

@@ -125,7 +125,7 @@ async def _run_step(store: Store, run: JobRun, item: JobItem, chat_id: int, hist
         result = {"prompt": prompt, "text": text, "finish_reason": last.finish_reason,
                   "prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
                   "chat_id": chat_id, "user_message_id": user.id, "assistant_message_id": message_id}
-        run.item_finished(True, await store.complete_item(item.id, result))
+        run.item_finished(True, await store.complete_item(item.id, result), item.idx)
         return True
     if last.finish_reason == "cancelled":  # by pause / cancel, or the engine shutting down: stays pending
         run.request_stop("interrupted")
@@ -143,12 +143,12 @@ async def _stream(store: Store, run: JobRun, chat_id: int, parent_id: int, messa
     """
     request_id, last = uuid.uuid4().hex, None
     recorder = AnswerRecorder(store, chat_id, parent_id, run.engine.model.name)
-    run.submitted(request_id, idx)
+    run.submitted(request_id, idx, params.max_tokens)
     try:
         async for out in run.engine.generate(messages, params, priority=Priority.AGENT, request_id=request_id):
             last = out
             if out.token_id is not None:
-                run.token()
+                run.token(idx)
             await recorder.take(out)
     finally:
         run.ended(request_id)
@@ -157,7 +157,7 @@ async def _stream(store: Store, run: JobRun, chat_id: int, parent_id: int, messa
 
 
 async def _fail(store: Store, run: JobRun, item: JobItem, error: str) -> bool:
-    run.item_finished(False, await store.fail_item(item.id, error))
+    run.item_finished(False, await store.fail_item(item.id, error), item.idx)
     return False
 
 

@@ -49,11 +49,12 @@ async def run_item(store: Store, run: JobRun, item: JobItem) -> None:
     entry = BatchRequest(request.get("line_no", item.idx + 1), item.custom_id, request["messages"],
                          request.get("sampling", {}))
     line = await run_request(run.engine, entry, Priority.BATCH, may_start=lambda: run.stop is None,
-                             on_submit=lambda request_id: run.submitted(request_id, item.idx),
-                             on_token=run.token, on_end=run.ended)
+                             on_submit=lambda request_id, params: run.submitted(request_id, item.idx,
+                                                                                params.max_tokens),
+                             on_token=lambda: run.token(item.idx), on_end=run.ended)
     error = line["error"]
     if error is None:
-        run.item_finished(True, await store.complete_item(item.id, line))
+        run.item_finished(True, await store.complete_item(item.id, line), item.idx)
     elif error["code"] == "cancelled":  # by pause / cancel, or the engine shutting down
         run.request_stop("interrupted")  # no-op when pausing or cancelling; the item stays pending
     else:
@@ -61,7 +62,7 @@ async def run_item(store: Store, run: JobRun, item: JobItem) -> None:
 
 
 async def _fail(store: Store, run: JobRun, item: JobItem, code: str, message: str) -> None:
-    run.item_finished(False, await store.fail_item(item.id, error_text(code, message)))
+    run.item_finished(False, await store.fail_item(item.id, error_text(code, message)), item.idx)
 
 
 def export_line(item: JobItem, job_status: str) -> dict:

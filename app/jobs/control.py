@@ -10,6 +10,7 @@ Status moves: submit -> `queued`; pause: `queued`/`running` -> `paused`; resume:
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from storage import Job, NotFoundError, Store
@@ -39,7 +40,7 @@ async def submit_job(store: Store, path: str | Path, name: str | None = None) ->
     Raises:
         ValueError: the file is not a valid job file (the message names it). StorageError.
     """
-    kind, job_name, items, spec = load_job_file(path, name)
+    kind, job_name, items, spec = await asyncio.to_thread(load_job_file, path, name)  # a big file: not on the loop
     if kind == "agent":
         spec = {**spec, "chat_id": await create_agent_chat(store, job_name, spec)}
     return await store.create_job(kind, job_name, items, spec, source_path=path_text(Path(path).resolve()))

@@ -5,7 +5,9 @@
 - **batch** (`.jsonl`): the `baton batch` input format (`app.chat.batch_file`). Each non-blank line is one item,
   in file order: `{"custom_id", "line_no", "messages", "sampling"}` for a valid line, or
   `{"custom_id", "line_no", "error": {"code", "message"}}` for a malformed one (it fails when the job runs;
-  the other lines still run). Spec: `{"format": "openai_batch"}`.
+  the other lines still run). A file none of whose lines is a valid request is refused (it is not a batch
+  file: a job of it could only fail; an upload to `baton serve`, `batch_job_file`, is not, as the Batch API's
+  lines fail one by one). Spec: `{"format": "openai_batch"}`.
 - **agent** (`.yaml`, `.yml`, or `.json` with `"steps"`): `{"name", "system", "steps": [{"prompt"}, ...],
   "params": {...}}`. One item per step: `{"custom_id": "stepN", "step": N, "prompt": template}`; a prompt
   may use `{previous}` / `{stepN}` (see `app.jobs.templates`). Spec: `{"system", "params"}`, where `params`
@@ -51,9 +53,10 @@ def load_job_file(path: str | Path, name: str | None = None) -> JobFile:
     Returns:
         `(kind, name, items, spec)` with kind `"batch"` or `"agent"` (see the module docstring).
     Raises:
-        ValueError: `<path>: <what is wrong>` when the file cannot be read, is empty, is not valid
-            JSON/YAML, has no valid structure, or (agent) has a bad field, parameter or step prompt, or a
-            string that is not valid UTF-8 text (`<path>: steps[0].prompt: not valid UTF-8 text: ...`);
+        ValueError: `<path>: <what is wrong>` when the file cannot be read, is empty, has no valid request
+            line (batch), is not valid JSON/YAML, has no valid structure, or (agent) has a bad field,
+            parameter or step prompt, or a string that is not valid UTF-8 text
+            (`<path>: steps[0].prompt: not valid UTF-8 text: ...`);
             `name: ...` when `name` is blank or not valid UTF-8 text.
     """
     path = Path(path)
@@ -68,7 +71,7 @@ def load_job_file(path: str | Path, name: str | None = None) -> JobFile:
     suffix, stem = path.suffix.lower(), path_text(path.stem)
     try:
         if suffix == ".jsonl":
-            return batch_job_file(data, name or stem)
+            return _with_a_request(batch_job_file(data, name or stem))
         if suffix in (".yaml", ".yml", ".json"):
             return _agent(_parse_mapping(data, suffix), name, stem)
         return _sniff(data, name, stem)
@@ -91,7 +94,7 @@ def _sniff(data: bytes, name: str | None, stem: str) -> JobFile:
         return _agent(obj, name, stem)
     lines = [x for x in data.splitlines() if x.strip()]
     if lines and all(x.lstrip().startswith(b"{") for x in lines):
-        return batch_job_file(data, name or stem)
+        return _with_a_request(batch_job_file(data, name or stem))
     raise ValueError("not a job file: use .jsonl for an OpenAI Batch file, .yaml/.yml/.json for an agent "
                      "task with \"steps\"")
 
@@ -115,6 +118,17 @@ def batch_job_file(data: bytes, name: str) -> JobFile:
     if not items:
         raise ValueError(batch_file.NO_REQUESTS)
     return "batch", name, items, {"format": BATCH_FORMAT}
+
+
+def _with_a_request(job: JobFile) -> JobFile:
+    """A batch job file from disk, refused when none of its lines is a valid request (surely not a batch
+    file: a job of it could only fail)."""
+    items = job[2]
+    if all("error" in item for item in items):
+        first = " ".join(items[0]["error"]["message"].split())
+        raise ValueError(f"no line is a valid request ({len(items)} line{'s' if len(items) > 1 else ''}; "
+                         f"{first})")
+    return job
 
 
 def _parse_mapping(data: bytes, suffix: str) -> Any:

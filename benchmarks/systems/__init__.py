@@ -16,6 +16,7 @@ SYSTEMS = {
     "orca-packed": orca.run_packed,
     "hf-cb": hf_cb.run,
     "baton": baton.run,
+    "baton-no-prefix-cache": baton.run_no_prefix_cache,
 }
 
 __all__ = ["SYSTEMS", "RunOptions"]

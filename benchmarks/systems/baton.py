@@ -128,15 +128,20 @@ async def _serve(engine: Engine, requests: list[ServingRequest]) -> tuple[list[R
     return records, start
 
 
-def run(loaded, requests: list[ServingRequest], opts: RunOptions) -> SystemRun:
-    """Serve `requests` through one `Engine` over the shared model."""
+def run(loaded, requests: list[ServingRequest], opts: RunOptions, prefix_cache_bytes: int | None = None) -> SystemRun:
+    """Serve `requests` through one `Engine` over the shared model (prefix cache at its default size)."""
     config = EngineConfig(model=loaded.name, max_batch_size=opts.batch_size,
-                          max_prefill_tokens=opts.max_prefill_tokens)
+                          max_prefill_tokens=opts.max_prefill_tokens, prefix_cache_bytes=prefix_cache_bytes)
     with Engine(config, loaded=loaded) as engine:
         probe = _Probe(engine)
-        engine.generate_batch([list(requests[0].prompt_ids)],
-                              SamplingParams(max_tokens=2, temperature=0, ignore_eos=True))  # warm-up
+        warm = list(reversed(requests[0].prompt_ids))  # not a workload prompt: the cache must not serve one
+        engine.generate_batch([warm], SamplingParams(max_tokens=2, temperature=0, ignore_eos=True))  # warm-up
         probe.reset()
         records, start = asyncio.run(_serve(engine, requests))
         extra = probe.extra(len(requests))
     return SystemRun(records, start, extra)
+
+
+def run_no_prefix_cache(loaded, requests: list[ServingRequest], opts: RunOptions) -> SystemRun:
+    """`run` with the prefix cache off (`--prefix-cache 0`): what the cache costs or saves on this workload."""
+    return run(loaded, requests, opts, prefix_cache_bytes=0)

@@ -76,6 +76,11 @@ class ChatScreen(Screen):
         Binding("f8", "delete_chat", "Delete", tooltip="Delete the open chat (asks first)"),
         Binding("ctrl+s", "export_chat", "Export", tooltip="Export the open chat to Markdown + JSON"),
         Binding("ctrl+l", "focus_chats", "Chat list", show=False, tooltip="Focus the chat list"),
+        # Priority: a focused message's scroll view binds Ctrl+PgUp/PgDn (sideways paging) first.
+        Binding("alt+down,ctrl+pagedown", "next_chat", "Next chat", show=False, priority=True,
+                tooltip="Open the next chat in the list"),
+        Binding("alt+up,ctrl+pageup", "previous_chat", "Previous chat", show=False, priority=True,
+                tooltip="Open the previous chat in the list"),
     ]
 
     def __init__(self, store: Store, engine: Engine, jobs: JobRunner, *, show_panel: bool = False,
@@ -259,6 +264,27 @@ class ChatScreen(Screen):
         """Focus the chat list."""
         self.query_one(ChatList).focus()
 
+    def action_next_chat(self) -> None:
+        """Open the chat below the highlighted one in the list (after the last: the first)."""
+        self._step_chat(1)
+
+    def action_previous_chat(self) -> None:
+        """Open the chat above the highlighted one in the list (before the first: the last)."""
+        self._step_chat(-1)
+
+    def _step_chat(self, step: int) -> None:
+        """Move the list's highlight (which follows the open chat) by `step`, open that chat, focus the prompt.
+        The highlight moves at once, so keys pressed before the chat has opened step on from it."""
+        chat_list = self.query_one(ChatList)
+        ids = chat_list.chat_ids
+        if not ids:
+            return
+        here = chat_list.highlighted
+        index = (here + step if here is not None else (0 if step > 0 else -1)) % len(ids)
+        chat_list.highlighted = index
+        self._run(self.library.open(ids[index]))
+        self.query_one(PromptInput).focus()
+
     # ------------------------------------------------------------------------ the prompt
     @on(PromptInput.Submitted)
     def _submitted(self, event: PromptInput.Submitted) -> None:
@@ -269,6 +295,8 @@ class ChatScreen(Screen):
             if event.editing is None:
                 self._run(self.library.create(event.text))
                 self.pane.prompt_sent()
+            else:
+                self.pane.prompt_refused()
             return
         try:
             if event.editing is None:
@@ -277,6 +305,7 @@ class ChatScreen(Screen):
                 self.sessions.edit_and_resend(chat, event.editing, event.text)
         except BusyError as exc:
             self.notify(str(exc), severity="warning")
+            self.pane.prompt_refused()
             return
         self.pane.prompt_sent()
 

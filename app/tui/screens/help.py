@@ -14,12 +14,16 @@ from textual.widgets import Label, Static
 Section = tuple[str, list[tuple[str, str]]]
 KEY_WIDTH = 22  # the most the key column takes; longer keys wrap at their spaces
 PROMPT_KEYS = [("Enter", "Send the message"), ("Shift+Enter / Ctrl+J", "New line"),
+               ("Up / Down", "On the first / last line: your earlier messages in this chat, then back to the draft"),
                ("Esc", "Leave edit mode (else: stop the answer)")]
 MESSAGE_KEYS = [("Tab / click", "Focus a message"), ("C", "Copy the message"),
                 ("Y", "Copy its first code block"), ("E", "Edit one of yours and resend it (later messages go)")]
-JOB_KEYS = [("S", "Submit a job file (.jsonl batch, .json/.yaml agent task)"), ("P / R", "Pause / resume the job"),
-            ("X", "Cancel the job (asks first)"), ("Enter", "Open an agent task's transcript chat"),
-            ("Esc / F9", "Back to the chats")]
+JOB_KEYS = [("S", "Submit a job file: type its path (Tab completes) or pick it in the tree"),
+            ("P / R", "Pause / resume the job"), ("X", "Cancel the job (asks first)"),
+            ("V", "View the job's items and their outputs"),
+            ("E", "Export a batch job's results to a JSONL file (as `baton jobs export`)"),
+            ("Enter", "Open an agent task's transcript chat, or a batch job's results"),
+            ("F1", "The keys of the jobs screen"), ("Esc / F9", "Back to the chats")]
 APP_KEYS = [("Ctrl+P", "Command palette: every action, and Theme"), ("Ctrl+Q", "Quit")]
 
 INTRO = ("Many chats can answer at the same time: send in one, switch to another (they keep streaming), "
@@ -34,7 +38,8 @@ def key_label(keys: str) -> str:
         named = {"question_mark": "?", "escape": "Esc", "enter": "Enter", "tab": "Tab"}
         if key in named:
             return named[key]
-        return "+".join(part.upper() if len(part) == 1 else part.title() for part in key.split("+"))
+        parts = {"pageup": "PgUp", "pagedown": "PgDn"}
+        return "+".join(part.upper() if len(part) == 1 else parts.get(part, part.title()) for part in key.split("+"))
     return " / ".join(one(k.strip()) for k in keys.split(","))
 
 

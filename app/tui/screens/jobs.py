@@ -1,78 +1,50 @@
-"""The jobs screen (F9): every background job with its progress; pause, resume, cancel, submit, open a transcript.
+"""The jobs screen (F9): every background job with its progress; submit, pause, resume, cancel, view and
+export results, open a transcript.
 
 The app's `JobRunner` runs the queue while the TUI is open (once the model is loaded); the screen is handed
 it, shows the store's jobs (read every `REFRESH_S`) merged with the runner's live `JobProgress` (and the
-`JobProgressed` messages the app posts to the active screen), and changes job statuses through the runner.
-Opening an agent task's transcript dismisses the screen with the transcript's chat id.
+`JobProgressed` messages the app posts to the active screen; the newest snapshot wins), and changes job
+statuses through the runner. A job's bar counts finished items and the tokens of the items generating
+(`JobProgress.fraction`), so it moves while long items generate. Opening an agent task's transcript dismisses
+the screen with the transcript's chat id.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
 
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import ModalScreen, Screen
-from textual.widgets import DataTable, DirectoryTree, Footer, Label, ProgressBar, Static
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
 
 from storage import Job, Store
 
-from ...jobs import JobProgress, JobRunner, submit_job
+from ...jobs import ExportSummary, JobProgress, JobRunner, format_duration, submit_job
 from ..messages import JobProgressed
+from ..widgets.job_bar import JobBar
+from .confirm import ConfirmScreen
+from .help import APP_KEYS, HelpScreen, binding_rows
+from .job_file_picker import JobFilePicker
+from .job_results import JobResultsScreen, export_prompt
 
 COLUMNS = (("id", "id"), ("kind", "kind"), ("name", "name"), ("status", "status"), ("done/failed/total", "items"),
            ("tok/s", "rate"), ("ETA", "eta"))
-JOB_FILE_SUFFIXES = (".jsonl", ".json", ".yaml", ".yml")
 REFRESH_S = 1.0
+UNKNOWN = "—"
 
 
-def job_cells(job: Job, live: JobProgress | None) -> tuple[Text, ...]:
-    """The table cells of a job; `live` (a running job's progress) overrides the stored counts."""
-    p = live if live is not None else JobProgress.of(job)
-    rate = f"{p.tokens_per_s:.1f}" if p.status == "running" else "–"
-    eta = f"{p.eta_s:.0f} s" if p.eta_s is not None and p.status == "running" else "–"
+def job_cells(job: Job, p: JobProgress) -> tuple[Text, ...]:
+    """The table cells of a job shown with progress `p` (the rate and ETA only while it runs)."""
+    running = p.status == "running"
+    rate = f"{p.tokens_per_s:.1f}" if running else UNKNOWN
+    eta = format_duration(p.eta_s) if running and p.eta_s is not None else UNKNOWN
     return (Text(str(job.id), justify="right"), Text(job.kind), Text(job.name), Text(p.status),
             Text(f"{p.done}/{p.failed}/{p.total}", justify="right"), Text(rate, justify="right"),
             Text(eta, justify="right"))
-
-
-class JobFilePicker(ModalScreen[Path | None]):
-    """Choose a job file (`.jsonl` batch, `.json`/`.yaml` agent task) in a directory tree; Esc cancels."""
-
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
-
-    def __init__(self, root: str | Path = ".") -> None:
-        super().__init__(classes="dialog-screen")
-        self._root = Path(root)
-
-    def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog", id="job-file-dialog") as box:
-            box.border_title = "Submit a job file"
-            box.border_subtitle = "Enter picks · Esc cancels"
-            yield JobFileTree(self._root, id="job-files")
-
-    def on_mount(self) -> None:
-        self.query_one(JobFileTree).focus()
-
-    @on(DirectoryTree.FileSelected)
-    def _chosen(self, event: DirectoryTree.FileSelected) -> None:
-        self.dismiss(Path(event.path))
-
-    def action_cancel(self) -> None:
-        """Close without a file."""
-        self.dismiss(None)
-
-
-class JobFileTree(DirectoryTree):
-    """A directory tree showing folders and job files only (hidden entries left out)."""
-
-    def filter_paths(self, paths: Iterable[Path]) -> Iterable[Path]:
-        return [p for p in paths if not p.name.startswith(".")
-                and (p.is_dir() or p.suffix.lower() in JOB_FILE_SUFFIXES)]
 
 
 class JobsScreen(Screen):
@@ -87,22 +59,22 @@ class JobsScreen(Screen):
     DEFAULT_CSS = """
     JobsScreen #jobs-table { height: 1fr; border: round $primary 60%; }
     JobsScreen #job-bars { height: auto; max-height: 40%; border: round $primary 60%; }
-    JobsScreen .job-bar { height: 1; }
-    JobsScreen .job-bar Label { width: 32; }
-    JobsScreen .job-bar ProgressBar { width: 1fr; }
     JobsScreen #jobs-empty { color: $text-muted; padding: 0 1; }
-    JobFilePicker #job-file-dialog { width: 80%; height: 80%; }
-    JobFilePicker #job-files { height: 1fr; }
     """
 
     BINDINGS = [
         Binding("escape,f9", "close", "Back", tooltip="Back to the chats"),
-        Binding("s", "submit", "Submit", tooltip="Submit a job file (.jsonl batch, .json/.yaml agent task)"),
+        Binding("s", "submit", "Submit", tooltip="Submit a job file: type its path or pick it "
+                                                 "(.jsonl batch, .json/.yaml agent task)"),
         Binding("p", "pause", "Pause", tooltip="Pause the selected job"),
         Binding("r", "resume", "Resume", tooltip="Resume the selected job (a failed one retries its failures)"),
-        Binding("x", "cancel_job", "Cancel job", tooltip="Cancel the selected job (asks first)"),
-        Binding("enter", "open_transcript", "Transcript", show=False,
-                tooltip="Open an agent task's transcript chat"),
+        Binding("x", "cancel_job", "Cancel", tooltip="Cancel the selected job (asks first)"),
+        Binding("v", "results", "View", tooltip="View the selected job's items and their outputs"),
+        Binding("e", "export", "Export", tooltip="Export a batch job's results to a JSONL file "
+                                                 "(as `baton jobs export`)"),
+        Binding("enter", "open", "Open", show=False,
+                tooltip="Open an agent task's transcript chat, or a batch job's results"),
+        Binding("f1", "help", "Help", show=False, tooltip="Show the keys"),
     ]
 
     def __init__(self, store: Store, runner: JobRunner) -> None:
@@ -111,6 +83,8 @@ class JobsScreen(Screen):
         self.runner = runner
         self.jobs: dict[int, Job] = {}
         self.live: dict[int, JobProgress] = {}
+        self.bars: dict[int, JobBar] = {}
+        self.folder = Path.cwd()  # where the file picker and the export dialog start (then: the last used)
 
     def compose(self) -> ComposeResult:
         table: DataTable = DataTable(id="jobs-table", cursor_type="row", zebra_stripes=True)
@@ -133,17 +107,33 @@ class JobsScreen(Screen):
     def reload(self) -> None:
         """Read the jobs from the store again (in a worker)."""
         # Its own group: `exclusive` cancels the previous refresh only, never a submit or a status change.
-        self.run_worker(self._reload(), name="read jobs", group="jobs-view", exclusive=True, exit_on_error=False)
+        self.run_worker(self._reload, name="read jobs", group="jobs-view", exclusive=True, exit_on_error=False)
 
     async def _reload(self) -> None:
         jobs = await self.store.list_jobs()
         for job in jobs:  # the runner's counts are ahead of the store's (rates, ETA)
             live = self.runner.progress(job.id)
             if live is not None:
-                self.live[job.id] = live
+                self._take(live)
             elif job.status != "running":
                 self.live.pop(job.id, None)
         self.show_jobs(jobs)
+
+    def _take(self, progress: JobProgress) -> bool:
+        """Keep `progress` unless a newer snapshot of the job is kept already (a `JobProgressed` posted
+        before a refresh read the runner arrives after it). Returns whether it was kept."""
+        kept = self.live.get(progress.job_id)
+        if kept is not None and kept.taken > progress.taken:
+            return False
+        self.live[progress.job_id] = progress
+        return True
+
+    def progress_of(self, job: Job) -> JobProgress:
+        """What to show for a job: the runner's live progress, unless the store has moved on from running."""
+        live = self.live.get(job.id)
+        if live is None or (job.status != "running" and live.status == "running"):
+            return JobProgress.of(job)  # not running here, or finished / paused since
+        return live
 
     @on(JobProgressed)
     def _progressed(self, event: JobProgressed) -> None:
@@ -151,7 +141,8 @@ class JobsScreen(Screen):
 
     def show_progress(self, progress: JobProgress) -> None:
         """Show a running job's latest progress."""
-        self.live[progress.job_id] = progress
+        if not self._take(progress):
+            return
         job = self.jobs.get(progress.job_id)
         if job is None:
             self.reload()
@@ -162,14 +153,14 @@ class JobsScreen(Screen):
         """Show these jobs (newest first), keeping the selected one selected."""
         table = self.query_one("#jobs-table", DataTable)
         selected = self.selected_job_id()
-        new = [j.id for j in jobs]
+        keys = [str(j.id) for j in jobs]
         self.jobs = {j.id: j for j in jobs}
-        if new != [key.value for key in table.rows]:
+        if keys != [key.value for key in table.rows]:  # jobs added or deleted
             table.clear()
             for job in jobs:
-                table.add_row(*job_cells(job, self.live.get(job.id)), key=str(job.id))
-            if selected in new:
-                table.move_cursor(row=new.index(selected))
+                table.add_row(*job_cells(job, self.progress_of(job)), key=str(job.id))
+            if selected in self.jobs:
+                table.move_cursor(row=keys.index(str(selected)))
             self._rebuild_bars(jobs)
         for job in jobs:
             self._show_job(job)
@@ -177,25 +168,20 @@ class JobsScreen(Screen):
     def _rebuild_bars(self, jobs: list[Job]) -> None:
         box = self.query_one("#job-bars", VerticalScroll)
         self.query_one("#jobs-empty").display = not jobs
-        box.query(".job-bar").remove()
-        box.mount_all(Horizontal(Label(f"#{j.id} {j.name}", markup=False),
-                                 ProgressBar(total=max(1, j.total), show_eta=False, id=f"job-bar-{j.id}"),
-                                 classes="job-bar") for j in jobs)
+        box.query(JobBar).remove()
+        self.bars = {j.id: JobBar(f"#{j.id} {j.name}", self.progress_of(j)) for j in jobs}
+        box.mount_all(self.bars.values())
 
     def _show_job(self, job: Job) -> None:
-        live = self.live.get(job.id)
-        if live is not None and job.status != "running" and live.status == "running":
-            live = None  # the store has moved on (finished, paused elsewhere)
+        p = self.progress_of(job)
         table = self.query_one("#jobs-table", DataTable)
         key = str(job.id)
-        if key not in table.rows:
-            return
-        for (_, column), cell in zip(COLUMNS, job_cells(job, live)):
-            if table.get_cell(key, column) != cell:
-                table.update_cell(key, column, cell)
-        p = live or JobProgress.of(job)
-        for bar in self.query(f"#job-bar-{job.id}").results(ProgressBar):
-            bar.update(total=max(1, p.total), progress=p.done + p.failed if p.total else 1)
+        if key in table.rows:
+            for (_, column), cell in zip(COLUMNS, job_cells(job, p)):
+                if table.get_cell(key, column) != cell:
+                    table.update_cell(key, column, cell)
+        if (bar := self.bars.get(job.id)) is not None:
+            bar.show(p)
 
     def selected_job_id(self) -> int | None:
         """The job under the table's cursor."""
@@ -220,23 +206,26 @@ class JobsScreen(Screen):
         """Back to the chats."""
         self.dismiss()
 
+    def action_help(self) -> None:
+        """The keys of the jobs and results screens."""
+        self.app.push_screen(HelpScreen([("Jobs screen", binding_rows(self.BINDINGS)),
+                                         ("Results screen (V)", binding_rows(JobResultsScreen.BINDINGS)),
+                                         ("Everywhere", APP_KEYS)]))
+
     def action_submit(self) -> None:
-        """Pick a job file and submit it."""
-        self.app.push_screen(JobFilePicker(Path.cwd()), lambda path: path and self.submit_file(path))
+        """Type or pick a job file and submit it."""
+        self.app.push_screen(JobFilePicker(self.folder, lambda path: submit_job(self.store, path)),
+                             lambda job: job and self._submitted(job))
 
-    def submit_file(self, path: str | Path) -> None:
-        """Store a job file as a queued job (the runner picks it up); a bad file is a notification."""
-        self.run_worker(self._submit(Path(path)), name="submit job", group="store", exit_on_error=False)
-
-    async def _submit(self, path: Path) -> None:
-        try:
-            job = await submit_job(self.store, path)
-        except ValueError as exc:
-            self.notify(str(exc), title="Cannot submit the job", severity="error", timeout=10)
-            return
+    def _submitted(self, job: Job) -> None:
         self.notify(f"job {job.id} “{job.name}”: {job.total} items queued", title="Job submitted")
-        await self._reload()
-        self.select_job(job.id)
+        if job.source_path:
+            self.folder = Path(job.source_path).parent
+
+        async def show() -> None:
+            await self._reload()
+            self.select_job(job.id)
+        self.run_worker(show(), name="show the submitted job", group="store", exit_on_error=False)
 
     def action_pause(self) -> None:
         """Pause the selected job."""
@@ -250,8 +239,6 @@ class JobsScreen(Screen):
 
     def action_cancel_job(self) -> None:
         """Cancel the selected job, after a confirmation."""
-        from .confirm import ConfirmScreen
-
         if job := self._selected():
             question = f"Cancel job {job.id} “{job.name}”? Its pending items will never run."
             self.app.push_screen(ConfirmScreen(question, "Cancel job"), lambda yes: yes and self.cancel(job.id))
@@ -269,17 +256,40 @@ class JobsScreen(Screen):
             await self._reload()
         self.run_worker(work(), name="change job", group="store", exit_on_error=False)
 
+    def action_results(self) -> None:
+        """Show the selected job's items and their outputs."""
+        if job := self._selected():
+            self.app.push_screen(JobResultsScreen(self.store, job, self.folder), self._use_folder)
+
+    def _use_folder(self, folder: Path | None) -> None:
+        if folder is not None:
+            self.folder = folder
+
+    def action_export(self) -> None:
+        """Write the selected batch job's results to a JSONL file the user names."""
+        if (job := self._selected()) is None:
+            return
+        if job.kind != "batch":
+            self.notify(f"job {job.id} is an agent task: its results are its transcript chat (Enter opens it)",
+                        severity="warning")
+            return
+        self.app.push_screen(export_prompt(self.store, job, self.folder), self._exported)
+
+    def _exported(self, summary: ExportSummary | None) -> None:
+        if summary is not None:
+            self.folder = summary.path.parent
+            self.notify(summary.line(), title="Results exported")
+
     @on(DataTable.RowSelected, "#jobs-table")
     def _row_chosen(self) -> None:
-        self.action_open_transcript()
+        self.action_open()
 
-    def action_open_transcript(self) -> None:
-        """Open the selected agent task's transcript chat on the chat screen."""
+    def action_open(self) -> None:
+        """Open the selected agent task's transcript chat on the chat screen, or a batch job's results."""
         if (job := self._selected()) is None:
             return
         chat_id = job.spec.get("chat_id")
         if job.kind != "agent" or chat_id is None:
-            self.notify(f"job {job.id} is a batch job: its results are exported with `baton jobs export "
-                        f"{job.id}`", severity="warning")
+            self.action_results()
             return
         self.dismiss(chat_id)  # the chat screen opens it

@@ -26,7 +26,7 @@ GENERATING_NOTE = "generating…"
 class ChatPane(Vertical):
     """The open chat and its prompt. It calls no controller: what the user sends (`PromptInput.Submitted`) and
     asks to edit (`MessageView.EditRequested`) bubble on to the screen, which answers with `prompt_sent()` /
-    `begin_edit()`.
+    `prompt_refused()` / `begin_edit()`.
 
     Attributes:
         model_name: the loaded model's name, shown on answers (None until the model is loaded).
@@ -52,6 +52,11 @@ class ChatPane(Vertical):
 
     def _shows(self, chat_id: int) -> bool:
         return self.query_one(ChatView).chat_id == chat_id
+
+    def _update_history(self) -> None:
+        """Give the prompt the open chat's user messages, for Up / Down."""
+        view = self.query_one(ChatView)
+        self.query_one(PromptInput).set_history([v.text for v in view.messages() if v.role == "user"])
 
     def _show_title(self, chat: Chat | None) -> None:
         title = "" if chat is None else f"{chat.title}  ·  {ChatSettings.of(chat).summary()}"
@@ -79,11 +84,13 @@ class ChatPane(Vertical):
             prompt.end_edit()
         await self.query_one(ChatView).show_chat(event.chat, event.messages, live.text if shown else None, note,
                                                  self._answer_label())
+        self._update_history()
 
     async def close_chat(self) -> None:
         """Show no chat."""
         self._show_title(None)
         await self.query_one(ChatView).show_chat(None, [])
+        self._update_history()
 
     @on(m.ChatChanged)
     def _changed(self, event: m.ChatChanged) -> None:
@@ -95,11 +102,13 @@ class ChatPane(Vertical):
     async def _user_message(self, event: m.UserMessageStored) -> None:
         if self._shows(event.chat_id):
             await self.query_one(ChatView).add_message(event.message)
+            self._update_history()
 
     @on(m.MessagesDeleted)
     async def _deleted(self, event: m.MessagesDeleted) -> None:
         if self._shows(event.chat_id):
             await self.query_one(ChatView).remove_from(event.message_id, event.inclusive)
+            self._update_history()
 
     # ----------------------------------------------------------------------------- streaming
     @on(m.GenerationQueued)
@@ -131,8 +140,12 @@ class ChatPane(Vertical):
 
     # -------------------------------------------------------------------------------- input
     def prompt_sent(self) -> None:
-        """What the prompt held was sent (or started a chat): clear it and leave editing."""
-        self.query_one(PromptInput).end_edit()
+        """What the prompt submitted was sent (or started a chat): leave editing."""
+        self.query_one(PromptInput).sent()
+
+    def prompt_refused(self) -> None:
+        """What the prompt submitted was not sent: give it back to the prompt."""
+        self.query_one(PromptInput).refused()
 
     def begin_edit(self, message_id: int, text: str) -> None:
         """Put one of the user's messages in the prompt, to edit and resend."""

@@ -1,4 +1,6 @@
-"""`atomic_output`: an output file that appears whole or not at all (`baton batch -o`, `baton jobs export -o`)."""
+"""`atomic_output`: an output file that appears whole or not at all (`baton batch -o`, `baton jobs export -o`,
+the TUI's job export). No front end: a destination that cannot be written is an `OutputFileError`, which the
+CLI reports as a usage error and the TUI shows in its dialog."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from .errors import UsageError
+
+class OutputFileError(ValueError):
+    """The output file cannot be written (a folder, a missing or read-only folder); the message names it."""
 
 
 @contextlib.contextmanager
@@ -20,14 +24,14 @@ def atomic_output(path: Path) -> Iterator[IO[str]]:
     destination's folder (so the final rename is atomic), and gets the permissions of a newly created file.
 
     Raises:
-        UsageError: `path` is a folder, or its folder cannot be written.
+        OutputFileError: `path` is a folder, or its folder cannot be written.
     """
     if path.is_dir():
-        raise UsageError(f"cannot write the output file {str(path)!r}: it is a directory")
+        raise OutputFileError(f"cannot write the output file {str(path)!r}: it is a directory")
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
-        raise UsageError(f"cannot write the output file {str(path)!r}: {exc.strerror or exc}") from exc
+        raise OutputFileError(f"cannot write the output file {str(path)!r}: {exc.strerror or exc}") from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             yield f
