@@ -123,9 +123,17 @@ def test_a_refused_connection_is_one_clear_error(capsys):
     assert err.startswith("baton: error: cannot reach") and url in err and "refused" in err.lower()
 
 
-def test_a_key_without_a_backend_is_a_usage_error(capsys):
-    assert main(["chat", "--api-key", "k", "hi"]) == 2
-    assert "--api-key: only with --backend" in capsys.readouterr().err
+@pytest.mark.parametrize("argv,message", [
+    (["chat", "--api-key", "k", "hi"], "--api-key: only with --backend"),
+    (["chat", "--backend", "ftp://host", "hi"], "--backend: must be an http:// or https:// URL"),
+    (["chat", "--backend", "http://host", "--api-key", "", "hi"], "--api-key: must not be empty"),
+    (["--listen", "host:port"], "--listen: must be [HOST:]PORT"),
+    (["--listen-key", "k"], "--listen-key: only with --listen"),
+    (["--listen", "8000", "--backend", "http://host"], "--listen: serves the in-process engine"),
+])
+def test_remote_and_listen_options_are_checked_before_anything_starts(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
 
 
 def sse(*chunks: dict, done: bool = True) -> bytes:
