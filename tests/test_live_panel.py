@@ -246,3 +246,16 @@ def test_snapshot_cpu_panel(snap_compare):
 def test_snapshot_not_running(snap_compare):
     """No engine yet (stats None) with a fixed CPU memory reading."""
     assert snap_compare(PanelApp(LivePanel(lambda: None, lambda: FIXED_MEMORY, interval=3600)), terminal_size=(66, 12))
+
+
+def test_the_prefix_cache_line_shows_its_size_hit_rate_and_the_chat_target():
+    from app.tui.widgets.live_panel import prefix_cache_line
+
+    off = EngineStats()
+    assert prefix_cache_line(off).plain == "prefix cache off"
+    on = dataclasses.replace(off, prefix_cache_bytes=120 * 2**20, prefix_cache_capacity_bytes=2 * 2**30,
+                             counters={"num_prefix_cache_queries": 400, "num_prefix_cache_hits": 300})
+    assert prefix_cache_line(on).plain == "prefix cache 120.0 MiB of 2.0 GiB · 75% hit"
+    tiers = dataclasses.replace(on, prefix_cache_host_bytes=2**30, slo_background_cap=5)
+    assert prefix_cache_line(tiers).plain == ("prefix cache 120.0 MiB + 1.0 GiB host of 2.0 GiB · 75% hit\n"
+                                              "chat target ≤ 5 background rows")

@@ -31,6 +31,22 @@ LABEL_WIDTH = 18  # characters of a request label before it is cut with "…"
 PRIORITY_SHORT = {"interactive": "inter"}  # keeps the table inside the panel's width
 
 
+def prefix_cache_line(s: EngineStats) -> Content:
+    """The prefix cache's line: held bytes (per tier) of its bound, and the share of looked-up prompt tokens
+    it served; the interactive target's background cap when one holds now (issue #13)."""
+    if not s.prefix_cache_capacity_bytes:
+        line = Content.from_markup("[b]prefix cache[/b] [dim]off[/]")
+    else:
+        host = f" + {format_bytes(s.prefix_cache_host_bytes)} host" if s.prefix_cache_host_bytes else ""
+        line = Content.from_markup("[b]prefix cache[/b] $held$host of $cap · $hit hit",
+                                   held=format_bytes(s.prefix_cache_bytes), host=host,
+                                   cap=format_bytes(s.prefix_cache_capacity_bytes),
+                                   hit=format_pct(s.prefix_cache_hit_rate))
+    if s.slo_background_cap is not None:
+        line += Content.from_markup("\n[b]chat target[/b] ≤ $cap background rows", cap=s.slo_background_cap)
+    return line
+
+
 def default_describe(request_id: str) -> tuple[str, str]:
     """The label when the app gives none: the request id's first characters, kind `request`."""
     return short_id(request_id), "request"
@@ -92,6 +108,7 @@ class LivePanel(Widget):
         yield Static("engine not running: loading the model, or stopped", id="status")
         with Vertical(id="engine"):
             yield Static(id="kv")
+            yield Static(id="prefix")
             yield Static(id="batch")
             yield Sparkline(list(self.history), id="tokens")
             yield DataTable(id="rows", cursor_type="none", zebra_stripes=True)
@@ -150,14 +167,16 @@ class LivePanel(Widget):
         self.query_one("#memory-bar", ProgressBar).update(total=max(1, m.total_bytes), progress=m.used_bytes)
 
     def _show_engine(self, s: EngineStats) -> None:
+        """The KV cache, prefix cache, batch and rate lines of one stats snapshot."""
         outside = [f"{format_bytes(s.swapped_bytes)} swapped to host"] if s.swapped_bytes else []
         if s.prefill_cache_bytes:
             outside.append(f"{format_bytes(s.prefill_cache_bytes)} held mid-prefill")
         self.query_one("#kv", Static).update(Content.from_markup(
-            "[b]KV cache[/b]  $alloc allocated · $used used\n[dim]padding[/] $pad of $rows × $seq tokens"
+            "[b]KV cache[/b]  $alloc allocated · $used used\n[dim]padding (empty cells)[/] $pad of $rows × $seq tokens"
             + (" [dim]· budget[/] $budget" if s.kv_budget_bytes else "") + ("\n$outside" if outside else ""),
             alloc=format_bytes(s.kv_cache_bytes), used=format_bytes(s.kv_used_bytes), pad=format_pct(s.padding_fraction),
             rows=s.batch_size, seq=s.seq_len, budget=format_bytes(s.kv_budget_bytes), outside=" · ".join(outside)))
+        self.query_one("#prefix", Static).update(prefix_cache_line(s))
         size = f"{s.batch_size}/{self.max_batch_size}" if self.max_batch_size else str(s.batch_size)
         self.query_one("#batch", Static).update(Content.from_markup(
             "[b]batch[/b] $size · [b]queue[/b] $queue · $steps steps/s\n[b]$tps[/b] tok/s out [dim]· peak $peak[/]",
