@@ -87,7 +87,7 @@ async def _watch(engine: Engine, seen: list, stop: asyncio.Event) -> None:
         s = engine.stats()
         seen.append({"cap": s.slo_background_cap, "target_ms": s.slo_target_step_ms,
                      "predicted_ms": s.predicted_step_ms,
-                     "background_rows": sum(1 for r in s.rows if r.priority != Priority.INTERACTIVE)})
+                     "rows": len(s.rows), "background_rows": sum(1 for r in s.rows if r.priority != "interactive")})
         await asyncio.sleep(0.02)
 
 
@@ -163,6 +163,7 @@ async def _scenario(loaded, spec: dict, args, pools: dict) -> dict:
             "steps_before_first_token": [c["steps_before_first_token"] for c in chats],
             "background_tok_s_no_chat": _rate(bg_times, quiet) if quiet else None,
             "background_tok_s_during_chat": _rate(bg_times, active) if spec["kind"] != "idle" else None,
+            "batch_rows_during_chat_median": _pct([s["rows"] for s in seen], 50),
             "background_rows_during_chat_median": _pct([s["background_rows"] for s in seen], 50),
             "slo_background_cap": {"min": min(caps), "median": _pct(caps, 50), "max": max(caps)} if caps else None,
             "slo_target_step_ms_median": _pct([s["target_ms"] for s in seen if s["target_ms"] is not None], 50),
@@ -265,7 +266,8 @@ def _ms(x) -> str:
 def markdown(result: dict, path: str) -> str:
     """The docs/benchmarks.md table of one results JSON."""
     a = result["args"]
-    lines = [f"{'**Reduced run** (' + result['tag'] + '; noisy, not the full benchmark). ' if result.get('tag') else ''}"
+    reduced = f"**Reduced run** ({result['tag']}; noisy, not the full benchmark). " if result.get("tag") else ""
+    lines = [f"{reduced}"
              f"{result['date']}, {result['machine']}; {result['model']}, {result['torch_threads']} torch threads; "
              f"JSON: `{path}`; command `{result['command']}`. {a['chats']} chats of {a['interactive_tokens']} greedy "
              f"tokens per scenario, each after a {a['quiet_s']:g} s quiet window; {a['batch_size']} background rows "
@@ -273,7 +275,8 @@ def markdown(result: dict, path: str) -> str:
              f"2 x {a['batch_size']} deep (joining). Target = `interactive_tpot_slo`. Background tok/s: the "
              "background's output tokens per second in the quiet windows (no chat) and while the chats ran.", "",
              "| scenario | TTFT median / p99 | TPOT median / p99 | ITL p99 / max | bg tok/s, no chat | "
-             "bg tok/s, chat | bg rows in chat | cap (min-max) | target / predicted step | SLO swap-outs | held back |",
+             "bg tok/s, chat | rows in chat, all / bg | cap (min-max) | target / predicted step | SLO swap-outs "
+             "| held back |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in result["scenarios"].items():
         cap = r["slo_background_cap"]
@@ -283,7 +286,7 @@ def markdown(result: dict, path: str) -> str:
             f"| {_ms(r['tpot_ms']['median'])} / {_ms(r['tpot_ms']['p99'])} ms "
             f"| {_ms(r['itl_ms_p99'])} / {_ms(r['itl_ms_max'])} ms "
             f"| {_ms(r['background_tok_s_no_chat'])} | {_ms(r['background_tok_s_during_chat'])} "
-            f"| {_ms(r['background_rows_during_chat_median'])} "
+            f"| {_ms(r.get('batch_rows_during_chat_median'))} / {_ms(r['background_rows_during_chat_median'])} "
             f"| {_cap(cap)} "
             f"| {_ms(r['slo_target_step_ms_median'])} / {_ms(r['predicted_step_ms_median'])} ms "
             f"| {c['num_slo_swap_outs']} | {c['num_slo_held_back']} |")
@@ -297,7 +300,8 @@ def markdown(result: dict, path: str) -> str:
             return f"{v:.2f}x {'✓' if ok else '✗'}"
         nc = c.get("no_chat_throughput_over_off")
         dc = c.get("during_chat_throughput_over_off")
-        lines.append(f"| {name} | {mark(c['tpot_over_idle'], c['tpot_ok'])} | {mark(c['ttft_over_idle'], c['ttft_ok'])} "
+        lines.append(f"| {name} | {mark(c['tpot_over_idle'], c['tpot_ok'])} "
+                     f"| {mark(c['ttft_over_idle'], c['ttft_ok'])} "
                      f"| {mark(c['itl_p99_over_idle_tpot'], c['itl_ok'])} "
                      f"| {'–' if nc is None else mark(nc, c['no_chat_throughput_ok'])} "
                      f"| {'–' if dc is None else f'{dc:.2f}x'} |")
