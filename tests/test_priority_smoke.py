@@ -1,0 +1,40 @@
+"""The priority benchmark's smoke mode end to end (random:tiny, 8 background rows, 2 chats per scenario): every
+scenario runs, the step-cost model is ready before the target-on scenarios' chats, the background keeps
+producing with and without a chat, the report and its docs table are well formed. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_priority_smoke(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "benchmarks.priority", "--smoke", "--out-dir", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    files = list(tmp_path.glob("*-priority-smoke.json"))
+    assert done.returncode == 0 and len(files) == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(files[0].read_text())
+    sc = result["scenarios"]
+    assert set(sc) == {"idle", "busy, target off", "busy, target 1.5", "joining, target off", "joining, target 1.5"}
+    for name, row in sc.items():
+        assert len(row["ttft_ms"]["all"]) == len(row["tpot_ms"]["all"]) == 2, name
+        assert row["itl_ms_p99"] > 0 and row["ttft_ms"]["median"] > 0
+        if name != "idle":
+            assert row["background_tok_s_no_chat"] > 0, name  # the background runs between chats
+            assert row["background_tok_s_during_chat"] is not None
+            assert row["background_rows_during_chat_median"] < row["batch_rows_during_chat_median"]  # the chat's row
+        if row["slo"] is not None:
+            assert row["step_cost_coefficients"] is not None, name  # ready before the first chat
+            assert row["slo_target_step_ms_median"] is not None, name
+        else:
+            assert row["slo_background_cap"] is None and row["counters_during_chats"]["num_slo_swap_outs"] == 0
+    assert set(result["checks"]) == set(sc) - {"idle"}
+    assert "no_chat_throughput_over_off" in result["checks"]["busy, target 1.5"]
+
+    from benchmarks.priority import markdown
+    table = markdown(result, "x.json")
+    assert table.count("\n| busy, target 1.5 |") == 2 and "Reduced run" in table
