@@ -4,6 +4,9 @@ The screens and widgets do the work (`app/tui/screens/`, `app/tui/widgets/`); `S
 module only wires them together and owns what lives as long as the app: the store, the engine, the
 preferences and the job runner (handed to the screens that use it).
 
+Nothing here imports torch: the first frame is drawn before it, and the chat screen then makes and starts the
+engine in a thread (`engine_loader`); `BatonApp.engine` is None until `ModelLoaded`.
+
     run_tui(EngineConfig(model="random:tiny"), db_path="chats.db")   # what `baton` does
     BatonApp(engine=started_engine, db_path=tmp / "chats.db")          # what tests do (run_test / Pilot)
 """
@@ -15,12 +18,13 @@ import dataclasses
 import os
 import sys
 import warnings
+from typing import TYPE_CHECKING
 
 from textual import on
 from textual.app import App, ScreenStackError
 from textual.worker import Worker, WorkerState
 
-from backend import Engine, EngineConfig
+from backend import EngineConfig
 from storage import StorageError, Store
 from themes import register_themes
 
@@ -28,6 +32,9 @@ from ..jobs import JobProgress, JobRunner
 from .messages import JobProgressed, ModelLoaded, PanelToggled
 from .preferences import PreferencesWarning, load_preferences, save_preferences
 from .screens.chat import ChatScreen
+
+if TYPE_CHECKING:
+    from backend import Engine
 
 FAILURE_TITLES = {"generation": "Answer failed", "model": "Model failed to load", "store": "Storage error",
                   "search": "Search failed", "jobs": "Background jobs failed",
@@ -39,11 +46,13 @@ class BatonApp(App[None]):
 
     Args:
         engine: an engine to use; started ones stay the caller's, an unstarted one is started (in a thread)
-            and shut down by the app. Default: `Engine(config)`.
+            and shut down by the app. Default: `Engine(config)`, made in a thread once the first frame is drawn.
         config: the engine configuration when no engine is given (default `EngineConfig()`).
         store: an open store (stays the caller's); else the app opens `db_path` and closes it at exit.
         db_path: the history database (default `storage.default_db_path()`).
         theme: a theme name for this run, overriding the saved one (not saved unless changed in the app).
+    Attributes:
+        engine: the engine given, or the one made from `config` once it is loaded (None until then).
     """
 
     CSS_PATH = "baton.tcss"
@@ -53,8 +62,9 @@ class BatonApp(App[None]):
                  store: Store | None = None, db_path: str | os.PathLike[str] | None = None,
                  theme: str | None = None) -> None:
         super().__init__()
-        self.engine = engine if engine is not None else Engine(config or EngineConfig())
-        self._owns_engine = not self.engine.started
+        self.engine: Engine | None = engine
+        self.config = engine.config if engine is not None else (config or EngineConfig())
+        self._owns_engine = engine is None or not engine.started
         self.store = store
         self._owns_store = store is None
         self.db_path = db_path
@@ -90,7 +100,8 @@ class BatonApp(App[None]):
                 return
         self.job_runner = JobRunner(self.store, self.engine,
                                     on_progress=self._job_progressed)
-        self._chat_screen = ChatScreen(self.store, self.engine, self.job_runner, show_panel=self.preferences.show_panel,
+        self._chat_screen = ChatScreen(self.store, self.engine, self.job_runner, config=self.config,
+                                       show_panel=self.preferences.show_panel,
                                        panel_interval=self.preferences.panel_interval_s)
         await self.push_screen(self._chat_screen)
 
@@ -121,6 +132,9 @@ class BatonApp(App[None]):
     @on(ModelLoaded)
     def _start_jobs(self, event: ModelLoaded) -> None:
         """The engine is ready: run queued background jobs (and those submitted later) while the app is open."""
+        self.engine = event.engine
+        if self.job_runner is not None:
+            self.job_runner.engine = event.engine
         if self.job_runner is None or self._jobs_worker is not None:
             return
         self._jobs_worker = self.run_worker(self.job_runner.run_queued(watch=True), name="background jobs",
@@ -156,7 +170,7 @@ class BatonApp(App[None]):
         await self.stop_jobs()
         if self._chat_screen is not None:  # the screens are closed by now; their turns are not
             await self._chat_screen.sessions.close()
-        if self._owns_engine:
+        if self._owns_engine and self.engine is not None:
             await asyncio.to_thread(self.engine.shutdown)
         if self._owns_store and self.store is not None:
             await self.store.close()
