@@ -78,6 +78,7 @@ class BatonApp(App[None]):
         self._chat_screen: ChatScreen | None = None
         self.job_runner: JobRunner | None = None  # the stored job queue's runner (runs once the engine is ready)
         self._jobs_worker: Worker | None = None
+        self._quitting = False
 
     @property
     def chat_screen(self) -> ChatScreen | None:
@@ -157,6 +158,25 @@ class BatonApp(App[None]):
             except Exception:  # WorkerCancelled (expected), or a runner that failed (already notified)
                 pass
 
+    def action_quit(self) -> None:
+        """Quit (Ctrl+Q): say "Closing…" at once, and close while it shows: answers in flight are stored as
+        `interrupted` with their text so far, running jobs go back to the queue, then the app exits. Nothing
+        waits for the engine's step in flight."""
+        if self._quitting:
+            return
+        self._quitting = True
+        self.notify("answers in flight are saved", title="Closing…", timeout=30)
+        self.run_worker(self._close(), name="close", group="close", exit_on_error=False)
+
+    async def _close(self) -> None:
+        try:
+            await self.stop_jobs()
+            if self._chat_screen is not None:  # their workers' cancellation stores the answers as interrupted
+                self.workers.cancel_group(self, "generation")
+                await self._chat_screen.sessions.close()
+        finally:
+            self.exit()
+
     @on(Worker.StateChanged)
     def _worker_failed(self, event: Worker.StateChanged) -> None:
         """The one place a failed worker (model load, storage, an answer) becomes a notification."""
@@ -165,13 +185,14 @@ class BatonApp(App[None]):
             self.notify(str(event.worker.error), title=title, severity="error", timeout=10)
 
     async def on_unmount(self) -> None:
-        """Store what is streaming as cancelled, stop the job runner, then stop the engine and close the store
-        if they are ours."""
+        """Store what is streaming as interrupted, stop the job runner, then stop the engine and close the
+        store if they are ours. The engine is not waited for: its thread ends after its step in flight (a
+        prefill can take seconds on a CPU), and nothing it would still send is wanted."""
         await self.stop_jobs()
         if self._chat_screen is not None:  # the screens are closed by now; their turns are not
             await self._chat_screen.sessions.close()
         if self._owns_engine and self.engine is not None:
-            await asyncio.to_thread(self.engine.shutdown)
+            self.engine.shutdown(timeout=0)
         if self._owns_store and self.store is not None:
             await self.store.close()
 
