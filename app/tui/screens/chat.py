@@ -59,6 +59,8 @@ class ChatScreen(Screen):
         show_panel: open the live panel at once.
         panel_interval: seconds between the live panel's refreshes.
         config: the engine's configuration (default: the engine's own; required when `engine` is None).
+    Raises:
+        ValueError: neither an engine nor a configuration is given.
     """
 
     COMMANDS = {BatonCommands}
