@@ -140,6 +140,13 @@ class EngineCore:
         self._publish_stats()
         self._send_final_outputs()
 
+    def send_finished(self) -> None:
+        """Publish stats and send the final outputs of requests that ended between iterations (cancelled from
+        the inbox) now, rather than after the next iteration."""
+        if self._final_outputs:
+            self._publish_stats()
+            self._send_final_outputs()
+
     def close(self) -> None:
         """Release the runner's resources."""
         self.runner.close()

@@ -140,7 +140,13 @@ class Engine:
         return self
 
     def shutdown(self, timeout: float = 30.0) -> None:
-        """Stop the engine thread; unfinished requests end with `cancelled`. Idempotent."""
+        """Stop the engine thread; unfinished requests end with `cancelled`. Idempotent.
+
+        Args:
+            timeout: most seconds to wait for the thread to end. It ends after the step in flight (a decode
+                step, or a prefill: seconds on a CPU); 0 returns at once and lets it end alone (a daemon
+                thread), for a process that is about to exit.
+        """
         if self._thread is None:
             return
         self._inbox.put(Stop())
@@ -361,7 +367,10 @@ class Engine:
         core.close()
 
     def _drain_inbox(self, block: bool) -> bool:
-        """Apply queued commands to the core. Returns False on stop."""
+        """Apply queued commands to the core. Returns False on stop.
+
+        A request cancelled here gets its final output at once, not at the end of the next iteration (a whole
+        decode step of the other rows, or a prefill, later: seconds on a CPU)."""
         try:
             cmd = self._inbox.get() if block else self._inbox.get_nowait()
         except queue.Empty:
@@ -377,6 +386,7 @@ class Engine:
             try:
                 cmd = self._inbox.get_nowait()
             except queue.Empty:
+                self._core.send_finished()
                 return True
 
     def _forget(self, request_id: str) -> None:

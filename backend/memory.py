@@ -7,6 +7,9 @@ and `source="process"`, never dressed up as GPU memory.
 
 NVML counts every process on the GPU; `torch_allocated_bytes` / `torch_reserved_bytes` are this process's
 share as torch's caching allocator sees it.
+
+Importing this module does not import torch (it is imported by the first reading): a front end can name
+`DeviceMemory` and `read_device_memory` before the model is loaded without paying seconds for torch.
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ import os
 import platform
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psutil
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["DeviceMemory", "read_device_memory"]
 
@@ -72,6 +78,8 @@ def read_device_memory(device: torch.device | str) -> DeviceMemory:
         ValueError: `device` is not a CPU or CUDA device (or not a device string at all).
         RuntimeError: a CUDA device whose memory neither NVML nor torch.cuda can read.
     """
+    import torch  # here, not at the top: naming this function must not import torch
+
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
@@ -167,6 +175,8 @@ def _cpu_name() -> str:
 
 
 def _torch_cuda_name(index: int) -> str:
+    import torch
+
     try:
         return torch.cuda.get_device_name(index)
     except Exception:  # the name is cosmetic: never fail a memory reading over it

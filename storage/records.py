@@ -16,8 +16,9 @@ JobStatus = Literal["queued", "running", "paused", "done", "failed", "cancelled"
 ItemStatus = Literal["pending", "done", "failed"]
 
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
-#: Reasons the app may pass to `finish_message`; "interrupted" is only set by recovery on open.
-FINISH_REASONS: tuple[str, ...] = ("stop", "length", "cancelled", "error")
+#: Reasons the app may pass to `finish_message`: "cancelled" is a stop the user asked for, "interrupted" an
+#: answer cut off by the app closing (recovery on open marks those a killed process left the same way).
+FINISH_REASONS: tuple[str, ...] = ("stop", "length", "cancelled", "error", "interrupted")
 JOB_KINDS: tuple[str, ...] = ("batch", "agent")
 JOB_STATUSES: tuple[str, ...] = ("queued", "running", "paused", "done", "failed", "cancelled")
 

@@ -223,7 +223,7 @@ class Store(JobsMixin, FilesMixin):
     async def finish_message(self, message_id: int, content: str, finish_reason: str,
                              prompt_tokens: int | None = None, completion_tokens: int | None = None,
                              ttft_ms: float | None = None, tokens_per_s: float | None = None) -> Message:
-        """Store the final text and stats; `finish_reason` is stop, length, cancelled or error.
+        """Store the final text and stats; `finish_reason` is stop, length, cancelled, error or interrupted.
 
         Raises ValueError (finish_reason), NotFoundError, StorageError.
         """

@@ -89,6 +89,23 @@ def test_version(capsys):
     assert capsys.readouterr().out == f"baton {metadata.version('baton-chat')}\n"
 
 
+def test_the_program_ends_at_once_after_main_with_its_output_flushed(tmp_path):
+    """`baton` (`app.cli.run`) skips the interpreter's teardown once main has returned (issue #10.5: seconds of
+    collecting torch's and the TUI's objects after the TUI had closed): no exit handler runs, output is there."""
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('TEARDOWN'))\n"
+            "from app.cli import run\n"
+            "sys.argv = ['baton', *sys.argv[1:]]\n"
+            "print('buffered', end='')\n"
+            "run()\n")
+    for args, status in ((["--version"], 0), (["--max-batch-size", "0"], 2)):
+        done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120,
+                              cwd=Path(__file__).resolve().parent.parent)
+        assert done.returncode == status, done.stderr
+        assert "TEARDOWN" not in done.stdout and done.stdout.startswith("buffered")
+    assert done.stderr.startswith("baton: error: --max-batch-size")
+
+
 def test_argparse_usage_errors_exit_2(capsys):
     assert main(["chat", "hi", "--temperature", "warm"]) == 2
     assert "invalid float value" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import pytest
 
 from backend import Engine, EngineConfig, Priority, SamplingParams
 from backend.detokenizer import IncrementalDetokenizer
+from conftest import queued, until
 
 
 async def _collect(engine, prompt, params, **kw):
@@ -81,6 +82,32 @@ async def test_cancel_keeps_partial_output_and_frees_the_row(make_engine):
     stats = engine.stats()
     assert stats.batch_size == 0 and stats.kv_cache_bytes == 0
     assert stats.counters["num_requests_cancelled"] == 1
+
+
+async def test_a_cancelled_row_is_freed_and_its_stream_ends_within_one_step(make_engine, decode_gate):
+    """Issue #10.5: the final output of a request cancelled between two steps used to wait for the end of the
+    next iteration (the other rows' decode step, or a prefill: seconds on a CPU) before it was sent."""
+    engine = make_engine()
+    both = decode_gate(engine, lambda batch: batch.size == 2)
+    params = SamplingParams(max_tokens=1900, ignore_eos=True)
+    outs: dict[str, list] = {"a": [], "b": []}
+
+    async def consume(rid: str) -> None:
+        async for out in engine.generate(f"talk {rid}", params, request_id=rid):
+            outs[rid].append(out)
+
+    tasks = [asyncio.create_task(consume(rid)) for rid in outs]
+    await both.parked()  # a decode step of both rows is in flight
+    assert engine.cancel("a") is True
+    await queued(engine)
+    alone = decode_gate(engine, lambda batch: batch.size == 1)  # parks the next decode: "b" alone
+    both.release()
+    await alone.parked()  # the step in flight ended, the cancel was applied, "b" decodes again
+    await until(lambda: outs["a"] and outs["a"][-1].finished, what="the cancelled stream's end before b's next step")
+    assert outs["a"][-1].finish_reason == "cancelled" and [r.request_id for r in engine.stats().rows] == ["b"]
+    alone.release()
+    engine.cancel("b")
+    await asyncio.gather(*tasks)
 
 
 async def test_leaving_the_stream_early_cancels_the_request(make_engine):

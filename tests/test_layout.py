@@ -10,8 +10,10 @@
   prometheus_client's parser; no front end, job runner, server or store. Of the rest only the CLI's
   `engine_options` imports it (deferred, for `--backend`).
 - The app imports the engine only through `backend`'s public names, never a submodule.
-- `baton --help`, `baton jobs list` and `baton jobs show` never import torch or the HTTP stack (they print at
-  once); `import app.server` imports no torch (the engine is handed to it).
+- `baton --help`, `baton --version`, `baton jobs list` and `baton jobs show` never import torch or the HTTP stack
+  (they print at once); `import app.server` imports no torch (the engine is handed to it); nor does importing
+  the TUI and making its app (its first frame comes before torch: the engine is made in a thread once it is
+  drawn, `tests/test_tui_start.py`).
 """
 
 from __future__ import annotations
@@ -192,7 +194,8 @@ def test_the_server_loads_without_textual_or_torch(tmp_path):
     assert "fastapi" in loaded and not loaded & {"textual", "torch", "transformers"}, sorted(loaded)
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["jobs", "--help"], ["jobs", "list"], ["jobs", "show", "1"]])
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["jobs", "--help"], ["jobs", "list"],
+                                  ["jobs", "show", "1"]])
 def test_help_and_job_listings_never_import_torch(argv, tmp_path):
     db = tmp_path / "jobs.db"
     if argv[0] == "jobs" and argv[-1] != "--help":
@@ -200,5 +203,15 @@ def test_help_and_job_listings_never_import_torch(argv, tmp_path):
     code = (f"from app.cli import main\n"
             f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n")
     loaded = _loaded_after(code, tmp_path)
-    assert "storage" in loaded or argv[-1] == "--help"  # the job commands did read the store
+    assert "storage" in loaded or argv[-1] in ("--help", "--version")  # the job commands did read the store
     assert not loaded & {"torch", "transformers", "textual", *HTTP_STACK}, sorted(loaded)
+
+
+def test_the_tui_and_its_app_load_without_torch(tmp_path):
+    code = ("from app.tui import BatonApp\n"
+            "import app.tui.screens.chat, app.tui.screens.jobs, app.tui.widgets.live_panel, app.tui.engine_loader\n"
+            "from backend import DeviceMemory, EngineConfig, read_device_memory\n"
+            "app = BatonApp(config=EngineConfig(model='random:tiny'))\n"
+            "assert app.engine is None\n")
+    loaded = _loaded_after(code, tmp_path)
+    assert "textual" in loaded and not loaded & {"torch", "transformers"}, sorted(loaded)

@@ -28,7 +28,7 @@ from app.tui.widgets.live_panel import LivePanel
 from app.tui.widgets.prompt_input import PromptInput
 from app.tui.widgets.status_line import StatusLine
 from backend import DEFAULT_MODEL, Engine, EngineConfig
-from conftest import queued
+from conftest import queued, until
 from storage import Store
 from themes import BATON_THEMES
 from tui_support import (SIZE, cells_in_256_colours, choose_chat, config_dir, idle, new_chat, open_chat_id,  # noqa: F401
@@ -359,7 +359,7 @@ async def test_escape_stops_the_answer_and_keeps_the_partial_text(engine, store)
         assert "stopped" in str(shown.query_one(".message-stats").render())
 
 
-async def test_quitting_mid_answer_stores_the_partial_answer_as_cancelled(engine, store):
+async def test_quitting_mid_answer_stores_the_partial_answer_as_interrupted(engine, store):
     app = BatonApp(engine=engine, store=store)
     async with app.run_test(size=SIZE) as pilot:
         screen = await ready(pilot)
@@ -369,8 +369,70 @@ async def test_quitting_mid_answer_stores_the_partial_answer_as_cancelled(engine
         await wait_for(pilot, lambda: (g := screen.sessions.live(chat_id)) and g.message_id and len(g.text) > 20,
                        what="some streamed text")
     answer = (await store.list_messages(chat_id))[-1]  # the app has closed
-    assert answer.finish_reason == "cancelled" and answer.content and 0 < answer.completion_tokens < 1900
-    assert not engine.stats().rows  # nothing left running in the engine
+    assert answer.finish_reason == "interrupted" and answer.content and 0 < answer.completion_tokens < 1900
+    await until(lambda: not engine.stats().rows, what="the engine to let go of the row")
+
+
+def answer_note(view: ChatView) -> str:
+    """The stats line of the answer streaming in the view ("" when there is none)."""
+    answer = view.answer
+    return "" if answer is None else str(answer.query_one(".message-stats").render())
+
+
+# Issue #10.5: Esc and Ctrl+Q showed nothing for seconds. The engine is parked inside a decode step (DecodeGate),
+# so "at once" means: before the engine has moved at all.
+async def test_escape_says_stopping_at_once_and_the_answer_ends_within_one_engine_step(engine, store, decode_gate):
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await ready(pilot)
+        view = screen.query_one(ChatView)
+        other = await new_chat(pilot)
+        await store.update_chat_settings(other, None, LONG)
+        await send(pilot, "keep talking", press=True)
+        chat_id = await new_chat(pilot)
+        await store.update_chat_settings(chat_id, None, LONG)
+        both = decode_gate(engine, lambda batch: batch.size == 2, skip=10)
+        await send(pilot, "you too", press=True)
+        await both.parked()  # both chats' rows are in a decode step, with some text each
+        await wait_for(pilot, lambda: (g := screen.sessions.live(chat_id)) and g.message_id and view.answer,
+                       what="the answer's first token stored and shown")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: answer_note(view) == "stopping…", what="'stopping…' while the engine is parked")
+        await queued(engine)  # the cancel waits in the engine's inbox
+        alone = decode_gate(engine, lambda batch: batch.size == 1)  # the next decode step: the other chat alone
+        both.release()
+        await alone.parked()
+        await wait_for(pilot, lambda: "stopped" in str(view.messages()[-1].query_one(".message-stats").render()),
+                       what="the stopped answer to end before the engine's next step")
+        assert chat_id not in screen.sessions.busy_chats() and other in screen.sessions.busy_chats()
+        alone.release()
+    answer = (await store.list_messages(chat_id))[-1]
+    assert answer.finish_reason == "cancelled" and answer.content
+
+
+async def test_ctrl_q_says_closing_at_once_and_does_not_wait_for_the_engine(tiny, store, decode_gate):
+    engine = Engine(EngineConfig(model=tiny.name), loaded=tiny)  # the app's own: it starts and stops it
+    app = BatonApp(engine=engine, store=store)
+    notes = record_notifications(app)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await ready(pilot)
+        chat_id = await new_chat(pilot)
+        await store.update_chat_settings(chat_id, None, LONG)
+        gate = decode_gate(engine, lambda batch: batch.size == 1, skip=10)
+        await send(pilot, "keep going", press=True)
+        await gate.parked()  # the engine is inside a step, and stays there until released
+        gen = screen.sessions.live(chat_id)  # every token made before the engine parked has been taken:
+        await wait_for(pilot, lambda: gen.recorder and gen.recorder.stats.completion_tokens == 11, what="11 tokens")
+        text = gen.text
+        app.simulate_key("ctrl+q")  # the key as the terminal sends it (Pilot's press would wait on a closing app)
+        await until(lambda: not app.is_running, what="the app to close by itself")
+    # the app has closed while the engine was still parked in its step: quitting did not wait for it
+    assert ("information", "Closing…", "answers in flight are saved") in notes
+    assert not engine.started
+    answer = (await store.list_messages(chat_id))[-1]
+    assert answer.finish_reason == "interrupted" and answer.content == text and answer.completion_tokens == 11
+    gate.release()
+    await until(lambda: not engine.stats().rows, what="the engine thread to end the row after its step")
 
 
 async def test_regenerate_replaces_the_last_answer(engine, store):
@@ -692,7 +754,7 @@ async def test_messages_sent_while_the_model_loads_wait_and_are_answered(store, 
         chat_id = await new_chat(pilot)
         await store.update_chat_settings(chat_id, None, {"max_tokens": 8})
         await send(pilot, "are you there?")
-        assert screen.sessions.engine is None
+        assert screen.sessions.engine is None and app.engine is None  # made once the model loads, off the UI
 
         def note() -> str:
             answer = screen.query_one(ChatView).answer

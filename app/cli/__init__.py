@@ -3,7 +3,7 @@ runs) and no torch until a command loads the model.
 
 | module | owns |
 | --- | --- |
-| `main.py` | the `baton` parser, `main(argv)`, exit statuses, the TUI command (imports `app.tui` when it runs) |
+| `main.py` | the `baton` parser, `main(argv)`, `run()` (the program: main, then a prompt exit), exit statuses, the TUI command (imports `app.tui` when it runs) |
 | `chat_cmd.py` | `baton chat`: one streamed answer, or a conversation over stdin |
 | `batch_cmd.py` | `baton batch`: an OpenAI Batch file through the engine, with a rich progress bar |
 | `jobs_cmd.py` | `baton jobs ...`: the persistent job queue (`app.jobs`) from the command line |
@@ -11,6 +11,6 @@ runs) and no torch until a command loads the model.
 | `errors.py` | `UsageError` (exit status 2) |
 """
 
-from .main import build_parser, main
+from .main import build_parser, main, run
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "run"]

@@ -41,14 +41,15 @@ class JobRunner:
 
     Args:
         store: the open store holding the jobs.
-        engine: a started engine.
+        engine: a started engine, or None until there is one (the TUI sets `engine` once its model is loaded):
+            pause, resume, cancel and progress work without it; running jobs raises RuntimeError.
         on_progress: called (on the event loop) with a `JobProgress` whenever an item of a running job
             finishes, its status changes, and every `poll_s` seconds while it runs. Exceptions it raises
             are logged and ignored.
         poll_s: how often a running job's status is re-read from the store (seconds).
     """
 
-    def __init__(self, store: Store, engine: Engine, on_progress: Callable[[JobProgress], None] | None = None,
+    def __init__(self, store: Store, engine: Engine | None, on_progress: Callable[[JobProgress], None] | None = None,
                  poll_s: float = 1.0) -> None:
         self.store = store
         self.engine = engine
@@ -147,7 +148,7 @@ class JobRunner:
 
     # ------------------------------------------------------------------------------- internals
     def _check_engine(self) -> None:
-        if not self.engine.started:
+        if self.engine is None or not self.engine.started:
             raise RuntimeError("the engine is not running: start it before running jobs")
 
     async def _claim_next(self) -> Job | None:

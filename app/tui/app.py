@@ -4,6 +4,9 @@ The screens and widgets do the work (`app/tui/screens/`, `app/tui/widgets/`); `S
 module only wires them together and owns what lives as long as the app: the store, the engine, the
 preferences and the job runner (handed to the screens that use it).
 
+Nothing here imports torch: the first frame is drawn before it, and the chat screen then makes and starts the
+engine in a thread (`engine_loader`); `BatonApp.engine` is None until `ModelLoaded`.
+
     run_tui(EngineConfig(model="random:tiny"), db_path="chats.db")   # what `baton` does
     BatonApp(engine=started_engine, db_path=tmp / "chats.db")          # what tests do (run_test / Pilot)
 """
@@ -15,13 +18,13 @@ import dataclasses
 import os
 import sys
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual import on
 from textual.app import App, ScreenStackError
 from textual.worker import Worker, WorkerState
 
-from backend import Engine, EngineConfig
+from backend import EngineConfig
 from storage import StorageError, Store
 from themes import register_themes
 
@@ -29,6 +32,9 @@ from ..jobs import JobProgress, JobRunner
 from .messages import JobProgressed, ModelLoaded, PanelToggled
 from .preferences import PreferencesWarning, load_preferences, save_preferences
 from .screens.chat import ChatScreen
+
+if TYPE_CHECKING:
+    from backend import Engine
 
 FAILURE_TITLES = {"generation": "Answer failed", "model": "Model failed to load", "store": "Storage error",
                   "search": "Search failed", "jobs": "Background jobs failed",
@@ -40,13 +46,15 @@ class BatonApp(App[None]):
 
     Args:
         engine: an engine to use; started ones stay the caller's, an unstarted one is started (in a thread)
-            and shut down by the app. Default: `Engine(config)`.
+            and shut down by the app. Default: `Engine(config)`, made in a thread once the first frame is drawn.
         config: the engine configuration when no engine is given (default `EngineConfig()`).
         store: an open store (stays the caller's); else the app opens `db_path` and closes it at exit.
         db_path: the history database (default `storage.default_db_path()`).
         theme: a theme name for this run, overriding the saved one (not saved unless changed in the app).
         listener: an `app.server.embedded.EmbeddedServer` (`baton --listen`): the HTTP API on the same engine,
             started once the model is loaded, stopped before the engine.
+    Attributes:
+        engine: the engine given, or the one made from `config` once it is loaded (None until then).
     """
 
     CSS_PATH = "baton.tcss"
@@ -57,8 +65,9 @@ class BatonApp(App[None]):
                  theme: str | None = None, listener: Any = None) -> None:
         super().__init__()
         self.listener = listener
-        self.engine = engine if engine is not None else Engine(config or EngineConfig())
-        self._owns_engine = not self.engine.started
+        self.engine: Engine | None = engine
+        self.config = engine.config if engine is not None else (config or EngineConfig())
+        self._owns_engine = engine is None or not engine.started
         self.store = store
         self._owns_store = store is None
         self.db_path = db_path
@@ -72,6 +81,7 @@ class BatonApp(App[None]):
         self._chat_screen: ChatScreen | None = None
         self.job_runner: JobRunner | None = None  # the stored job queue's runner (runs once the engine is ready)
         self._jobs_worker: Worker | None = None
+        self._quitting = False
 
     @property
     def chat_screen(self) -> ChatScreen | None:
@@ -94,7 +104,8 @@ class BatonApp(App[None]):
                 return
         self.job_runner = JobRunner(self.store, self.engine,
                                     on_progress=self._job_progressed)
-        self._chat_screen = ChatScreen(self.store, self.engine, self.job_runner, show_panel=self.preferences.show_panel,
+        self._chat_screen = ChatScreen(self.store, self.engine, self.job_runner, config=self.config,
+                                       show_panel=self.preferences.show_panel,
                                        panel_interval=self.preferences.panel_interval_s)
         await self.push_screen(self._chat_screen)
 
@@ -125,6 +136,9 @@ class BatonApp(App[None]):
     @on(ModelLoaded)
     def _start_jobs(self, event: ModelLoaded) -> None:
         """The engine is ready: run queued background jobs (and those submitted later) while the app is open."""
+        self.engine = event.engine
+        if self.job_runner is not None:
+            self.job_runner.engine = event.engine
         if self.job_runner is None or self._jobs_worker is not None:
             return
         self._jobs_worker = self.run_worker(self.job_runner.run_queued(watch=True), name="background jobs",
@@ -154,6 +168,25 @@ class BatonApp(App[None]):
             except Exception:  # WorkerCancelled (expected), or a runner that failed (already notified)
                 pass
 
+    def action_quit(self) -> None:
+        """Quit (Ctrl+Q): say "Closing…" at once, and close while it shows: answers in flight are stored as
+        `interrupted` with their text so far, running jobs go back to the queue, then the app exits. Nothing
+        waits for the engine's step in flight."""
+        if self._quitting:
+            return
+        self._quitting = True
+        self.notify("answers in flight are saved", title="Closing…", timeout=30)
+        self.run_worker(self._close(), name="close", group="close", exit_on_error=False)
+
+    async def _close(self) -> None:
+        try:
+            await self.stop_jobs()
+            if self._chat_screen is not None:  # their workers' cancellation stores the answers as interrupted
+                self.workers.cancel_group(self, "generation")
+                await self._chat_screen.sessions.close()
+        finally:
+            self.exit()
+
     @on(Worker.StateChanged)
     def _worker_failed(self, event: Worker.StateChanged) -> None:
         """The one place a failed worker (model load, storage, an answer) becomes a notification."""
@@ -162,15 +195,17 @@ class BatonApp(App[None]):
             self.notify(str(event.worker.error), title=title, severity="error", timeout=10)
 
     async def on_unmount(self) -> None:
-        """Store what is streaming as cancelled, stop the job runner, then stop the engine and close the store
-        if they are ours."""
+        """Store what is streaming as interrupted, stop the job runner, then stop the engine and close the
+        store if they are ours. The engine is not waited for: its thread ends after its step in flight (a
+        prefill can take seconds on a CPU), and nothing it would still send is wanted. A `--listen` server
+        stops first."""
         if self.listener is not None:
             await self.listener.stop()
         await self.stop_jobs()
         if self._chat_screen is not None:  # the screens are closed by now; their turns are not
             await self._chat_screen.sessions.close()
-        if self._owns_engine:
-            await asyncio.to_thread(self.engine.shutdown)
+        if self._owns_engine and self.engine is not None:
+            self.engine.shutdown(timeout=0)
         if self._owns_store and self.store is not None:
             await self.store.close()
 

@@ -145,9 +145,17 @@ class TokensStreamed(Message):
 
 
 @dataclass
+class GenerationStopping(Message):
+    """The user asked to stop a chat's answer; it ends (`GenerationFinished`) once the engine has let go of it,
+    after the step in flight (seconds on a busy CPU)."""
+
+    chat_id: int
+
+
+@dataclass
 class GenerationFinished(Message):
-    """A chat's answer ended (`stop`, `length` or `cancelled`); `message` is the stored answer (None when
-    it was cancelled before its first token, so nothing was stored)."""
+    """A chat's answer ended (`stop`, `length`, `cancelled`, or `interrupted` by the app closing); `message` is
+    the stored answer (None when it ended before its first token, so nothing was stored)."""
 
     chat_id: int
     request_id: str | None

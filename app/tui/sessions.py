@@ -119,10 +119,15 @@ class Sessions:
         self._start(chat, self._replace_from(chat, message_id, text))
 
     def stop(self, chat_id: int) -> bool:
-        """Stop the chat's turn: the partial answer is kept and stored as `cancelled`. False if none ran."""
+        """Stop the chat's turn: the partial answer is kept and stored as `cancelled`. False if none ran.
+
+        A queued turn ends at once; one in the engine posts `GenerationStopping` now and ends after the
+        engine's step in flight."""
         gen = self._live.get(chat_id)
         if gen is None:
             return False
+        if gen.state != "queued" and not gen.stop_requested:
+            self._post(m.GenerationStopping(chat_id))
         gen.stop_requested = True
         if gen.state == "queued":
             self._live.pop(chat_id)
@@ -148,7 +153,8 @@ class Sessions:
             self._post(m.GenerationFailed(gen.chat_id, None, f"the model is not loaded: {error}"))
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Stop every turn in flight and wait (up to `timeout` s) until their partial answers are stored."""
+        """Stop every turn in flight and wait (up to `timeout` s) until their partial answers are stored (as
+        `interrupted` when the app cancelled their workers first, as it does when it closes)."""
         for chat_id in list(self._live):
             self.stop(chat_id)
         loop = asyncio.get_running_loop()
@@ -223,7 +229,7 @@ class Sessions:
         try:
             await self._stream(gen)
         except asyncio.CancelledError:  # the app is closing: keep the partial answer
-            reason = "cancelled"
+            reason = "interrupted"
             raise
         except NotFoundError:  # the chat was deleted while it answered: nothing left to store
             reason = "cancelled"

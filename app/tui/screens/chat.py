@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from functools import partial
 from pathlib import Path
-from typing import Any, Coroutine
+from typing import TYPE_CHECKING, Any, Coroutine
 
 from textual import on
 from textual.app import ComposeResult
@@ -21,14 +21,14 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from backend import Engine, read_device_memory
+from backend import EngineConfig, read_device_memory
 from storage import Chat, SearchHit, Store
 
 from ...chat.settings import ChatSettings
 from ...jobs import JobRunner
 from .. import messages as m
 from ..commands import BatonCommands
-from ..engine_loader import load_engine
+from ..engine_loader import in_daemon_thread, load_engine
 from ..library import ChatLibrary, export_base
 from ..sessions import BusyError, Sessions
 from ..widgets.chat_list import ChatList
@@ -44,16 +44,23 @@ from .search import SearchScreen
 from .settings import SettingsScreen
 from .text_prompt import TextPromptScreen
 
+if TYPE_CHECKING:
+    from backend import Engine
+
 
 class ChatScreen(Screen):
     """Runs many chats at once against one engine.
 
     Args:
         store: the open history store.
-        engine: the engine; when not started yet it is started here in a thread worker while the UI works.
+        engine: the engine; when not started yet (or None: made from `config`) it is started in a thread once
+            the first frame is drawn, while the UI works.
         jobs: the app's job runner (its requests are labelled on the live panel; the jobs screen uses it).
         show_panel: open the live panel at once.
         panel_interval: seconds between the live panel's refreshes.
+        config: the engine's configuration (default: the engine's own; required when `engine` is None).
+    Raises:
+        ValueError: neither an engine nor a configuration is given.
     """
 
     COMMANDS = {BatonCommands}
@@ -83,8 +90,8 @@ class ChatScreen(Screen):
                 tooltip="Open the previous chat in the list"),
     ]
 
-    def __init__(self, store: Store, engine: Engine, jobs: JobRunner, *, show_panel: bool = False,
-                 panel_interval: float = 0.5) -> None:
+    def __init__(self, store: Store, engine: Engine | None, jobs: JobRunner, *, show_panel: bool = False,
+                 panel_interval: float = 0.5, config: EngineConfig | None = None) -> None:
         super().__init__()
         self.store = store
         self.jobs = jobs
@@ -93,6 +100,9 @@ class ChatScreen(Screen):
         self.library = ChatLibrary(store, self.sessions, self._post)
         self.show_archived = False
         self._engine = engine
+        self._config = engine.config if engine is not None else config
+        if self._config is None:
+            raise ValueError("config: required when no engine is given")
         self._show_panel = show_panel
         self._panel_interval = panel_interval
         self._unwanted = threading.Event()
@@ -106,14 +116,14 @@ class ChatScreen(Screen):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        """Load the chat list; start the model (in a thread) unless it is running; open the panel if asked."""
+        """Load the chat list; once the first frame is drawn, load the model (in a thread) unless it is running;
+        open the panel if asked."""
         self._run(self.library.load(self.show_archived))
-        if self._engine.started:
+        if self._engine is not None and self._engine.started:
             self.post_message(m.ModelLoaded(self._engine))
         else:
-            self.query_one(StatusLine).loading(self._engine.config.model)
-            self.app.run_worker(partial(load_engine, self._engine, self.post_message, self._unwanted.is_set),
-                                name="load model", group="model", thread=True, exit_on_error=False)
+            self.query_one(StatusLine).loading(self._config.model)
+            self.call_after_refresh(self._load_model)
         if self._show_panel:
             self._mount_panel()
         self.query_one(PromptInput).focus()
@@ -121,6 +131,11 @@ class ChatScreen(Screen):
     def on_unmount(self) -> None:
         """A model still loading is not wanted any more."""
         self._unwanted.set()
+
+    def _load_model(self) -> None:
+        """Make and start the engine in a thread: torch is imported there, after the first frame."""
+        load = partial(load_engine, self._engine or self._config, self.post_message, self._unwanted.is_set)
+        self.app.run_worker(in_daemon_thread(load), name="load model", group="model", exit_on_error=False)
 
     # ------------------------------------------------------------------------------ helpers
     def _post(self, message: Message) -> None:
@@ -219,7 +234,7 @@ class ChatScreen(Screen):
             stats=lambda: sessions.engine.stats() if sessions.engine else None,
             memory=lambda: read_device_memory(sessions.engine.model.device) if sessions.engine else None,
             describe=self._describe, interval=self._panel_interval,
-            max_batch_size=self._engine.config.max_batch_size, id="live-panel"))
+            max_batch_size=self._config.max_batch_size, id="live-panel"))
 
     def _describe(self, request_id: str) -> tuple[str, str]:
         """A live panel row's label: a background job's item, else a chat's answer."""

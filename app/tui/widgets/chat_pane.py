@@ -21,6 +21,7 @@ from .prompt_input import PromptInput
 
 QUEUED_NOTE = "waiting for the model to load…"
 GENERATING_NOTE = "generating…"
+STOPPING_NOTE = "stopping…"
 
 
 class ChatPane(Vertical):
@@ -125,6 +126,12 @@ class ChatPane(Vertical):
     async def _tokens(self, event: m.TokensStreamed) -> None:
         if self._shows(event.chat_id):
             await self.query_one(ChatView).append(event.text)
+
+    @on(m.GenerationStopping)
+    def _stopping(self, event: m.GenerationStopping) -> None:
+        answer = self.query_one(ChatView).answer
+        if self._shows(event.chat_id) and answer is not None:
+            answer.set_note(STOPPING_NOTE)
 
     @on(m.GenerationFinished)
     async def _finished(self, event: m.GenerationFinished) -> None:
