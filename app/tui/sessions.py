@@ -24,30 +24,17 @@ from storage import Message as StoredMessage
 from ..chat.prompt import build_prompt
 from ..chat.recorder import FLUSH_INTERVAL_S, AnswerRecorder
 from ..chat.settings import ChatSettings
+from ..chat.titles import DEFAULT_TITLE, TITLE_LENGTH, title_from  # noqa: F401 (TITLE_LENGTH: re-exported)
 from . import messages as m
 from .live_answer import LiveAnswer
 
 if TYPE_CHECKING:
     from backend import Engine, TokenOutput
 
-DEFAULT_TITLE = "New chat"
-TITLE_LENGTH = 60  # the most characters of a title made from a first message, its ellipsis included
 
 Launch = Callable[[Coroutine[Any, Any, Any], str], object]
 #: what a turn does before it is answered (store the user's message, ...), given the turn
 Prepare = Callable[[LiveAnswer], Coroutine[Any, Any, None]]
-
-
-def title_from(text: str, limit: int = TITLE_LENGTH) -> str:
-    """A chat title from its first message: the words that fit in `limit` characters, then `…` when some are
-    left out (a single word longer than half of that is cut inside). The chat list shortens it further to its
-    own width."""
-    words = " ".join(text.split())
-    if len(words) <= limit:
-        return words or DEFAULT_TITLE
-    space = words.rfind(" ", 0, limit)  # the last word boundary that leaves room for the ellipsis
-    head = words[:space] if space >= limit // 2 else words[:limit - 1]
-    return head.rstrip(" ,;:-") + "…"
 
 
 class BusyError(RuntimeError):

@@ -15,10 +15,10 @@ from textual.widgets.markdown import MarkdownStream
 
 from storage import Message as StoredMessage
 
+from ...chat.answer import stats_line
 from .chat_markdown import chat_parser
 
 CODE_BLOCK = re.compile(r"^(`{3,}|~{3,})[^\n]*\n(.*?)^\1", re.DOTALL | re.MULTILINE)
-REASONS = {"length": "length cap", "cancelled": "stopped", "error": "failed", "interrupted": "interrupted"}
 
 
 def first_code_block(text: str) -> str | None:
@@ -28,17 +28,8 @@ def first_code_block(text: str) -> str | None:
 
 
 def message_stats(message: StoredMessage) -> str:
-    """The stats line of an assistant message, e.g. `42 tokens · TTFT 35 ms · 51.2 tok/s`."""
-    parts = []
-    if message.completion_tokens is not None:
-        parts.append(f"{message.completion_tokens} tokens")
-    if message.ttft_ms is not None:
-        parts.append(f"TTFT {message.ttft_ms:.0f} ms")
-    if message.tokens_per_s is not None:
-        parts.append(f"{message.tokens_per_s:.1f} tok/s")
-    if message.finish_reason in REASONS:
-        parts.append(REASONS[message.finish_reason])
-    return " · ".join(parts)
+    """The stats line of an assistant message, e.g. `42 tokens · TTFT 35 ms · 51.2 tok/s` (`app.chat.answer`)."""
+    return stats_line(message.completion_tokens, message.ttft_ms, message.tokens_per_s, message.finish_reason)
 
 
 class MessageView(Vertical, can_focus=True):
