@@ -13,15 +13,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .errors import NotFoundError, StorageError
-from .records import Chat, Job, JobItem, Message, SearchHit, StoredFile
+from .records import AFTER_SHOWN, Branch, Chat, Job, JobItem, Message, Placement, SearchHit, StoredFile
 
 if TYPE_CHECKING:
     from .db import default_db_path
     from .migrations import LATEST as SCHEMA_VERSION
     from .store import Store
 
-__all__ = ["Chat", "Job", "JobItem", "Message", "NotFoundError", "SCHEMA_VERSION", "SearchHit",
-           "StorageError", "Store", "StoredFile", "default_db_path"]
+__all__ = ["AFTER_SHOWN", "Branch", "Chat", "Job", "JobItem", "Message", "NotFoundError", "Placement",
+           "SCHEMA_VERSION", "SearchHit", "StorageError", "Store", "StoredFile", "default_db_path"]
 
 _LAZY = {"Store": ("store", "Store"), "default_db_path": ("db", "default_db_path"),
          "SCHEMA_VERSION": ("migrations", "LATEST")}

@@ -25,8 +25,13 @@ def _stats_line(m: Message) -> str:
     return " · ".join(parts)
 
 
-def chat_markdown(chat: Chat, messages: list[Message]) -> str:
-    """The chat as Markdown: title, system prompt, then one section per message with its stats."""
+def chat_markdown(chat: Chat, messages: list[Message], positions: dict[int, tuple[int, int]] | None = None) -> str:
+    """The chat as Markdown: title, system prompt, then one section per message with its stats.
+
+    `positions`: `(number, count)` of the messages that have alternatives (`Branch.positions`), shown in their
+    heading as "answer 2 of 3".
+    """
+    positions = positions or {}
     lines = [f"# {chat.title}", "", f"_Created {chat.created_at:%Y-%m-%d %H:%M} UTC, "
              f"last updated {chat.updated_at:%Y-%m-%d %H:%M} UTC._", ""]
     if chat.system_prompt:
@@ -37,6 +42,9 @@ def chat_markdown(chat: Chat, messages: list[Message]) -> str:
         heading = m.role.capitalize()
         if m.role == "assistant" and m.model:
             heading += f" ({m.model})"
+        if m.id in positions:
+            number, count = positions[m.id]
+            heading += f" · {'answer' if m.role == 'assistant' else 'version'} {number} of {count}"
         lines += ["---", "", f"### {heading}", "", m.content, ""]
         stats = _stats_line(m) if m.role == "assistant" else ""
         if stats:
@@ -44,21 +52,26 @@ def chat_markdown(chat: Chat, messages: list[Message]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _message_dict(m: Message) -> dict[str, Any]:
+def _message_dict(m: Message, alternatives: int) -> dict[str, Any]:
     return {
-        "id": m.id, "parent_id": m.parent_id, "role": m.role, "content": m.content, "model": m.model,
+        "id": m.id, "parent_id": m.parent_id, "alternatives": alternatives, "role": m.role, "content": m.content,
+        "model": m.model,
         "prompt_tokens": m.prompt_tokens, "completion_tokens": m.completion_tokens, "ttft_ms": m.ttft_ms,
         "tokens_per_s": m.tokens_per_s, "finish_reason": m.finish_reason,
         "created_at": m.created_at.isoformat(), "updated_at": m.updated_at.isoformat(),
     }
 
 
-def chat_dict(chat: Chat, messages: list[Message]) -> dict[str, Any]:
-    """The chat and its messages as JSON-ready data (timestamps as ISO-8601 strings)."""
+def chat_dict(chat: Chat, messages: list[Message], alternatives: dict[int, int] | None = None) -> dict[str, Any]:
+    """The chat and its messages as JSON-ready data (timestamps as ISO-8601 strings).
+
+    `alternatives`: how many alternatives each message has, itself included (1 when not given).
+    """
+    alternatives = alternatives or {}
     return {
         "format": EXPORT_FORMAT, "version": EXPORT_VERSION,
         "id": chat.id, "title": chat.title, "system_prompt": chat.system_prompt, "params": chat.params,
         "archived": chat.archived, "created_at": chat.created_at.isoformat(),
         "updated_at": chat.updated_at.isoformat(),
-        "messages": [_message_dict(m) for m in messages],
+        "messages": [_message_dict(m, alternatives.get(m.id, 1)) for m in messages],
     }

@@ -169,6 +169,19 @@ _NO_ID_REUSE = (
     )""", _JOB_COLUMNS),
 )
 
+# Step 6, branches (regenerated answers kept as alternatives): `parent_id` becomes the message each message follows, and a
+# chat records the last message of the branch it shows. Before this step only an answer pointed at the question
+# it answers (a user message had no parent, and regenerate deleted the old answer), so every chat was one line
+# of messages in id order: each message now follows the one before it in its chat, which is exactly what the
+# chat showed and sent. The shown branch of such a chat (current_message_id NULL) is the path to its newest
+# message: the same messages, in the same order.
+_BRANCHES = (
+    "ALTER TABLE chat ADD COLUMN current_message_id INTEGER REFERENCES message (id) ON DELETE SET NULL",
+    "CREATE INDEX chat_by_current_message ON chat (current_message_id)",
+    """UPDATE message SET parent_id = (
+        SELECT max(p.id) FROM message p WHERE p.chat_id = message.chat_id AND p.id < message.id)""",
+)
+
 #: The upgrade steps, in order: STEPS[0] takes version 0 (an empty file) to version 1.
 STEPS: tuple[Step, ...] = (
     Step("initial schema: chats, messages + FTS5, jobs", _INITIAL),
@@ -189,6 +202,8 @@ STEPS: tuple[Step, ...] = (
             content BLOB NOT NULL,
             created_at TEXT NOT NULL
         )""",)),
+    Step("branches: each message follows its parent (regenerated answers are alternatives with the same parent), "
+         "and a chat records the last message of the branch it shows", _BRANCHES),
 )
 LATEST = len(STEPS)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 from typing import Any, Literal, NamedTuple
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -62,6 +63,45 @@ class Message:
     def streaming(self) -> bool:
         """True for an assistant message that has not been finished yet."""
         return self.role == "assistant" and self.finish_reason is None
+
+
+class Placement(Enum):
+    """Where `Store.add_message` puts a message when no `parent_id` is given."""
+
+    #: after the last message of the branch the chat shows (`Branch`): the conversation goes on
+    AFTER_SHOWN = "after the shown branch"
+
+
+AFTER_SHOWN = Placement.AFTER_SHOWN
+
+
+@dataclass(frozen=True, slots=True)
+class Branch:
+    """The messages a chat shows: one path through its tree of alternatives, oldest first.
+
+    A regenerated answer is stored beside the answer it replaces (the same parent); such answers are
+    alternatives of each other, and the chat shows one of them at a time (`storage.branches` has the rules).
+
+    Attributes:
+        chat_id: the chat.
+        messages: the shown messages, from the chat's first message to the shown branch's last one.
+        alternatives: for each shown message's id, the ids of it and its alternatives, oldest first (a message
+            without alternatives maps to a one-id tuple).
+    """
+
+    chat_id: int
+    messages: tuple[Message, ...]
+    alternatives: dict[int, tuple[int, ...]]
+
+    def position(self, message_id: int) -> tuple[int, int]:
+        """`(number, count)` of a shown message among its alternatives, e.g. `(2, 3)` for "answer 2 of 3"
+        (number from 1). Raises KeyError for a message that is not shown."""
+        ids = self.alternatives[message_id]
+        return ids.index(message_id) + 1, len(ids)
+
+    def positions(self) -> dict[int, tuple[int, int]]:
+        """`position` of every shown message that has alternatives (count > 1), by message id."""
+        return {mid: self.position(mid) for mid, ids in self.alternatives.items() if len(ids) > 1}
 
 
 class SearchHit(NamedTuple):

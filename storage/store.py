@@ -7,12 +7,12 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from . import db, migrations, writers
+from . import branches, db, migrations, writers
 from .errors import NotFoundError, StorageError
 from .export import chat_dict, chat_markdown
 from .files import FilesMixin
 from .jobs import JobsMixin
-from .records import FINISH_REASONS, ROLES, Chat, Message, SearchHit
+from .records import AFTER_SHOWN, FINISH_REASONS, ROLES, Branch, Chat, Message, Placement, SearchHit
 from .rows import (CHAT_COLUMNS, MESSAGE_COLUMNS, chat_from_row, fts_query, message_from_row, now,
                    select_list, to_json)
 
@@ -172,7 +172,7 @@ class Store(JobsMixin, FilesMixin):
 
     # ---- messages ----------------------------------------------------------------------------
 
-    async def _insert_message(self, chat_id: int, role: str, content: str, parent_id: int | None,
+    async def _insert_message(self, chat_id: int, role: str, content: str, parent_id: int | None | Placement,
                               model: str | None, finish_reason: str | None) -> Message:
         if role not in ROLES:
             raise ValueError(f"role: must be one of {', '.join(ROLES)}, not {role!r}")
@@ -183,29 +183,46 @@ class Store(JobsMixin, FilesMixin):
             count, _ = await self._run("UPDATE chat SET updated_at = ? WHERE id = ?", (stamp, chat_id))
             if count == 0:
                 raise NotFoundError(f"{self._path}: chat {chat_id} does not exist", self._path)
+            if parent_id is AFTER_SHOWN:
+                parent_id = await self._tip(chat_id)
+            elif parent_id is not None:
+                await self._check_parent(chat_id, parent_id)
             _, message_id = await self._run(
                 "INSERT INTO message (chat_id, parent_id, role, content, model, finish_reason, writer_pid, "
                 "writer_started, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (chat_id, parent_id, role, content, model, finish_reason, writer_pid, writer_started, stamp, stamp))
+            await self._run("UPDATE chat SET current_message_id = ? WHERE id = ?", (message_id, chat_id))
         return await self._require_message(message_id)
 
-    async def add_message(self, chat_id: int, role: str, content: str, parent_id: int | None = None,
-                          model: str | None = None) -> Message:
+    async def _check_parent(self, chat_id: int, parent_id: int) -> None:
+        """A parent must be a message of the same chat. Raises NotFoundError, ValueError."""
+        row = await self._fetchone("SELECT chat_id FROM message WHERE id = ?", (parent_id,))
+        if row is None:
+            raise NotFoundError(f"{self._path}: message {parent_id} does not exist", self._path)
+        if row[0] != chat_id:
+            raise ValueError(f"parent_id: message {parent_id} belongs to chat {row[0]}, not to chat {chat_id}")
+
+    async def add_message(self, chat_id: int, role: str, content: str,
+                          parent_id: int | None | Placement = AFTER_SHOWN, model: str | None = None) -> Message:
         """Store a complete message (the user's, before it is sent); bumps the chat's updated_at.
 
-        An assistant message added this way is finished ("stop"). Raises ValueError (role),
-        NotFoundError (chat or parent), StorageError.
+        `parent_id`: the message it follows; by default the last message of the branch the chat shows (the
+        conversation goes on), None for a first message. The new message becomes the end of the shown branch.
+        An assistant message added this way is finished ("stop"). Raises ValueError (role, a parent in another
+        chat), NotFoundError (chat or parent), StorageError.
         """
         reason = "stop" if role == "assistant" else None
         return await self._insert_message(chat_id, role, content, parent_id, model, reason)
 
-    async def start_assistant_message(self, chat_id: int, parent_id: int | None, model: str | None,
+    async def start_assistant_message(self, chat_id: int, parent_id: int | None | Placement, model: str | None,
                                       content: str = "") -> Message:
         """Create the streaming assistant message (finish_reason None) at the first token.
 
-        This process is recorded as its writer: until it is finished, opening the store (here or in another
-        process) leaves it streaming while this process runs, and marks it 'interrupted' once it has ended.
-        Raises NotFoundError (chat or parent), StorageError.
+        `parent_id`: the message it answers (`AFTER_SHOWN`: the end of the shown branch). An answer to a message
+        that already has one is an alternative of it (a regenerated answer). The new answer becomes the end of
+        the shown branch. This process is recorded as its writer: until it is finished, opening the store (here
+        or in another process) leaves it streaming while this process runs, and marks it 'interrupted' once it
+        has ended. Raises ValueError (a parent in another chat), NotFoundError (chat or parent), StorageError.
         """
         return await self._insert_message(chat_id, "assistant", content, parent_id, model, None)
 
@@ -255,15 +272,17 @@ class Store(JobsMixin, FilesMixin):
         return message
 
     async def list_messages(self, chat_id: int) -> list[Message]:
-        """The chat's messages in the order they were created."""
+        """Every message of the chat, in every branch, in the order they were created (`branch` gives the ones
+        the chat shows)."""
         rows = await self._fetchall(_MESSAGE_SELECT + " WHERE chat_id = ? ORDER BY id", (chat_id,))
         return [message_from_row(r) for r in rows]
 
     async def delete_messages_after(self, chat_id: int, message_id: int, *, inclusive: bool = False) -> int:
-        """Delete the chat's messages created after `message_id` (and it too if `inclusive`).
+        """Delete the chat's messages created after `message_id` (and it too if `inclusive`), in every branch.
 
-        For regenerate (keep the user message) and edit-and-resend (`inclusive=True` on the edited
-        message). Returns how many were deleted. Raises StorageError.
+        For cutting a linear transcript back (an agent task's interrupted step); a later message is never the
+        parent of an earlier one, so no message is left without its parent. Returns how many were deleted.
+        Raises StorageError.
         """
         op = ">=" if inclusive else ">"
         async with self._write():
@@ -271,9 +290,81 @@ class Store(JobsMixin, FilesMixin):
                                        (chat_id, message_id))
         return count
 
+    async def delete_message(self, message_id: int) -> int:
+        """Delete a message and every message below it (its answers, their alternatives, what followed them).
+
+        For edit-and-resend (the edited message goes with the conversation that followed it). A chat that
+        showed a deleted message shows the branch of its newest remaining message. Returns how many messages
+        were deleted (0 when it did not exist). Raises StorageError.
+        """
+        async with self._write():
+            count, _ = await self._run(
+                "DELETE FROM message WHERE id IN (WITH RECURSIVE below(id) AS (SELECT ? UNION SELECT m.id "
+                "FROM message m JOIN below ON m.parent_id = below.id) SELECT id FROM below)", (message_id,))
+        return count
+
+    # ---- branches ----------------------------------------------------------------------------
+
+    async def _links(self, chat_id: int) -> dict[int, int | None]:
+        """The chat's message id -> parent id (`branches.parents_of`)."""
+        rows = await self._fetchall("SELECT id, parent_id FROM message WHERE chat_id = ?", (chat_id,))
+        return branches.parents_of((r[0], r[1]) for r in rows)
+
+    async def _current(self, chat_id: int) -> int | None:
+        row = await self._fetchone("SELECT current_message_id FROM chat WHERE id = ?", (chat_id,))
+        if row is None:
+            raise NotFoundError(f"{self._path}: chat {chat_id} does not exist", self._path)
+        return row[0]
+
+    async def _tip(self, chat_id: int) -> int | None:
+        """The last message of the chat's shown branch (`branches.tip`); None for an empty chat."""
+        current = await self._current(chat_id)
+        return branches.tip(await self._links(chat_id), current)
+
+    async def branch(self, chat_id: int) -> Branch:
+        """The messages the chat shows: the branch ending at its current message (`storage.branches`), with each
+        message's alternatives. Raises NotFoundError (chat), StorageError."""
+        current = await self._current(chat_id)
+        messages = {m.id: m for m in await self.list_messages(chat_id)}
+        parents = branches.parents_of((m.id, m.parent_id) for m in messages.values())
+        last = branches.tip(parents, current)
+        path = [] if last is None else branches.path_to(parents, last)
+        return Branch(chat_id, tuple(messages[mid] for mid in path), branches.alternatives(parents, path))
+
+    async def thread(self, message_id: int) -> list[Message]:
+        """The message and the messages it follows, from the chat's first message down to it: the conversation
+        an answer to it continues. Raises NotFoundError, StorageError."""
+        message = await self._require_message(message_id)
+        parents = await self._links(message.chat_id)
+        path = branches.path_to(parents, message_id)
+        rows = await self._fetchall(_MESSAGE_SELECT + f" WHERE id IN ({', '.join('?' * len(path))}) ORDER BY id",
+                                    path)
+        by_id = {r["id"]: message_from_row(r) for r in rows}
+        return [by_id[mid] for mid in path]
+
+    async def show_message(self, message_id: int) -> Branch:
+        """Make the chat show the branch through this message: down to the newest message below it (the latest
+        conversation that followed it). The chat's updated_at is left alone (showing is not a change of the
+        conversation). Returns the branch now shown. Raises NotFoundError, StorageError."""
+        message = await self._require_message(message_id)
+        async with self._write():
+            last = branches.newest_below(await self._links(message.chat_id), message_id)
+            await self._run("UPDATE chat SET current_message_id = ? WHERE id = ?", (last, message.chat_id))
+        return await self.branch(message.chat_id)
+
+    async def show_alternative(self, message_id: int, step: int) -> Branch:
+        """Show the alternative `step` places after (negative: before) this message among the answers to the same
+        message (`Branch.alternatives`), stopping at the first and the last; see `show_message`. Returns the
+        branch now shown. Raises NotFoundError, StorageError."""
+        message = await self._require_message(message_id)
+        alternatives = branches.siblings(await self._links(message.chat_id), message_id)
+        index = min(max(alternatives.index(message_id) + step, 0), len(alternatives) - 1)
+        return await self.show_message(alternatives[index])
+
     async def search(self, query: str, limit: int = 50, *, include_archived: bool = True,
                      marks: tuple[str, str] = ("«", "»")) -> list[SearchHit]:
-        """Full-text search of message text, newest first.
+        """Full-text search of message text, newest first, in every branch (an alternative answer that is not
+        shown is found too: `show_message` shows its branch).
 
         Any input is safe: each word is searched literally as a word prefix and all words must
         occur. The snippet wraps matches in `marks`. Raises StorageError.
@@ -293,14 +384,19 @@ class Store(JobsMixin, FilesMixin):
     # ---- export ------------------------------------------------------------------------------
 
     async def export_chat_markdown(self, chat_id: int) -> str:
-        """The chat as a Markdown document. Raises NotFoundError, StorageError."""
+        """The chat as a Markdown document: the branch it shows (`branch`), an answer with alternatives marked
+        "answer 2 of 3". Raises NotFoundError, StorageError."""
         chat = await self._require_chat(chat_id)
-        return chat_markdown(chat, await self.list_messages(chat_id))
+        shown = await self.branch(chat_id)
+        return chat_markdown(chat, list(shown.messages), shown.positions())
 
     async def export_chat_json(self, chat_id: int) -> dict[str, Any]:
-        """The chat and its messages as JSON-ready data. Raises NotFoundError, StorageError."""
+        """The chat and the messages of the branch it shows (`branch`) as JSON-ready data; each message has its
+        `parent_id` and `alternatives` (how many answers its parent has, itself included).
+        Raises NotFoundError, StorageError."""
         chat = await self._require_chat(chat_id)
-        return chat_dict(chat, await self.list_messages(chat_id))
+        shown = await self.branch(chat_id)
+        return chat_dict(chat, list(shown.messages), {mid: len(ids) for mid, ids in shown.alternatives.items()})
 
 
 __all__ = ["Store", "StorageError", "NotFoundError"]

@@ -13,6 +13,14 @@ import torch
 from backend import DEFAULT_MODEL, Engine, EngineConfig, load_model
 
 
+@pytest.fixture(autouse=True)
+def _private_history(tmp_path_factory, monkeypatch):
+    """The default history database (`baton chat` stores its conversations there) is a throwaway one per test,
+    in this process and in the `baton` processes tests start: no test reads or writes the user's chats.
+    (platformdirs' user data folder follows XDG_DATA_HOME on Linux.)"""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))
+
+
 @pytest.fixture(scope="session")
 def tiny():
     """`random:tiny`: 2 layers, hidden 64, byte-level tokenizer; fp32 on CPU."""

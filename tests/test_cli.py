@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from app.cli import batch_cmd, chat_cmd
+from app.cli.chat_history import HistoryOptions
 from app.cli import build_parser, main
 from app.cli.engine_options import engine_config, parse_size
 from backend import EngineConfig, SamplingParams
@@ -46,6 +47,18 @@ def one_error_line(err: str) -> str:
     assert len(lines) == 1, err
     assert lines[0].startswith("baton: error: ") and "Traceback" not in err
     return lines[0]
+
+
+#: the stats line `baton chat` prints on stderr after each answer
+STATS = re.compile(r"^baton: (chat \d+ · )?\d+ tokens( · TTFT \d+ ms)?( · [\d.]+ tok/s)?( · [a-z ]+)?$")
+
+
+def stats_lines(err: str) -> list[str]:
+    return [x for x in err.splitlines() if STATS.match(x)]
+
+
+def without_stats(err: str) -> str:
+    return "\n".join(x for x in err.splitlines() if not STATS.match(x))
 
 
 def one_summary(err: str) -> str:
@@ -143,8 +156,8 @@ def test_chat_writes_and_flushes_each_delta():
             self.events.append(("flush", None))
 
     rec = Recorder()
-    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
-    rc = chat_cmd.run_chat(EngineConfig(model="random:tiny"), chat_cmd.chat_messages("hi"), params, out=rec)
+    rc = chat_cmd.run_chat(EngineConfig(model="random:tiny"), "hi", out=rec, history=HistoryOptions(log=False),
+                           overrides={"max_tokens": 8, "temperature": 0.0, "extra": {"ignore_eos": True}})
     assert rc == 0
     writes = [i for i, (kind, _) in enumerate(rec.events) if kind == "write"]
     assert len(writes) >= 3  # streamed in pieces, not one final write
@@ -156,9 +169,9 @@ def test_chat_without_question_is_a_conversation_over_stdin(capsys, monkeypatch)
     seen = []
     real_stream = chat_cmd.stream_answer
 
-    async def spy(engine, messages, params, out):
+    async def spy(engine, messages, params, out, take=None):
         seen.append([dict(m) for m in messages])
-        return await real_stream(engine, messages, params, out)
+        return await real_stream(engine, messages, params, out, take)
 
     monkeypatch.setattr(chat_cmd, "stream_answer", spy)
     monkeypatch.setattr(sys, "stdin", io.StringIO("first question\n\n  \nsecond question\n"))
@@ -188,7 +201,8 @@ def test_chat_stdin_that_is_not_utf8_is_one_usage_error_naming_the_line(capsys, 
     assert main(["chat", *TINY, "--max-tokens", "3", "--temperature", "0"]) == 2
     captured = capsys.readouterr()
     assert captured.out.count("\n") == 1  # the first question was answered; the third never asked
-    line = one_error_line(captured.err)
+    assert len(stats_lines(captured.err)) == 1
+    line = one_error_line(without_stats(captured.err))
     assert "stdin line 2" in line and "UTF-8" in line and "0xff" in line
 
 
@@ -542,7 +556,8 @@ def test_a_kv_budget_too_small_for_the_prompt_is_a_clear_error(capsys):
     assert "could never run" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["jobs", "list"], ["jobs", "submit", "job.jsonl"], ["tui", *TINY]])
+@pytest.mark.parametrize("argv", [["jobs", "list"], ["jobs", "submit", "job.jsonl"], ["tui", *TINY],
+                                  ["chat", "hi", *TINY]])
 def test_a_db_path_in_a_missing_folder_exits_2_naming_it(tmp_path, capsys, argv):
     """A typo in `--db` must not start a new, empty history somewhere: one error line, status 2, nothing created."""
     db = tmp_path / "no" / "such" / "baton.db"

@@ -13,7 +13,7 @@ from app.tui.screens.help import key_label
 from app.tui.sessions import DEFAULT_TITLE, BusyError, Sessions
 from app.chat.prompt import build_prompt
 from app.tui.widgets.message_view import first_code_block, message_stats
-from storage import Store
+from storage import AFTER_SHOWN, Store
 from conftest import until
 
 
@@ -127,6 +127,101 @@ async def test_a_prompt_the_engine_rejects_fails_the_turn(make_engine, store):
         await finish(tasks)
     assert isinstance(posted[-1], m.GenerationFailed) and "prompt" in posted[-1].error
     assert not sessions.busy_chats()
+
+
+# ---------------------------------------------------------------------------- regenerate, edit
+def spy_prompts(engine) -> list[list[dict]]:
+    """Record the chat messages of every request sent to the engine from now on."""
+    prompts, real = [], engine.generate
+
+    def generate(messages, *args, **kwargs):
+        prompts.append([dict(x) for x in messages])
+        return real(messages, *args, **kwargs)
+
+    engine.generate = generate
+    return prompts
+
+
+async def stored_turn(store, chat_id, question, text, parent=None):
+    """A question and its finished answer; returns (question, answer)."""
+    q = await store.add_message(chat_id, "user", question, AFTER_SHOWN if parent is None else parent)
+    a = await store.start_assistant_message(chat_id, q.id, "random:tiny", text)
+    return q, await store.finish_message(a.id, text, "stop", 3, 4, 10.0, 20.0)
+
+
+async def test_regenerate_answers_the_question_again_beside_the_old_answer(make_engine, store):
+    """The prompt is the conversation down to the question (the old answer is not in it); the new answer is
+    stored as its alternative, and the old one is kept."""
+    engine = make_engine()
+    sessions, posted, tasks = controller(store, engine)
+    chat = await store.create_chat("c", "be brief", {"max_tokens": 5})
+    q1, a1 = await stored_turn(store, chat.id, "first", "one")
+    q2, old = await stored_turn(store, chat.id, "second", "two")
+    prompts = spy_prompts(engine)
+    sessions.regenerate(chat)
+    await finish(tasks)
+    assert prompts == [[{"role": "system", "content": "be brief"}, {"role": "user", "content": "first"},
+                        {"role": "assistant", "content": "one"}, {"role": "user", "content": "second"}]]
+    set_aside = [x for x in posted if isinstance(x, m.AnswersSetAside)]
+    assert [(x.chat_id, x.message_id) for x in set_aside] == [(chat.id, q2.id)]
+    assert [x.alternatives for x in posted if isinstance(x, m.GenerationStarted)] == [2]
+    new = posted[-1].message
+    assert isinstance(posted[-1], m.GenerationFinished) and new.parent_id == q2.id
+    branch = await store.branch(chat.id)
+    assert [x.id for x in branch.messages] == [q1.id, a1.id, q2.id, new.id]
+    assert branch.alternatives[new.id] == (old.id, new.id) and await store.get_message(old.id) is not None
+
+    sessions.regenerate(chat)  # a third answer, beside both
+    await finish(tasks)
+    assert [x.alternatives for x in posted if isinstance(x, m.GenerationStarted)] == [2, 3]
+    assert len((await store.branch(chat.id)).alternatives[posted[-1].message.id]) == 3
+
+
+async def test_a_regenerate_that_stores_nothing_shows_the_old_answer_again(store):
+    """Stopped before its first token (here: while it waits for the model), a regenerate leaves the old answer
+    the one shown, and says so (`BranchChanged`) so the screen puts it back."""
+    sessions, posted, tasks = controller(store)
+    chat = await store.create_chat("c", None, {})
+    q, old = await stored_turn(store, chat.id, "question", "the old answer")
+    sessions.regenerate(chat)
+    await finish(tasks)
+    assert isinstance(posted[-1], m.GenerationQueued) and posted[-1].alternatives == 2
+    assert sessions.stop(chat.id)
+    assert [type(x) for x in posted[-2:]] == [m.GenerationFinished, m.BranchChanged]
+    assert [x.id for x in (await store.branch(chat.id)).messages] == [q.id, old.id]
+
+
+async def test_regenerate_without_a_question_fails_and_sets_nothing_aside(store):
+    sessions, posted, tasks = controller(store)
+    chat = await store.create_chat("c", None, {})
+    sessions.regenerate(chat)
+    with pytest.raises(Exception, match="nothing to regenerate"):
+        await finish(tasks)
+    assert not any(isinstance(x, (m.AnswersSetAside, m.BranchChanged)) for x in posted)
+
+
+async def test_edit_and_resend_replaces_the_message_and_every_branch_below_it(make_engine, store):
+    """Editing "second" deletes it with both its answers; the first question's other answer stays, and the
+    edited message follows the answer "second" followed."""
+    engine = make_engine()
+    sessions, posted, tasks = controller(store, engine)
+    chat = await store.create_chat("c", None, {"max_tokens": 5})
+    q1, a1 = await stored_turn(store, chat.id, "first", "one")
+    q2, a2 = await stored_turn(store, chat.id, "second", "two")
+    await store.start_assistant_message(chat.id, q1.id, "random:tiny", "uno")  # alternatives: kept
+    await store.start_assistant_message(chat.id, q2.id, "random:tiny", "deux")  # go with "second"
+    await store.show_message(a2.id)
+    prompts = spy_prompts(engine)
+    sessions.edit_and_resend(chat, q2.id, "second, edited")
+    await finish(tasks)
+    assert [x["content"] for x in prompts[0]] == ["first", "one", "second, edited"]
+    shown = (await store.branch(chat.id)).messages
+    assert [x.content for x in shown][:3] == ["first", "one", "second, edited"] and shown[2].parent_id == a1.id
+    deleted = [x for x in posted if isinstance(x, m.MessagesDeleted)]
+    assert [(x.message_id, x.inclusive) for x in deleted] == [(q2.id, True)]
+    assert sorted(x.content for x in await store.list_messages(chat.id))[:4] == ["first", "one", "second, edited",
+                                                                                  "uno"]
+    assert len(await store.list_messages(chat.id)) == 5  # first, one, uno, the edit and its answer
 
 
 # ----------------------------------------------------------------------------------- helpers

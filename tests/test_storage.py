@@ -321,8 +321,8 @@ async def test_a_write_cancelled_inside_its_transaction_is_rolled_back(store, mo
     assert [m.content for m in await store.list_messages(chat.id)] == ["after"]
 
 
-async def test_delete_messages_after_for_regenerate_and_edit(store):
-    chat = await store.create_chat("branching")
+async def test_delete_messages_after_cuts_a_transcript_back(store):
+    chat = await store.create_chat("transcript")
     u1 = await store.add_message(chat.id, "user", "one")
     a1 = await store.add_message(chat.id, "assistant", "uno", parent_id=u1.id)
     u2 = await store.add_message(chat.id, "user", "two", parent_id=a1.id)
@@ -330,11 +330,164 @@ async def test_delete_messages_after_for_regenerate_and_edit(store):
     other = await store.create_chat("other")
     o = await store.add_message(other.id, "user", "untouched")
 
-    assert await store.delete_messages_after(chat.id, u2.id) == 1  # regenerate the last answer
+    assert await store.delete_messages_after(chat.id, u2.id) == 1  # an interrupted step's answer
     assert [m.content for m in await store.list_messages(chat.id)] == ["one", "uno", "two"]
-    assert await store.delete_messages_after(chat.id, u2.id, inclusive=True) == 1  # edit "two"
+    assert await store.delete_messages_after(chat.id, u2.id, inclusive=True) == 1  # and its prompt
     assert [m.content for m in await store.list_messages(chat.id)] == ["one", "uno"]
+    assert [m.content for m in (await store.branch(chat.id)).messages] == ["one", "uno"]
     assert await store.get_message(o.id) is not None
+
+
+# ---- branches: regenerated answers are kept as alternatives ------------------------------------
+
+async def answer(store, chat_id, parent_id, text):
+    """A finished assistant answer to `parent_id` (as `AnswerRecorder` stores one)."""
+    started = await store.start_assistant_message(chat_id, parent_id, "random:tiny", text[:2])
+    return await store.finish_message(started.id, text, "stop", 3, 4, 10.0, 20.0)
+
+
+def shown(branch) -> list[str]:
+    return [m.content for m in branch.messages]
+
+
+async def test_messages_follow_each_other_and_a_regenerated_answer_is_an_alternative(tmp_path):
+    """Each new message follows the shown branch; a second answer to the same question is a sibling of the
+    first, the chat shows one at a time ("answer 2/2"), and which one it shows is stored in the file."""
+    path = tmp_path / "baton.db"
+    async with await Store.open(path) as store:
+        chat = await store.create_chat("branches")
+        q = await store.add_message(chat.id, "user", "name a bird")
+        first = await answer(store, chat.id, q.id, "a robin")
+        assert (q.parent_id, first.parent_id) == (None, q.id)
+        second = await answer(store, chat.id, q.id, "a heron")  # regenerate: the same parent
+        branch = await store.branch(chat.id)
+        assert shown(branch) == ["name a bird", "a heron"]
+        assert branch.alternatives[second.id] == (first.id, second.id)
+        assert branch.position(second.id) == (2, 2) and branch.positions() == {second.id: (2, 2)}
+        assert len(await store.list_messages(chat.id)) == 3  # nothing was deleted
+
+        back = await store.show_alternative(second.id, -1)
+        assert shown(back) == ["name a bird", "a robin"] and back.position(first.id) == (1, 2)
+        assert shown(await store.show_alternative(first.id, -1)) == ["name a bird", "a robin"]  # stops at the first
+    async with await Store.open(path) as store:  # the choice is stored
+        assert shown(await store.branch(chat.id)) == ["name a bird", "a robin"]
+        follow = await store.add_message(chat.id, "user", "where does it live?")  # follows the shown answer
+        assert follow.parent_id == first.id
+        assert [m.id for m in await store.thread(follow.id)] == [q.id, first.id, follow.id]
+        assert shown(await store.show_alternative(first.id, +1)) == ["name a bird", "a heron"]
+        assert shown(await store.show_alternative(second.id, +5)) == ["name a bird", "a heron"]  # stops at the last
+        # back to the first answer: the branch goes on to the newest message below it
+        assert shown(await store.show_alternative(second.id, -1)) == ["name a bird", "a robin", "where does it live?"]
+
+
+async def test_showing_a_branch_does_not_reorder_the_chat_list(store):
+    old = await store.create_chat("old")
+    q = await store.add_message(old.id, "user", "q")
+    a1 = await answer(store, old.id, q.id, "one")
+    await answer(store, old.id, q.id, "two")
+    new = await store.create_chat("new")
+    before = (await store.get_chat(old.id)).updated_at
+    await store.show_message(a1.id)
+    assert (await store.get_chat(old.id)).updated_at == before
+    assert [c.id for c in await store.list_chats()] == [new.id, old.id]
+
+
+async def test_a_parent_must_be_a_message_of_the_same_chat(store):
+    a, b = await store.create_chat("a"), await store.create_chat("b")
+    qa = await store.add_message(a.id, "user", "mine")
+    with pytest.raises(ValueError, match=f"parent_id: message {qa.id} belongs to chat {a.id}"):
+        await store.add_message(b.id, "user", "not yours", parent_id=qa.id)
+    with pytest.raises(ValueError, match="parent_id"):
+        await store.start_assistant_message(b.id, qa.id, "m")
+    assert await store.list_messages(b.id) == []
+    first = await store.add_message(a.id, "user", "a second first message", parent_id=None)
+    assert first.parent_id is None and shown(await store.branch(a.id)) == ["a second first message"]
+
+
+async def test_deleting_a_message_takes_what_followed_it_in_every_branch_and_nothing_else(store):
+    """Edit-and-resend deletes the edited message with everything below it; its siblings and the messages
+    above stay, and the chat shows the newest remaining branch."""
+    chat = await store.create_chat("edit")
+    q1 = await store.add_message(chat.id, "user", "one")
+    a1 = await answer(store, chat.id, q1.id, "uno")
+    q2 = await store.add_message(chat.id, "user", "two")
+    await answer(store, chat.id, q2.id, "dos")
+    await answer(store, chat.id, q2.id, "deux")
+    other = await store.create_chat("other")
+    o = await store.add_message(other.id, "user", "untouched")
+
+    assert await store.delete_message(q2.id) == 3
+    assert [m.content for m in await store.list_messages(chat.id)] == ["one", "uno"]
+    assert shown(await store.branch(chat.id)) == ["one", "uno"]  # its shown answer was deleted: the newest
+    resent = await store.add_message(chat.id, "user", "two, edited", parent_id=q2.parent_id)
+    assert resent.parent_id == a1.id and shown(await store.branch(chat.id)) == ["one", "uno", "two, edited"]
+    assert await store.delete_message(424242) == 0
+    assert await store.get_message(o.id) is not None
+    assert await store.delete_chat(chat.id)  # the chat's shown message goes with it
+    assert not await store._fetchall("PRAGMA foreign_key_check")
+
+
+async def test_search_finds_an_alternative_that_is_not_shown_and_can_show_it(store):
+    chat = await store.create_chat("search")
+    q = await store.add_message(chat.id, "user", "a colour")
+    hidden = await answer(store, chat.id, q.id, "vermilion")
+    await answer(store, chat.id, q.id, "teal")
+    (hit,) = await store.search("vermilion")
+    assert hit.message.id == hidden.id and shown(await store.branch(chat.id)) == ["a colour", "teal"]
+    assert shown(await store.show_message(hit.message.id)) == ["a colour", "vermilion"]
+
+
+async def test_export_is_the_shown_branch(store):
+    chat = await store.create_chat("Export a branch")
+    q = await store.add_message(chat.id, "user", "pick a number")
+    await answer(store, chat.id, q.id, "seven")
+    await answer(store, chat.id, q.id, "forty-two")
+    md = await store.export_chat_markdown(chat.id)
+    assert "forty-two" in md and "seven" not in md
+    assert "### Assistant (random:tiny) · answer 2 of 2\n\nforty-two" in md
+    data = await store.export_chat_json(chat.id)
+    assert [(m["content"], m["alternatives"]) for m in data["messages"]] == [("pick a number", 1), ("forty-two", 2)]
+
+
+async def test_a_version_5_database_becomes_branches_that_show_exactly_what_it_showed(tmp_path):
+    """Schema step 6: before it only an answer pointed at its question (user messages had no parent, agent
+    transcripts replayed after a crash had none at all) and every chat was one line of messages in id order.
+    Each message now follows the one before it in its chat; every row, text, stat and search hit survives, and
+    each chat shows (and would send) the same messages in the same order. A regenerate then branches."""
+    path = tmp_path / "old.db"
+    conn = await sdb.connect(str(path), 1.0)
+    stamp = "2026-01-01T00:00:00+00:00"
+    try:
+        assert await migrations.migrate(conn, migrations.STEPS[:5]) == 5
+        for cid, title in ((1, "tui chat"), (2, "agent: replayed")):
+            await conn.execute("INSERT INTO chat (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                               (cid, title, stamp, stamp))
+        rows = [(1, 1, None, "user", "tell me about otters", None), (2, 2, None, "system", "be brief", None),
+                (3, 1, 1, "assistant", "Otters hold hands", "stop"), (4, 2, None, "user", "step one", None),
+                (5, 1, None, "user", "and more?", None), (6, 2, None, "assistant", "done one", "stop"),
+                (7, 1, 5, "assistant", "They sleep afloat", "length")]
+        for row in rows:
+            await conn.execute("INSERT INTO message (id, chat_id, parent_id, role, content, finish_reason, "
+                               "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (*row, stamp, stamp))
+        await conn.commit()
+    finally:
+        await conn.close()
+    async with await Store.open(path) as store:
+        assert await store.schema_version() == migrations.LATEST >= 6
+        tui, agent = await store.list_messages(1), await store.list_messages(2)
+        assert [(m.id, m.parent_id, m.content, m.finish_reason) for m in tui] == [
+            (1, None, "tell me about otters", None), (3, 1, "Otters hold hands", "stop"),
+            (5, 3, "and more?", None), (7, 5, "They sleep afloat", "length")]
+        assert [(m.id, m.parent_id) for m in agent] == [(2, None), (4, 2), (6, 4)]
+        assert list((await store.branch(1)).messages) == tui and list((await store.branch(2)).messages) == agent
+        assert (await store.branch(1)).positions() == {}
+        assert [h.message.id for h in await store.search("otters")] == [3, 1]
+        assert (await store.get_chat(1)).updated_at.isoformat() == stamp  # showing is not a change
+        assert not await store._fetchall("PRAGMA foreign_key_check")
+        regenerated = await answer(store, 1, 5, "They hold paws while asleep")
+        assert [m.content for m in (await store.branch(1)).messages][-1] == "They hold paws while asleep"
+        assert (await store.branch(1)).position(regenerated.id) == (2, 2)
+        assert (await store.add_message(2, "user", "step two")).parent_id == 6  # a transcript goes on
 
 
 async def test_search_finds_user_and_streamed_assistant_text(store):

@@ -435,7 +435,25 @@ async def test_ctrl_q_says_closing_at_once_and_does_not_wait_for_the_engine(tiny
     await until(lambda: not engine.stats().rows, what="the engine thread to end the row after its step")
 
 
-async def test_regenerate_replaces_the_last_answer(engine, store):
+def label_of(view) -> str:
+    return str(view.query_one(".message-label").render())
+
+
+def spy_prompts(engine) -> list[list[dict]]:
+    """Record the chat messages of every request sent to the engine from now on."""
+    prompts, real = [], engine.generate
+
+    def generate(messages, *args, **kwargs):
+        prompts.append([dict(x) for x in messages])
+        return real(messages, *args, **kwargs)
+
+    engine.generate = generate
+    return prompts
+
+
+async def test_regenerate_keeps_the_old_answer_and_the_bracket_keys_page_through_them(engine, store):
+    """Ctrl+R answers again beside the old answer ("answer 2/2"); `[` / `]` (or Left / Right) on the focused answer
+    page between them, the chat shows one branch at a time, and the next turn's prompt follows the one shown."""
     app = BatonApp(engine=engine, store=store)
     async with app.run_test(size=SIZE) as pilot:
         screen = await ready(pilot)
@@ -446,14 +464,47 @@ async def test_regenerate_replaces_the_last_answer(engine, store):
         user, first = await store.list_messages(chat_id)
         view = screen.query_one(ChatView)
         old = view.messages()[-1]
+        assert old.position is None and "answer" not in label_of(old)
         await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: view.messages()[-1] is not old and view.messages()[-1].message_id,
                        what="a new answer")
         await idle(pilot)
         messages = await store.list_messages(chat_id)
-        assert [x.id for x in messages][0] == user.id and len(messages) == 2
-        assert messages[1].created_at > first.created_at and messages[1].finish_reason in ("stop", "length")
-        assert [v.message_id for v in view.messages()] == [user.id, messages[1].id]
+        assert [x.id for x in messages[:2]] == [user.id, first.id] and len(messages) == 3  # nothing deleted
+        second = messages[2]
+        assert second.parent_id == user.id and second.finish_reason in ("stop", "length")
+        assert [v.message_id for v in view.messages()] == [user.id, second.id]
+        assert view.messages()[-1].position == (2, 2) and "answer 2/2" in label_of(view.messages()[-1])
+
+        view.messages()[-1].focus()
+        await pilot.press("left_square_bracket")
+        await wait_for(pilot, lambda: [v.message_id for v in view.messages()] == [user.id, first.id],
+                       what="the first answer shown")
+        shown = view.messages()[-1]
+        assert shown.text == first.content and shown.position == (1, 2) and "answer 1/2" in label_of(shown)
+        assert app.focused is shown  # the cursor stays on the answer: the keys page on
+        await pilot.press("left_square_bracket")  # the first stays the first
+        await pilot.press("right")
+        await wait_for(pilot, lambda: [v.message_id for v in view.messages()] == [user.id, second.id],
+                       what="the second answer shown again")
+        await pilot.press("left")
+        await wait_for(pilot, lambda: view.messages()[-1].message_id == first.id, what="the first answer again")
+
+        prompts = spy_prompts(engine)
+        await send(pilot, "and then?", press=True)
+        await idle(pilot)
+        assert prompts == [[{"role": "user", "content": "hello"}, {"role": "assistant", "content": first.content},
+                            {"role": "user", "content": "and then?"}]]
+        follow_up = (await store.list_messages(chat_id))[3]
+        assert follow_up.content == "and then?" and follow_up.parent_id == first.id
+        assert [v.message_id for v in view.messages()][:3] == [user.id, first.id, follow_up.id]
+
+    app = BatonApp(engine=engine, store=store)  # a restart shows the branch that was shown
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        view = screen.query_one(ChatView)
+        assert [v.message_id for v in view.messages()][:3] == [user.id, first.id, follow_up.id]
+        assert view.messages()[1].position == (1, 2)
 
 
 async def test_edit_and_resend_replaces_the_message_and_what_followed(engine, store):
@@ -564,6 +615,27 @@ async def test_search_finds_a_message_and_opens_its_chat(engine, store):
         await pilot.press("enter")
         await wait_for(pilot, lambda: view.chat_id == ids["rome"], what="the hit's chat opened")
         assert "Colosseum" in view.messages()[-1].text
+
+
+async def test_a_search_hit_in_an_answer_that_is_not_shown_opens_its_branch(engine, store):
+    ids = await populate(store)
+    rome = await store.branch(ids["rome"])
+    question = rome.messages[0]
+    other = await store.start_assistant_message(ids["rome"], question.id, "random:tiny")
+    await store.finish_message(other.id, "Skip Rome: try Lisbon.", "stop", 14, 5, 30.0, 50.0)
+    await store.show_message(rome.messages[-1].id)  # the Colosseum answer is shown; Lisbon is answer 2/2
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        view = screen.query_one(ChatView)
+        await pilot.press("ctrl+f")
+        dialog = await wait_for(pilot, lambda: isinstance(app.screen, SearchScreen) and app.screen)
+        await pilot.press(*"lisbon")
+        await wait_for(pilot, lambda: dialog._hits, what="search results")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: view.chat_id == ids["rome"] and view.messages()[-1].message_id == other.id,
+                       what="the hit's answer shown")
+        assert view.messages()[-1].position == (2, 2)
 
 
 # ---------------------------------------------------------------------- settings, export, copy

@@ -1,5 +1,5 @@
-"""How one engine stream went: its token counts, times and end (`AnswerStats`), and which ends count as a
-complete answer.
+"""How one engine stream went: its token counts, times and end (`AnswerStats`), which ends count as a complete
+answer, and the stats line every front end shows under an answer (`stats_line`).
 
 The rates follow vLLM's `benchmark_serving` definitions: TTFT from submission to the first token, and decode
 tokens/s over the tokens after the first (so a one-token answer has no decode rate).
@@ -16,6 +16,31 @@ if TYPE_CHECKING:
 
 #: finish reasons of an answer that ran to its end (an EOS or stop string, or `max_tokens`)
 COMPLETE_REASONS = frozenset({"stop", "length"})
+#: how the stats line names an answer's end other than `stop`
+ENDINGS = {"length": "length cap", "cancelled": "stopped", "error": "failed", "interrupted": "interrupted"}
+
+
+def stats_line(completion_tokens: int | None, ttft_ms: float | None, tokens_per_s: float | None,
+               finish_reason: str | None) -> str:
+    """The stats line of an answer, as the TUI shows it under the answer and `baton chat` prints it on stderr,
+    e.g. `42 tokens · TTFT 35 ms · 51.2 tok/s` (then `· length cap`, `· stopped`, ... for other ends than `stop`).
+
+    Args:
+        completion_tokens: the answer's tokens (None: unknown, left out).
+        ttft_ms: time to the first token (ms; None: left out).
+        tokens_per_s: decode tokens/s after the first token (None: left out, e.g. a one-token answer).
+        finish_reason: how it ended (`ENDINGS` names the ends other than `stop`).
+    """
+    parts = []
+    if completion_tokens is not None:
+        parts.append(f"{completion_tokens} tokens")
+    if ttft_ms is not None:
+        parts.append(f"TTFT {ttft_ms:.0f} ms")
+    if tokens_per_s is not None:
+        parts.append(f"{tokens_per_s:.1f} tok/s")
+    if finish_reason in ENDINGS:
+        parts.append(ENDINGS[finish_reason])
+    return " · ".join(parts)
 
 
 def is_complete(finish_reason: str | None) -> bool:

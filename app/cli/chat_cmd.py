@@ -1,27 +1,33 @@
-"""`baton chat`: stream one answer, or hold a conversation over stdin, printing to stdout.
+"""`baton chat`: stream one answer, or hold a conversation over stdin, printing the answers to stdout and each
+answer's stats line (the TUI's: tokens, TTFT, tok/s) to stderr.
 
+The conversation is stored as a chat of the history database (`app.cli.chat_history`), so the TUI finds,
+searches and continues it; `--continue` / `--chat ID` continue a stored chat, `--no-log` stores nothing.
 Talks to the engine only through the public `backend` API. Errors the user must fix (a model that cannot be
-loaded, a prompt that does not fit, text that is not valid UTF-8) raise `UsageError`; `app.cli.main` turns
-that into a one-line message and exit status 2.
+loaded, a prompt that does not fit, text that is not valid UTF-8, a database that cannot be used, an unknown
+chat) raise `UsageError`; `app.cli.main` turns that into a one-line message and exit status 2.
 """
 
 from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import itertools
 import sys
-from typing import IO, TYPE_CHECKING
+from collections.abc import Iterator
+from typing import IO, TYPE_CHECKING, Any, Awaitable, Callable
 
-from backend import EngineConfig, Priority, SamplingParams
+from backend import EngineConfig, Priority
 
 from ..chat.answer import is_complete
 from ..chat.json_values import text_problem
-from .engine_options import start_engine
+from .chat_history import ChatHistory, HistoryError, HistoryOptions
+from .engine_options import RemoteSpec, start_engine
 from .errors import UsageError
 
 if TYPE_CHECKING:
-    from backend import Engine, TokenOutput
+    from backend import Engine, SamplingParams, TokenOutput
 
 
 def chat_messages(question: str, system: str | None = None) -> list[dict[str, str]]:
@@ -58,57 +64,62 @@ def system_messages(system: str | None) -> list[dict[str, str]]:
     return [{"role": "system", "content": system}]
 
 
-def run_chat(config: EngineConfig, messages: list[dict[str, str]], params: SamplingParams,
+def run_chat(config: EngineConfig | RemoteSpec, question: str, *, system: str | None = None,
+             overrides: dict[str, Any] | None = None, history: HistoryOptions = HistoryOptions(),
              out: IO[str] | None = None, err: IO[str] | None = None) -> int:
-    """Stream one answer to `out`, writing (and flushing) each text delta as it arrives, then a newline.
+    """Stream one answer to `out`, writing (and flushing) each text delta as it arrives, then a newline; then
+    its stats line on `err` (`baton: chat 12 · 42 tokens · TTFT 35 ms · 51.2 tok/s`).
 
     Args:
-        config: engine configuration (the model is loaded here), or a `RemoteSpec` (`--backend`).
-        messages: chat messages (see `chat_messages`).
-        params: sampling parameters.
-        out: where the answer goes (default `sys.stdout`); err: where failures are reported (`sys.stderr`).
+        config: engine configuration (the model is loaded here, after the database and chat are opened),
+            or a `RemoteSpec` (`--backend`).
+        question: the user's message (checked by `chat_messages`).
+        system: a new chat's system prompt, or None.
+        overrides: `ChatSettings` fields given as options (`temperature`, `max_tokens`, `seed`).
+        history: where the conversation is stored, or which chat it continues (`HistoryOptions`).
+        out: where the answer goes (default `sys.stdout`); err: stats and failures (`sys.stderr`).
     Returns:
         0 when the answer finished (`stop` or `length`), 1 when generation failed in the engine.
     Raises:
-        UsageError: the model cannot be loaded or the prompt is invalid (e.g. longer than the context).
+        UsageError: the model cannot be loaded, the prompt is invalid (e.g. longer than the context), the
+            database cannot be used or the chat to continue does not exist (see `ChatHistory.open`).
     """
     out = out or sys.stdout
     err = err or sys.stderr
-    engine = start_engine(config)
-    try:
-        last, _ = asyncio.run(stream_answer(engine, messages, params, out))
-    finally:
-        engine.shutdown()
-    return _report(last, err)
+    chat_messages(question, system)
+    with _conversation(config, history, system, overrides or {}) as (runner, chat, engine):
+        return _turn(runner, chat, engine, question, out, err)
 
 
-def run_conversation(config: EngineConfig, params: SamplingParams, system: str | None = None,
-                     inp: IO[str] | None = None, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
+def run_conversation(config: EngineConfig | RemoteSpec, *, system: str | None = None, overrides: dict[str, Any] | None = None,
+                     history: HistoryOptions = HistoryOptions(), inp: IO[str] | None = None,
+                     out: IO[str] | None = None, err: IO[str] | None = None) -> int:
     """A conversation: every line read from `inp` is a user turn, answered (streamed) on `out` with the
-    whole conversation so far as context, until end of input (Ctrl-D). Blank lines are skipped.
+    whole conversation so far as context (a continued chat's shown branch first), until end of input (Ctrl-D).
+    Blank lines are skipped. Each answer's stats line goes to `err`.
 
     On a terminal a `> ` prompt is shown and a greeting goes to `err`. A turn that no longer fits in the
-    model's context is reported on `err` and dropped; the conversation goes on. A line that cannot be decoded
-    ends the conversation with a `UsageError` (see `read_turn`).
+    model's context is reported on `err` and dropped (nothing of it is stored); the conversation goes on. A
+    line that cannot be decoded ends the conversation with a `UsageError` (see `read_turn`).
 
     Args:
         config: engine configuration (the model is loaded once, here), or a `RemoteSpec` (`--backend`).
-        params: sampling parameters for every answer.
-        system: a system prompt, or None.
+        system, overrides, history: as in `run_chat`.
         inp, out, err: default `sys.stdin`, `sys.stdout`, `sys.stderr`.
     Returns:
         0 at end of input, 1 when a generation failed in the engine.
     Raises:
-        UsageError: the model cannot be loaded, the system prompt is blank, or a line of `inp` is not text in
-            its encoding (`read_turn`).
+        UsageError: the model cannot be loaded, the system prompt is blank, a line of `inp` is not text in
+            its encoding (`read_turn`), the database cannot be used or the chat does not exist.
     """
     inp, out, err = inp or sys.stdin, out or sys.stdout, err or sys.stderr
-    messages = system_messages(system)
+    system_messages(system)
     interactive = _isatty(inp) and _isatty(out)
-    engine = start_engine(config)
-    try:
+    with _conversation(config, history, system, overrides or {}) as (runner, chat, engine):
         if interactive:
-            print(f"baton: chatting with {engine.model.name} (Ctrl-D to end)", file=err)
+            where = f" in {chat.describe()}" if chat.chat is not None else ""
+            kept = "" if history.log else "; nothing is stored (--no-log)"
+            print(f"baton: chatting with {engine.model.name}{where} (Ctrl-D to end){kept}", file=err)
         for line_no in itertools.count(1):
             if interactive:
                 out.write("> ")
@@ -120,17 +131,44 @@ def run_conversation(config: EngineConfig, params: SamplingParams, system: str |
                 return 0
             if not line.strip():
                 continue
-            turn = messages + [{"role": "user", "content": line.rstrip("\r\n")}]
             try:
-                last, text = asyncio.run(stream_answer(engine, turn, params, out))
+                status = _turn(runner, chat, engine, line.rstrip("\r\n"), out, err)
+            except HistoryError:  # the database failed: nowhere to keep the turns
+                raise
             except UsageError as exc:
                 print(f"baton: error: {exc} (turn dropped; Ctrl-D and start again for a fresh context)", file=err)
                 continue
-            if _report(last, err):
-                return 1
-            messages = turn + [{"role": "assistant", "content": text}]
-    finally:
-        engine.shutdown()
+            if status:
+                return status
+    return 0
+
+
+@contextlib.contextmanager
+def _conversation(config: EngineConfig | RemoteSpec, history: HistoryOptions, system: str | None,
+                  overrides: dict[str, Any]) -> Iterator[tuple[asyncio.Runner, ChatHistory, Engine]]:
+    """The database and chat (opened first: a bad one fails before the model loads), then the engine, on one
+    event loop for the whole conversation (the store's connection lives on it); all closed at the end."""
+    with asyncio.Runner() as runner:
+        chat = runner.run(ChatHistory.open(history, system, overrides))
+        try:
+            engine = start_engine(config)
+            try:
+                yield runner, chat, engine
+            finally:
+                engine.shutdown()
+        finally:
+            runner.run(chat.close())
+
+
+def _turn(runner: asyncio.Runner, chat: ChatHistory, engine: Engine, text: str, out: IO[str], err: IO[str]) -> int:
+    """One user turn answered on `out`, its stats line on `err`; returns 0, or 1 when the generation failed.
+    Raises UsageError (see `ChatHistory.answer`)."""
+    last, _, stats = runner.run(chat.answer(engine, text, out, stream_answer))
+    status = _report(last, err)
+    if status == 0:
+        where = f"chat {chat.chat.id} · " if chat.log and chat.chat is not None else ""
+        print(f"baton: {where}{stats}", file=err)
+    return status
 
 
 def read_turn(inp: IO[str], line_no: int) -> str:
@@ -165,8 +203,8 @@ def read_turn(inp: IO[str], line_no: int) -> str:
                          f"{exc.start}); baton chat reads {name} text") from None
 
 
-async def stream_answer(engine: Engine, messages: list[dict[str, str]], params: SamplingParams,
-                        out: IO[str]) -> tuple[TokenOutput, str]:
+async def stream_answer(engine: Engine, messages: list[dict[str, str]], params: SamplingParams, out: IO[str],
+                        take: Callable[[TokenOutput], Awaitable[None]] | None = None) -> tuple[TokenOutput, str]:
     """Generate one answer at interactive priority, writing and flushing each text delta, then a newline.
 
     Args:
@@ -174,6 +212,7 @@ async def stream_answer(engine: Engine, messages: list[dict[str, str]], params: 
         messages: the chat so far, ending with the user's turn.
         params: sampling parameters.
         out: where the text goes.
+        take: awaited with every engine output after its text is written (the answer recorder, or stats).
     Returns:
         (the last `TokenOutput`, which carries `finish_reason`; the whole answer text).
     Raises:
@@ -188,6 +227,8 @@ async def stream_answer(engine: Engine, messages: list[dict[str, str]], params: 
                 out.flush()
                 parts.append(item.text)
             last = item
+            if take is not None:
+                await take(item)
     except ValueError as exc:  # raised on the first iteration for an invalid prompt
         raise UsageError(str(exc)) from exc
     _write(out, "\n")

@@ -3,7 +3,7 @@
 
 `baton` with no command opens the Textual TUI (options `--model`, `--db`, `--theme`, `--device`, `--dtype`,
 `--max-batch-size`). `baton chat` without a question holds a conversation over stdin (one user turn per line,
-Ctrl-D ends).
+Ctrl-D ends); it is stored as a chat in the TUI's database (`--db`, `-c/--continue`, `--chat ID`, `-n/--no-log`).
 
 Exit status: 0 success (a batch run that completed, even with failed lines); 1 a generation that failed in
 the engine, or stdout closed early; 2 bad usage (bad option value, unknown model or theme, unreadable input or
@@ -87,12 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
                                       "Without QUESTION: a conversation, one user turn per line of stdin, "
                                       "each answer streamed to stdout; Ctrl-D (end of input) ends it.")
     chat.add_argument("question", nargs="?", metavar="QUESTION", help="the question (the user message)")
-    chat.add_argument("--system", metavar="PROMPT", help="system prompt sent before the question")
-    chat.add_argument("--temperature", type=float, default=CHAT_TEMPERATURE, metavar="T",
-                      help="sampling temperature, 0 for greedy (default: %(default)s)")
-    chat.add_argument("--max-tokens", type=int, default=CHAT_MAX_TOKENS, metavar="N",
-                      help="most tokens in the answer (default: %(default)s)")
-    chat.add_argument("--seed", type=int, metavar="N", help="seed for reproducible sampling (default: none)")
+    chat.add_argument("--system", metavar="PROMPT", help="system prompt sent before the question (a new chat's)")
+    chat.add_argument("--temperature", type=float, metavar="T",
+                      help=f"sampling temperature, 0 for greedy (default: a continued chat's, else {CHAT_TEMPERATURE})")
+    chat.add_argument("--max-tokens", type=int, metavar="N",
+                      help=f"most tokens in the answer (default: a continued chat's, else {CHAT_MAX_TOKENS})")
+    chat.add_argument("--seed", type=int, metavar="N",
+                      help="seed for reproducible sampling (default: a continued chat's, else none)")
+    _add_history_options(chat)
     chat.set_defaults(handler=_chat)
 
     batch = sub.add_parser(
@@ -110,6 +112,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_jobs_subparser(sub, engine)
     add_serve_subparser(sub, local)
     return parser
+
+
+def _add_history_options(chat: argparse.ArgumentParser) -> None:
+    """`baton chat`'s history options: where the conversation is stored, and which chat it continues."""
+    group = chat.add_argument_group("history", "The conversation is stored as a chat, as the TUI stores its "
+                                    "chats: open, search or continue it there, or here with -c / --chat.")
+    group.add_argument("--db", metavar="PATH", help="chat history database (default: baton.db in the user data "
+                       "folder, the TUI's; the folder of a PATH given here must exist)")
+    which = group.add_mutually_exclusive_group()
+    which.add_argument("-c", "--continue", dest="continue_chat", action="store_true",
+                       help="continue the most recently updated chat (its shown branch and settings)")
+    which.add_argument("--chat", type=int, metavar="ID", help="continue the chat with this id")
+    group.add_argument("-n", "--no-log", action="store_true",
+                       help="store nothing (a chat continued with -c / --chat is only read)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,15 +211,18 @@ def _chat(args: argparse.Namespace) -> int:
         raise StdoutClosed("standard output is closed: nowhere to write the answer")
     if args.question is None and sys.stdin is None:
         raise UsageError("standard input is closed: give the question as an argument, or pipe the conversation in")
-    try:
-        params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    overrides = {name: value for name in ("temperature", "max_tokens", "seed")
+                 if (value := getattr(args, name)) is not None}
+    try:  # the values given, checked before the database or the model is opened
+        SamplingParams(**{"max_tokens": CHAT_MAX_TOKENS, "temperature": CHAT_TEMPERATURE, **overrides})
     except ValueError as exc:
         raise UsageError(_option_message(exc)) from exc
     config = engine_config(args)
+    history = chat_cmd.HistoryOptions(db=args.db, log=not args.no_log, continue_last=args.continue_chat,
+                                      chat_id=args.chat)
     if args.question is None:
-        return chat_cmd.run_conversation(config, params, system=args.system)
-    messages = chat_cmd.chat_messages(args.question, args.system)
-    return chat_cmd.run_chat(config, messages, params)
+        return chat_cmd.run_conversation(config, system=args.system, overrides=overrides, history=history)
+    return chat_cmd.run_chat(config, args.question, system=args.system, overrides=overrides, history=history)
 
 
 def _tui(args: argparse.Namespace) -> int:

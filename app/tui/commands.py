@@ -19,7 +19,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("Background jobs", "Jobs and their progress: submit a file, pause, resume, cancel", "jobs"),
     ("Toggle live panel", "Show what the GPU and the batch are doing", "toggle_panel"),
     ("Stop generation", "Stop the open chat's answer (the partial answer is kept)", "stop"),
-    ("Regenerate last answer", "Answer the last message again", "regenerate"),
+    ("Regenerate last answer", "Answer the last message again (the old answer is kept)", "regenerate"),
     ("Copy last answer", "Copy the open chat's last answer to the clipboard", "copy_last"),
     ("Copy code from last answer", "Copy the first code block of the last answer", "copy_last_code"),
     ("Help", "Show the keys", "help"),

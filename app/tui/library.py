@@ -1,4 +1,5 @@
-"""Chat library operations for the TUI: list, open, create, rename, archive, delete, settings, search, export.
+"""Chat library operations for the TUI: list, open, create, rename, archive, delete, settings, search, export, and
+paging through a chat's alternative answers.
 
 `ChatLibrary` wraps the async store; each method does its storage work and posts one `app.tui.messages` fact
 for the screen to show. The screen runs these coroutines as workers, so a `StorageError` fails the worker
@@ -8,12 +9,13 @@ for the screen to show. The screen runs these coroutines as workers, so a `Stora
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from pathlib import Path
 from typing import Any, Callable
 
-from storage import Store
+from storage import NotFoundError, Store
 
 from . import messages as m
 from ..chat.settings import ChatSettings
@@ -39,18 +41,42 @@ class ChatLibrary:
         chats = await self.store.list_chats(include_archived=show_archived)
         self._post(m.ChatsLoaded(chats, show_archived, select))
 
-    async def open(self, chat_id: int) -> None:
-        """Read a chat and its messages; posts `ChatOpened` with the answer streaming now, if any.
+    async def open(self, chat_id: int, show: int | None = None) -> None:
+        """Read a chat and the branch it shows; posts `ChatOpened` with the answer streaming now, if any.
 
-        The streaming text is copied right after the read, in the same step as the post, so the
+        `show`: a message of the chat whose branch to show (a search hit in an alternative that was not shown).
+        While the chat answers, the shown messages end with the one it answers (a regenerate's answers set aside
+        are not shown). The streaming text is copied right after the read, in the same step as the post, so the
         `TokensStreamed` messages that follow continue it exactly.
         """
         chat = await self.store.get_chat(chat_id)
         if chat is None:
             return
-        stored = await self.store.list_messages(chat_id)
+        if show is not None:
+            with contextlib.suppress(NotFoundError):  # deleted since it was found
+                await self.store.show_message(show)
+        branch = await self.store.branch(chat_id)
+        stored = list(branch.messages)
         live = self.sessions.live(chat_id)
-        self._post(m.ChatOpened(chat, stored, None if live is None else live.snapshot()))
+        ids = [x.id for x in stored]
+        if live is not None and live.parent_id in ids:
+            stored = stored[:ids.index(live.parent_id) + 1]
+        self._post(m.ChatOpened(chat, stored, None if live is None else live.snapshot(), branch.positions()))
+
+    async def show_alternative(self, chat_id: int, message_id: int, step: int) -> None:
+        """Show the alternative `step` places after (negative: before) a shown message, stopping at the first
+        and the last, and the conversation that followed it; posts `BranchShown` with the cursor on it."""
+        branch = await self.store.show_alternative(message_id, step)
+        focus = next((x.id for x in branch.messages if message_id in branch.alternatives[x.id]), None)
+        self._post(m.BranchShown(chat_id, branch, focus))
+
+    async def read_branch(self, chat_id: int) -> None:
+        """Read the branch the chat shows again; posts `BranchShown` (nothing when the chat was deleted)."""
+        try:
+            branch = await self.store.branch(chat_id)
+        except NotFoundError:
+            return
+        self._post(m.BranchShown(chat_id, branch))
 
     async def create(self, first_message: str | None = None) -> None:
         """Store a new chat with the default settings, posts `ChatCreated`, and sends `first_message` in it

@@ -17,6 +17,8 @@ class LiveAnswer:
 
     chat_id: int
     title: str
+    parent_id: int | None = None  # the stored message it answers, once known
+    alternatives: int = 1  # answers to that message, this one included (> 1: a regenerated answer)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     state: str = "storing"
     parts: list[str] = field(default_factory=list)

@@ -15,7 +15,7 @@ from textual.message import Message
 
 if TYPE_CHECKING:
     from backend import Engine
-    from storage import Chat, SearchHit
+    from storage import Branch, Chat, SearchHit
     from storage import Message as StoredMessage
 
     from ..jobs import JobProgress
@@ -50,11 +50,14 @@ class ChatsLoaded(Message):
 
 @dataclass
 class ChatOpened(Message):
-    """A chat and its stored messages were read; `live` is its answer streaming right now, if any."""
+    """A chat and the stored messages it shows (its shown branch) were read; `live` is its answer streaming right
+    now, if any (`messages` then end with the message it answers); `positions` maps the id of each message that
+    has alternatives to `(number, count)`, e.g. `(2, 3)` for "answer 2/3"."""
 
     chat: Chat
     messages: list[StoredMessage]
     live: LiveAnswer | None = None
+    positions: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -119,20 +122,50 @@ class MessagesDeleted(Message):
     inclusive: bool
 
 
+@dataclass
+class AnswersSetAside(Message):
+    """A chat answers `message_id` again: the answers after it are kept (the new answer is their alternative)
+    and give way on screen to the new one."""
+
+    chat_id: int
+    message_id: int
+
+
+@dataclass
+class BranchChanged(Message):
+    """The branch a chat shows changed in the store (e.g. a regenerate stopped before its first token, so its
+    answers set aside are shown again); read it again."""
+
+    chat_id: int
+
+
+@dataclass
+class BranchShown(Message):
+    """The branch a chat shows was read (after paging to another alternative, or `BranchChanged`); `focus` is
+    the message to put the cursor on (the alternative paged to), if any."""
+
+    chat_id: int
+    branch: Branch
+    focus: int | None = None
+
+
 # ------------------------------------------------------------------------------------ generation
 @dataclass
 class GenerationQueued(Message):
-    """A chat's answer waits for the model to finish loading."""
+    """A chat's answer waits for the model to finish loading; `alternatives` counts the answers to the same
+    message, this one included (> 1: it is a regenerated answer, shown as "answer n/n")."""
 
     chat_id: int
+    alternatives: int = 1
 
 
 @dataclass
 class GenerationStarted(Message):
-    """A chat's request was handed to the engine."""
+    """A chat's request was handed to the engine; `alternatives` as in `GenerationQueued`."""
 
     chat_id: int
     request_id: str
+    alternatives: int = 1
 
 
 @dataclass

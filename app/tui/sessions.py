@@ -1,8 +1,8 @@
 """Generation sessions: every chat's answer runs as its own task, whatever chat the screen shows.
 
 `Sessions` is the TUI's controller between the store, the engine and the screen (no widgets here). For one
-turn it stores the user's message first, then streams the answer from `Engine.generate` at interactive
-priority, creating the assistant message at the first token, writing its text at least every
+turn it stores the user's message first (after the branch the chat shows), then streams the answer from
+`Engine.generate` at interactive priority, with the conversation down to that message as the prompt, creating the assistant message at the first token, writing its text at least every
 `flush_interval` seconds, and finishing it with its stats (`app.chat.recorder.AnswerRecorder`, the same
 recorder agent tasks use). It posts `app.tui.messages` as it goes; the screen shows whichever chat it likes,
 and `live(chat_id)` gives the text streamed so far.
@@ -18,34 +18,23 @@ import contextlib
 from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
 from backend import Priority
-from storage import Chat, NotFoundError, Store
+from storage import AFTER_SHOWN, Chat, NotFoundError, Store
 from storage import Message as StoredMessage
 
 from ..chat.prompt import build_prompt
 from ..chat.recorder import FLUSH_INTERVAL_S, AnswerRecorder
 from ..chat.settings import ChatSettings
+from ..chat.titles import DEFAULT_TITLE, TITLE_LENGTH, title_from  # noqa: F401 (TITLE_LENGTH: re-exported)
 from . import messages as m
 from .live_answer import LiveAnswer
 
 if TYPE_CHECKING:
     from backend import Engine, TokenOutput
 
-DEFAULT_TITLE = "New chat"
-TITLE_LENGTH = 60  # the most characters of a title made from a first message, its ellipsis included
 
 Launch = Callable[[Coroutine[Any, Any, Any], str], object]
-
-
-def title_from(text: str, limit: int = TITLE_LENGTH) -> str:
-    """A chat title from its first message: the words that fit in `limit` characters, then `…` when some are
-    left out (a single word longer than half of that is cut inside). The chat list shortens it further to its
-    own width."""
-    words = " ".join(text.split())
-    if len(words) <= limit:
-        return words or DEFAULT_TITLE
-    space = words.rfind(" ", 0, limit)  # the last word boundary that leaves room for the ellipsis
-    head = words[:space] if space >= limit // 2 else words[:limit - 1]
-    return head.rstrip(" ,;:-") + "…"
+#: what a turn does before it is answered (store the user's message, ...), given the turn
+Prepare = Callable[[LiveAnswer], Coroutine[Any, Any, None]]
 
 
 class BusyError(RuntimeError):
@@ -107,16 +96,19 @@ class Sessions:
 
     # ---------------------------------------------------------------------------------- actions
     def send(self, chat: Chat, text: str) -> None:
-        """Store `text` as the user's message in `chat` and answer it. Raises BusyError."""
-        self._start(chat, self._store_user(chat, text))
+        """Store `text` as the user's message after the branch `chat` shows, and answer it. Raises BusyError."""
+        self._start(chat, lambda gen: self._store_user(chat, text, gen))
 
     def regenerate(self, chat: Chat) -> None:
-        """Delete the answer after the chat's last user message and answer it again. Raises BusyError."""
-        self._start(chat, self._drop_last_answer(chat))
+        """Answer the last user message of the shown branch again. The answers it has are kept: the new one is
+        their alternative (the same parent), shown once it is stored; they are posted as `AnswersSetAside`.
+        Raises BusyError."""
+        self._start(chat, lambda gen: self._set_answers_aside(chat, gen))
 
     def edit_and_resend(self, chat: Chat, message_id: int, text: str) -> None:
-        """Replace user message `message_id` (and everything after it) with `text`, then answer. Raises BusyError."""
-        self._start(chat, self._replace_from(chat, message_id, text))
+        """Replace user message `message_id` (and everything below it, in every branch) with `text`, then answer.
+        Raises BusyError."""
+        self._start(chat, lambda gen: self._replace(chat, message_id, text, gen))
 
     def stop(self, chat_id: int) -> bool:
         """Stop the chat's turn: the partial answer is kept and stored as `cancelled`. False if none ran.
@@ -132,6 +124,7 @@ class Sessions:
         if gen.state == "queued":
             self._live.pop(chat_id)
             self._post(m.GenerationFinished(chat_id, None, "cancelled", None))
+            self._unanswered(gen)
         elif gen.state == "running" and self.engine is not None:
             try:
                 self.engine.cancel(gen.request_id)
@@ -151,6 +144,7 @@ class Sessions:
         for gen in [g for g in self._live.values() if g.state == "queued"]:
             self._live.pop(gen.chat_id)
             self._post(m.GenerationFailed(gen.chat_id, None, f"the model is not loaded: {error}"))
+            self._unanswered(gen)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Stop every turn in flight and wait (up to `timeout` s) until their partial answers are stored (as
@@ -163,16 +157,15 @@ class Sessions:
             await asyncio.sleep(0.02)
 
     # ------------------------------------------------------------------------------- the turn
-    def _start(self, chat: Chat, prepare: Coroutine[Any, Any, None]) -> None:
+    def _start(self, chat: Chat, prepare: Prepare) -> None:
         if chat.id in self._live:
-            prepare.close()
             raise BusyError(f"{chat.title!r} is still answering (Esc stops it)")
         gen = self._live[chat.id] = LiveAnswer(chat.id, chat.title)
         self._launch(self._turn(gen, prepare), f"answer chat {chat.id}")
 
-    async def _turn(self, gen: LiveAnswer, prepare: Coroutine[Any, Any, None]) -> None:
+    async def _turn(self, gen: LiveAnswer, prepare: Prepare) -> None:
         try:
-            await prepare
+            await prepare(gen)
         except BaseException:
             self._live.pop(gen.chat_id, None)
             self._post(m.GenerationFinished(gen.chat_id, None, "cancelled", None))
@@ -180,19 +173,22 @@ class Sessions:
         if gen.stop_requested:
             self._live.pop(gen.chat_id, None)
             self._post(m.GenerationFinished(gen.chat_id, None, "cancelled", None))
+            self._unanswered(gen)
         elif self.engine is None and self.model_error is not None:
             self._live.pop(gen.chat_id, None)
             error = f"the model is not loaded: {self.model_error}"
             self._post(m.GenerationFailed(gen.chat_id, None, error))
+            self._unanswered(gen)
             raise GenerationError(error)
         elif self.engine is None:
             gen.state = "queued"
-            self._post(m.GenerationQueued(gen.chat_id))
+            self._post(m.GenerationQueued(gen.chat_id, gen.alternatives))
         else:
             await self._generate(gen)
 
-    async def _store_user(self, chat: Chat, text: str) -> None:
-        message = await self.store.add_message(chat.id, "user", text)
+    async def _store_user(self, chat: Chat, text: str, gen: LiveAnswer, parent_id: Any = AFTER_SHOWN) -> None:
+        message = await self.store.add_message(chat.id, "user", text, parent_id)
+        gen.parent_id = message.id
         self._post(m.UserMessageStored(chat.id, message))
         if chat.title == DEFAULT_TITLE:
             await self._auto_title(chat, text)
@@ -206,24 +202,28 @@ class Sessions:
             self.rename(chat.id, title)
             self._post(m.ChatChanged(renamed))
 
-    async def _drop_last_answer(self, chat: Chat) -> None:
-        stored = await self.store.list_messages(chat.id)
-        users = [x for x in stored if x.role == "user"]
+    async def _set_answers_aside(self, chat: Chat, gen: LiveAnswer) -> None:
+        """The turn answers the shown branch's last user message again, beside the answers it has."""
+        branch = await self.store.branch(chat.id)
+        users = [i for i, x in enumerate(branch.messages) if x.role == "user"]
         if not users:
             raise GenerationError("nothing to regenerate: the chat has no message of yours yet")
-        await self.store.delete_messages_after(chat.id, users[-1].id)
-        self._post(m.MessagesDeleted(chat.id, users[-1].id, inclusive=False))
+        question, after = branch.messages[users[-1]], branch.messages[users[-1] + 1:]
+        answers = len(branch.alternatives[after[0].id]) if after else 0  # the shown answer and its alternatives
+        gen.parent_id, gen.alternatives = question.id, answers + 1
+        self._post(m.AnswersSetAside(chat.id, question.id))
 
-    async def _replace_from(self, chat: Chat, message_id: int, text: str) -> None:
-        await self.store.delete_messages_after(chat.id, message_id, inclusive=True)
+    async def _replace(self, chat: Chat, message_id: int, text: str, gen: LiveAnswer) -> None:
+        edited = await self.store.get_message(message_id)
+        await self.store.delete_message(message_id)
         self._post(m.MessagesDeleted(chat.id, message_id, inclusive=True))
-        await self._store_user(chat, text)
+        await self._store_user(chat, text, gen, AFTER_SHOWN if edited is None else edited.parent_id)
 
     async def _generate(self, gen: LiveAnswer) -> None:
         """Stream one answer into the store and to the screen."""
         gen.state = "running"
         self._titles[gen.request_id] = gen.title
-        self._post(m.GenerationStarted(gen.chat_id, gen.request_id))
+        self._post(m.GenerationStarted(gen.chat_id, gen.request_id, gen.alternatives))
         reason: str | None = None
         failure: BaseException | None = None
         try:
@@ -247,12 +247,12 @@ class Sessions:
         if chat is None:
             raise GenerationError(f"chat {gen.chat_id} was deleted")
         settings = ChatSettings.of(chat)
-        stored = await self.store.list_messages(chat.id)
-        prompt = build_prompt(settings.system_prompt, stored)
-        parent = next((x.id for x in reversed(stored) if x.role == "user"), None)
+        if gen.parent_id is None:
+            raise GenerationError("nothing to answer: the message was not stored")
+        prompt = build_prompt(settings.system_prompt, await self.store.thread(gen.parent_id))
         try:
             params = settings.sampling_params()
-            gen.recorder = AnswerRecorder(self.store, chat.id, parent, engine.model.name, self.flush_interval)
+            gen.recorder = AnswerRecorder(self.store, chat.id, gen.parent_id, engine.model.name, self.flush_interval)
             outputs = engine.generate(prompt, params, Priority.INTERACTIVE, request_id=gen.request_id)
             async with contextlib.aclosing(outputs):  # leaving early (an error) cancels the request
                 async for out in outputs:
@@ -306,3 +306,10 @@ class Sessions:
                 self._post(m.GenerationFailed(gen.chat_id, gen.request_id, str(failure), message))
             else:
                 self._post(m.GenerationFinished(gen.chat_id, gen.request_id, reason, message))
+            if message is None:
+                self._unanswered(gen)
+
+    def _unanswered(self, gen: LiveAnswer) -> None:
+        """The turn ended with nothing stored: a regenerate's answers set aside are what the chat shows again."""
+        if gen.alternatives > 1:
+            self._post(m.BranchChanged(gen.chat_id))

@@ -71,7 +71,8 @@ class ChatScreen(Screen):
         Binding("ctrl+n", "new_chat", "New chat"),
         Binding("escape", "stop", "Stop", tooltip="Stop the open chat's answer (the partial answer is kept)"),
         Binding("f1,question_mark", "help", "Help", tooltip="Show the keys (? when not typing)"),
-        Binding("ctrl+r", "regenerate", "Regenerate", tooltip="Answer the last message again"),
+        Binding("ctrl+r", "regenerate", "Regenerate", tooltip="Answer the last message again, keeping the old "
+                "answer ([ / ] on an answer pages through them)"),
         Binding("ctrl+f", "search", "Search", tooltip="Full-text search over every message"),
         Binding("ctrl+b", "toggle_panel", "Live panel", tooltip="Show/hide the live engine panel"),
         Binding("f2", "rename_chat", "Rename", tooltip="Rename the open chat"),
@@ -203,7 +204,7 @@ class ChatScreen(Screen):
         if hit.chat.archived and not self.show_archived:
             self.show_archived = True
             self._run(self.library.load(True, select=hit.chat.id))
-        self._run(self.library.open(hit.chat.id))
+        self._run(self.library.open(hit.chat.id, show=hit.message.id))  # the hit's branch, if not shown
         self.query_one(PromptInput).focus()
 
     def action_settings(self) -> None:
@@ -332,6 +333,22 @@ class ChatScreen(Screen):
             self.notify("This chat is still answering: Esc stops it first", severity="warning")
             return
         self.pane.begin_edit(event.message_id, event.text)
+
+    @on(MessageView.AlternativeRequested)
+    def _alternative(self, event: MessageView.AlternativeRequested) -> None:
+        event.stop()
+        chat = self.pane.chat
+        if chat is None:
+            return
+        if chat.id in self.sessions.busy_chats():
+            self.notify("This chat is still answering: Esc stops it first", severity="warning")
+            return
+        self._run(self.library.show_alternative(chat.id, event.message_id, event.step))
+
+    @on(m.BranchChanged)
+    def _branch_changed(self, event: m.BranchChanged) -> None:
+        if self._chat_id() == event.chat_id:
+            self._run(self.library.read_branch(event.chat_id))
 
     # ------------------------------------------------------------------------ the list
     @on(ChatList.ChatChosen)

@@ -17,7 +17,8 @@ PROMPT_KEYS = [("Enter", "Send the message"), ("Shift+Enter / Ctrl+J", "New line
                ("Up / Down", "On the first / last line: your earlier messages in this chat, then back to the draft"),
                ("Esc", "Leave edit mode (else: stop the answer)")]
 MESSAGE_KEYS = [("Tab / click", "Focus a message"), ("C", "Copy the message"),
-                ("Y", "Copy its first code block"), ("E", "Edit one of yours and resend it (later messages go)")]
+                ("Y", "Copy its first code block"), ("E", "Edit one of yours and resend it (later messages go)"),
+                ("[ / ] or ← / →", "Page through an answer's alternatives (Ctrl+R keeps the old answer)")]
 JOB_KEYS = [("S", "Submit a job file: type its path (Tab completes) or pick it in the tree"),
             ("P / R", "Pause / resume the job"), ("X", "Cancel the job (asks first)"),
             ("V", "View the job's items and their outputs"),

@@ -84,7 +84,8 @@ class ChatPane(Vertical):
         if prompt.editing is not None:
             prompt.end_edit()
         await self.query_one(ChatView).show_chat(event.chat, event.messages, live.text if shown else None, note,
-                                                 self._answer_label())
+                                                 self._answer_label(), event.positions,
+                                                 None if live is None else _position(live.alternatives))
         self._update_history()
 
     async def close_chat(self) -> None:
@@ -111,16 +112,31 @@ class ChatPane(Vertical):
             await self.query_one(ChatView).remove_from(event.message_id, event.inclusive)
             self._update_history()
 
+    @on(m.AnswersSetAside)
+    async def _set_aside(self, event: m.AnswersSetAside) -> None:
+        if self._shows(event.chat_id):
+            await self.query_one(ChatView).set_aside_after(event.message_id)
+
+    @on(m.BranchShown)
+    async def _branch(self, event: m.BranchShown) -> None:
+        if self._shows(event.chat_id):
+            view = self.query_one(ChatView)
+            await view.show_branch(list(event.branch.messages), event.branch.positions())
+            self._update_history()  # Up / Down recall the user messages of the branch shown
+            if event.focus is not None and (focused := view.view_of(event.focus)) is not None:
+                focused.focus()
+
     # ----------------------------------------------------------------------------- streaming
     @on(m.GenerationQueued)
     async def _queued(self, event: m.GenerationQueued) -> None:
         if self._shows(event.chat_id):
-            await self.query_one(ChatView).begin_answer(note=QUEUED_NOTE)
+            await self.query_one(ChatView).begin_answer(note=QUEUED_NOTE, position=_position(event.alternatives))
 
     @on(m.GenerationStarted)
     async def _started(self, event: m.GenerationStarted) -> None:
         if self._shows(event.chat_id):
-            await self.query_one(ChatView).begin_answer(note=GENERATING_NOTE, label=self._answer_label())
+            await self.query_one(ChatView).begin_answer(note=GENERATING_NOTE, label=self._answer_label(),
+                                                        position=_position(event.alternatives))
 
     @on(m.TokensStreamed)
     async def _tokens(self, event: m.TokensStreamed) -> None:
@@ -157,3 +173,8 @@ class ChatPane(Vertical):
     def begin_edit(self, message_id: int, text: str) -> None:
         """Put one of the user's messages in the prompt, to edit and resend."""
         self.query_one(PromptInput).begin_edit(message_id, text)
+
+
+def _position(alternatives: int) -> tuple[int, int] | None:
+    """The place of a new answer that is the last of `alternatives` answers to its message (None: the only one)."""
+    return (alternatives, alternatives) if alternatives > 1 else None

@@ -17,11 +17,12 @@ NO_CHAT_HINT = "No chat open. Type below to start one (or Ctrl+N); pick one on t
 
 
 class ChatView(VerticalScroll):
-    """Messages of one chat (`chat_id`), kept scrolled to the newest while it streams (unless the user
-    scrolled up to read).
+    """Messages of one chat (`chat_id`): the branch it shows, kept scrolled to the newest while it streams (unless
+    the user scrolled up to read).
 
-    The screen changes it through `show_chat`, `add_message`, `begin_answer`, `append`, `end_answer` and
-    `remove_from`; every call about another chat than the shown one is the caller's to filter.
+    The screen changes it through `show_chat`, `show_branch`, `add_message`, `set_aside_after`, `begin_answer`,
+    `append`, `end_answer` and `remove_from`; every call about another chat than the shown one is the caller's
+    to filter.
     """
 
     def __init__(self, *, id: str | None = None) -> None:
@@ -47,12 +48,21 @@ class ChatView(VerticalScroll):
         """The hint shown while no chat is open."""
         yield Static(NO_CHAT_HINT, classes="chat-hint")
 
+    def view_of(self, message_id: int) -> MessageView | None:
+        """The view of a stored message, if it is shown."""
+        return next((v for v in self.messages() if v.message_id == message_id), None)
+
     async def show_chat(self, chat: Chat | None, stored: list[StoredMessage], live_text: str | None = None,
-                        live_note: str = "generating…", label: str | None = None) -> None:
-        """Show a chat: its stored messages, then its streaming answer's text so far (`live_text`)."""
+                        live_note: str = "generating…", label: str | None = None,
+                        positions: dict[int, tuple[int, int]] | None = None,
+                        live_position: tuple[int, int] | None = None) -> None:
+        """Show a chat: its stored messages (`positions`: of those with alternatives), then its streaming
+        answer's text so far (`live_text`; `live_position` when it is a regenerated answer)."""
         self.chat = chat
         self._answer = None
-        views = [MessageView.from_stored(x) for x in stored if not (live_text is not None and x.streaming)]
+        positions = positions or {}
+        views = [MessageView.from_stored(x, positions.get(x.id)) for x in stored
+                 if not (live_text is not None and x.streaming)]
         with self.app.batch_update():
             await self.remove_children()
             if chat is None:
@@ -64,8 +74,25 @@ class ChatView(VerticalScroll):
         self.anchor(False)
         self.scroll_home(animate=False, immediate=True)
         if live_text is not None:
-            await self.begin_answer(live_text, live_note, label)
+            await self.begin_answer(live_text, live_note, label, live_position)
         self.call_after_refresh(self._follow, jump=True)
+
+    async def show_branch(self, stored: list[StoredMessage], positions: dict[int, tuple[int, int]]) -> None:
+        """Show another branch of the open chat: the views of the messages both branches share stay (their
+        positions updated), the rest give way to the new branch's messages. Not while an answer streams."""
+        if self._answer is not None:
+            return
+        views = self.messages()
+        kept = 0
+        while kept < min(len(views), len(stored)) and views[kept].message_id == stored[kept].id:
+            kept += 1
+        with self.app.batch_update():
+            for view in views[kept:]:
+                await view.remove()
+            for view, message in zip(views[:kept], stored):
+                view.set_position(positions.get(message.id))
+            await self.mount_all([MessageView.from_stored(x, positions.get(x.id)) for x in stored[kept:]])
+        self._update_hint()
 
     async def add_message(self, message: StoredMessage) -> None:
         """Show a newly stored message at the bottom."""
@@ -73,10 +100,12 @@ class ChatView(VerticalScroll):
         self._update_hint()
         self.call_after_refresh(self._follow)
 
-    async def begin_answer(self, text: str = "", note: str = "generating…", label: str | None = None) -> MessageView:
-        """Start the streaming answer (with the text it has so far); `label` e.g. `Assistant · <model>`."""
+    async def begin_answer(self, text: str = "", note: str = "generating…", label: str | None = None,
+                           position: tuple[int, int] | None = None) -> MessageView:
+        """Start the streaming answer (with the text it has so far); `label` e.g. `Assistant · <model>`;
+        `position` `(n, n)` for a regenerated answer (the n-th answer to its message)."""
         if self._answer is None:
-            self._answer = MessageView("assistant", text, label=label)
+            self._answer = MessageView("assistant", text, label=label, position=position)
             await self.mount(self._answer)
             self._answer.start_stream(note)
             self._update_hint()
@@ -109,6 +138,15 @@ class ChatView(VerticalScroll):
             await self.mount(answer)
             self._update_hint()
         await answer.finish(message, note)
+
+    async def set_aside_after(self, message_id: int) -> None:
+        """Remove the views after the message's (a regenerate's answers set aside: they stay stored)."""
+        views = self.messages()
+        index = next((i for i, v in enumerate(views) if v.message_id == message_id), None)
+        if index is not None:
+            for view in views[index + 1:]:
+                await view.remove()
+        self._update_hint()
 
     async def remove_from(self, message_id: int, inclusive: bool) -> None:
         """Remove the views of messages stored from `message_id` on (or after it)."""

@@ -15,10 +15,10 @@ from textual.widgets.markdown import MarkdownStream
 
 from storage import Message as StoredMessage
 
+from ...chat.answer import stats_line
 from .chat_markdown import chat_parser
 
 CODE_BLOCK = re.compile(r"^(`{3,}|~{3,})[^\n]*\n(.*?)^\1", re.DOTALL | re.MULTILINE)
-REASONS = {"length": "length cap", "cancelled": "stopped", "error": "failed", "interrupted": "interrupted"}
 
 
 def first_code_block(text: str) -> str | None:
@@ -28,21 +28,13 @@ def first_code_block(text: str) -> str | None:
 
 
 def message_stats(message: StoredMessage) -> str:
-    """The stats line of an assistant message, e.g. `42 tokens · TTFT 35 ms · 51.2 tok/s`."""
-    parts = []
-    if message.completion_tokens is not None:
-        parts.append(f"{message.completion_tokens} tokens")
-    if message.ttft_ms is not None:
-        parts.append(f"TTFT {message.ttft_ms:.0f} ms")
-    if message.tokens_per_s is not None:
-        parts.append(f"{message.tokens_per_s:.1f} tok/s")
-    if message.finish_reason in REASONS:
-        parts.append(REASONS[message.finish_reason])
-    return " · ".join(parts)
+    """The stats line of an assistant message, e.g. `42 tokens · TTFT 35 ms · 51.2 tok/s` (`app.chat.answer`)."""
+    return stats_line(message.completion_tokens, message.ttft_ms, message.tokens_per_s, message.finish_reason)
 
 
 class MessageView(Vertical, can_focus=True):
-    """A message; focus it (Tab or click) to copy it, copy its code, or edit and resend it (yours).
+    """A message; focus it (Tab or click) to copy it, copy its code, edit and resend it (yours), or page through
+    its alternatives (a regenerated answer's: `[` / `]` or Left / Right).
 
     Args:
         role: `user` or `assistant` (others are shown as they are named).
@@ -50,12 +42,15 @@ class MessageView(Vertical, can_focus=True):
         message_id: the stored message's id (None while an answer has not been stored yet).
         label: the header, e.g. the model's name for an answer.
         stats: the line under an answer.
+        position: `(number, count)` among its alternatives, shown as "answer 2/3" when count > 1.
     """
 
     BINDINGS = [
         Binding("c", "copy", "Copy"),
         Binding("y", "copy_code", "Copy code"),
         Binding("e", "edit", "Edit & resend"),
+        Binding("left_square_bracket,left", "alternative(-1)", "Previous answer", key_display="["),
+        Binding("right_square_bracket,right", "alternative(1)", "Next answer", key_display="]"),
     ]
 
     @dataclass
@@ -65,25 +60,59 @@ class MessageView(Vertical, can_focus=True):
         message_id: int
         text: str
 
+    @dataclass
+    class AlternativeRequested(Message):
+        """The user wants to see the alternative `step` places after (negative: before) this message."""
+
+        message_id: int
+        step: int
+
     def __init__(self, role: str, text: str, *, message_id: int | None = None, label: str | None = None,
-                 stats: str = "") -> None:
+                 stats: str = "", position: tuple[int, int] | None = None) -> None:
         super().__init__(classes=f"message -{role}")
         self.role = role
         self.text = text
         self.message_id = message_id
+        self.position = position
         self._label = label or {"user": "You", "assistant": "Assistant"}.get(role, role.title())
         self._stats = stats
         self._stream: MarkdownStream | None = None
 
     @classmethod
-    def from_stored(cls, message: StoredMessage) -> MessageView:
-        """A view of a stored message."""
+    def from_stored(cls, message: StoredMessage, position: tuple[int, int] | None = None) -> MessageView:
+        """A view of a stored message (`position` among its alternatives, if it has any)."""
         stats = message_stats(message) if message.role == "assistant" else ""
-        return cls(message.role, message.content, message_id=message.id, label=_label(message), stats=stats)
+        return cls(message.role, message.content, message_id=message.id, label=_label(message), stats=stats,
+                   position=position)
+
+    @property
+    def alternatives(self) -> int:
+        """How many alternatives the message has, itself included (1: none)."""
+        return 1 if self.position is None else self.position[1]
+
+    def _label_text(self) -> str:
+        if self.alternatives < 2:
+            return self._label
+        number, count = self.position  # type: ignore[misc]
+        word = "answer" if self.role == "assistant" else "version"
+        return f"{self._label}  ·  ‹ {word} {number}/{count} ›"
+
+    def set_position(self, position: tuple[int, int] | None) -> None:
+        """Show the message's place among its alternatives (None or a count of 1: it has none)."""
+        self.position = position
+        self.query_one(".message-label", Static).update(self._label_text())
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Paging keys work (and show in the footer) only on a stored message that has alternatives; elsewhere
+        Left / Right keep scrolling."""
+        if action == "alternative":
+            return self.alternatives > 1 and self.message_id is not None and not self.streaming
+        return True
 
     def compose(self) -> ComposeResult:
         """The label, the Markdown text and the stats line."""
-        yield Static(self._label, classes="message-label", markup=False)
+        yield Static(self._label_text(), classes="message-label", markup=False)
         yield Markdown(self.text, classes="message-body", parser_factory=chat_parser)
         yield Static(self._stats, classes="message-stats", markup=False)
 
@@ -114,11 +143,13 @@ class MessageView(Vertical, can_focus=True):
             self.text = message.content
             self.message_id = message.id
             if label := _label(message):
-                self.query_one(".message-label", Static).update(label)
+                self._label = label
+                self.query_one(".message-label", Static).update(self._label_text())
         if self._stream is not None:
             await self._stream.stop()
             self._stream = None
         self.set_class(False, "-streaming")
+        self.refresh_bindings()
         await self.query_one(Markdown).update(self.text)
         self.query_one(".message-stats", Static).update(message_stats(message) if message else note)
 
@@ -141,6 +172,11 @@ class MessageView(Vertical, can_focus=True):
             return
         self.app.copy_to_clipboard(code)
         self.notify("Code block copied to the clipboard")
+
+    def action_alternative(self, step: int) -> None:
+        """Ask to show the alternative `step` places after (negative: before) this message."""
+        if self.message_id is not None:
+            self.post_message(self.AlternativeRequested(self.message_id, step))
 
     def action_edit(self) -> None:
         """Ask to edit and resend this message (yours only)."""
