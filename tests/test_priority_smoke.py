@@ -26,7 +26,8 @@ def test_priority_smoke(tmp_path):
         if name != "idle":
             assert row["background_tok_s_no_chat"] > 0, name  # the background runs between chats
             assert row["background_tok_s_during_chat"] is not None
-            assert row["background_rows_during_chat_median"] < row["batch_rows_during_chat_median"]  # the chat's row
+            # rows are sampled while chats decode; a sample may fall between a chat's steps: no strict order
+            assert row["background_rows_during_chat_median"] <= row["batch_rows_during_chat_median"]
         if row["slo"] is not None:
             assert row["step_cost_coefficients"] is not None, name  # ready before the first chat
             assert row["slo_target_step_ms_median"] is not None, name
