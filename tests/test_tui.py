@@ -141,6 +141,10 @@ async def test_next_and_previous_chat_keys_open_the_neighbouring_chats(engine, s
         await step("ctrl+pagedown", to=ids["rome"])
         type_burst(pilot, "\x1b[1;3A\x1b[1;3A")  # Alt+Up twice at once (as tmux sends it): the second steps on
         await wait_for(pilot, lambda: open_chat_id(pilot) == third, what="two chats up")
+        # the second open has finished (list highlight and focus follow it) before the next key is read
+        await wait_for(pilot, lambda: chat_list.chat_ids[chat_list.highlighted] == third, what="the highlight")
+        await wait_for(pilot, lambda: isinstance(app.focused, PromptInput), what="the prompt focused")
+        await pilot.pause()
         type_burst(pilot, "\x1b[6;5~")  # Ctrl+PgDn as tmux sends it
         await wait_for(pilot, lambda: open_chat_id(pilot) == ids["paris"], what="Ctrl+PgDn from the terminal")
         assert chat_list.chat_ids[chat_list.highlighted] == ids["paris"]
