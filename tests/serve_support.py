@@ -71,6 +71,12 @@ class ServerProcess:
         self.proc.send_signal(sig)
         return self.proc.wait(WAIT_S)
 
+    def kill(self) -> None:
+        """End the server if it still runs (a module fixture's teardown)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
 
 def request(url: str, method: str, path: str, body: bytes | dict | None = None, key: str | None = KEY,
             headers: dict[str, str] | None = None) -> tuple[int, Any]:

@@ -30,9 +30,7 @@ def server(tmp_path_factory):
     server = ServerProcess(tmp_path_factory.mktemp("remote"))
     server.start()
     yield server
-    if server.proc.poll() is None:
-        server.proc.kill()
-        server.proc.wait()
+    server.kill()
 
 
 @pytest.fixture

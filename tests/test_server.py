@@ -33,9 +33,7 @@ def _server_process(tmp_path_factory):
     server = ServerProcess(tmp_path_factory.mktemp("serve"))
     server.start()
     yield server
-    if server.proc.poll() is None:
-        server.proc.kill()
-        server.proc.wait()
+    server.kill()
 
 
 @pytest.fixture
