@@ -495,9 +495,10 @@ class EngineCore:
                                             **self._slo_stats_fields())
 
     def _slo_stats_fields(self) -> dict:
-        """The interactive target as the live panel shows it: the last plan's background cap and step target,
-        and the cost model's prediction for the batch as it is (ms; None where there is none)."""
+        """The interactive target as the live panel shows it: the last plan's background cap, step target and
+        catch-up pace, and the cost model's prediction for the batch as it is (ms; None where there is none)."""
         plan, b = self._last_plan, self.batch
         return dict(slo_background_cap=plan.background_cap, slo_target_step_ms=plan.step_target_ms,
+                    slo_pace_ms=plan.pace_ms,
                     predicted_step_ms=self.step_cost.decode_ms(b.size, b.seq_len) if b.size else None,
                     step_cost_coefficients=self.step_cost.coefficients)

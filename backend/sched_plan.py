@@ -37,6 +37,7 @@ class SchedulerState(Protocol):
     _waiting: dict[str, Request]
     order_key: Callable[..., tuple[int, int, int]]
     drop_key: Callable[[Request], tuple[int, int]]
+    catch_up: tuple[int, int] | None
 
     def prefilled_tokens(self) -> int: ...
 
@@ -180,6 +181,7 @@ class Planner(SloPlanning):
         self.slo = SloAccount(batch)  # the interactive step target (`sched_slo.py`)
         self.cap: int | None = None  # background rows the target allows (rows; None: no cap)
         self.target_ms: float | None = None
+        self.catch_up = scheduler.catch_up  # the last chat, while the work its target held back catches up
 
     def plan(self) -> SchedulerOutput:
         """The plan (`SchedulerOutput`); its invariants are checked."""
@@ -187,7 +189,7 @@ class Planner(SloPlanning):
         self.keep_slo_target()  # after admission: a chat's first token does not wait for these swap-outs
         self.relieve_memory_pressure()
         out = SchedulerOutput(tuple(self.steps), self.spent, len(self.rows), self.seq_len, self.queue.held_tokens,
-                              self.cap, self.target_ms, self.slo.held_back)
+                              self.cap, self.target_ms, self.slo.held_back, self._pace_ms(), self._interactive())
         out.assert_invariants(self.batch.max_batch_size, self.batch.max_prefill_tokens)
         assert self.cap is None or sum(r.priority != Priority.INTERACTIVE for r in self.rows) <= self.cap, \
             "more background rows than the interactive target allows"

@@ -141,6 +141,43 @@ def test_background_newcomers_and_swap_ins_wait_while_the_cap_is_full_and_come_b
     assert plan.steps == (SwapIn(old), PrefillGroup((new,))) and plan.background_cap == 4
 
 
+def test_after_the_chat_the_held_back_work_comes_back_paced_by_its_target_then_unpaced():
+    """The backlog the target held back (swapped rows, newcomers) does not all come back in one iteration when
+    the chat ends: each iteration takes on at most the last chat's target of background work (the first piece
+    always goes), so a chat arriving meanwhile waits for one paced iteration (`slo_trace.py`: 5.4 s TTFT
+    before); once a plan holds nothing back the pace ends and plans are those without a target."""
+    chat, running = _req("chat", I), _req("run", B)
+    olds = [_swapped(_req(f"old{i}", B), 300, start_seq=5 + i) for i in range(3)]
+    sched, cost = Scheduler(3), FixedCost(per_byte=0.01)  # target 2 x 2 = 4 ms; a swap-in copies 300 B: 3 ms
+    for n, old in enumerate(olds):
+        old.seq = 90 + n
+        sched.requeue(old)
+    plan = sched.schedule(_batch((running, 20), (chat, 12), cost=cost))
+    assert plan.steps == () and plan.slo_held_back
+    for old in olds:  # the chat has finished: one swap-in an iteration (two would cost 6 ms > 4 ms)
+        plan = sched.schedule(_batch((running, 20), cost=cost))
+        assert plan.steps == (SwapIn(old),)
+        assert plan.pace_ms == 4.0 and plan.background_cap is None
+        assert plan.slo_held_back == (old is not olds[-1])
+        assert sched.take(old)
+    assert sched.schedule(_batch((running, 20), cost=cost)).pace_ms is None and sched.catch_up is None  # nothing held back: no pace any more
+    new = [_req(f"new{i}", B) for i in range(3)]
+    for req in new:
+        sched.add(req)
+    assert sched.schedule(_batch((running, 20), cost=cost)).steps == (PrefillGroup(tuple(new)),)
+
+
+def test_a_paced_prefill_takes_what_the_pace_leaves_and_at_least_a_chunk():
+    chat, long = _req("chat", I), _req("long", B, 1000)
+    sched = _queue(long)
+    cost = FixedCost(per_token=0.01)  # pace 4 ms: 400 tokens
+    assert sched.schedule(_batch((chat, 12), cost=cost, min_chunk_tokens=16)).slo_held_back
+    plan = sched.schedule(_batch(cost=cost, min_chunk_tokens=16))
+    assert plan.steps == (PrefillChunk(long, 0, 400),) and plan.pace_ms == 4.0
+    dear = FixedCost(per_token=1.0)  # not even the minimum chunk fits the pace: it goes anyway
+    assert sched.schedule(_batch(cost=dear, min_chunk_tokens=16)).steps == (PrefillChunk(long, 0, 16),)
+
+
 def test_between_the_admission_cap_and_the_cap_nothing_moves():
     chat, rows = _req("chat", I), [_req("b0", B), _req("b1", B)]
     sched = _queue(_req("waiting", B))
