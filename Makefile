@@ -20,11 +20,15 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/baton $(ARGS)
 
+# The suite runs in TEST_WORKERS pytest-xdist processes (one torch thread each on a 2-core machine: see
+# tests/conftest.py); `make test TEST_WORKERS=0` runs it in this process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=20 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not real_model" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not real_model" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.serving $(ARGS)

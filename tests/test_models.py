@@ -11,12 +11,18 @@ from backend import DEFAULT_MODEL, ModelLoadError, load_model
 
 
 @pytest.mark.real_model
-def test_default_model_converts_once_then_loads_from_cache(tmp_path, monkeypatch):
+def test_default_model_converts_once_then_loads_from_cache_and_a_broken_cache_is_rebuilt(tmp_path, monkeypatch):
+    """One GGUF conversion (the slowest load there is: tens of seconds on 2 cores) checks both: a cache folder
+    left broken (a marker, unreadable config) is converted again, then the next load comes from the cache."""
     monkeypatch.setenv("BATON_CACHE_DIR", str(tmp_path))
+    folder = tmp_path / models._cache_key(models.default_gguf_path())
+    folder.mkdir()
+    (folder / models._CACHE_MARKER).write_text("{}")
+    (folder / "config.json").write_text("{ not json")
     cold = load_model(DEFAULT_MODEL, device="cpu")
     assert cold.source == "gguf"
     cached = list(tmp_path.iterdir())
-    assert len(cached) == 1 and (cached[0] / "model.safetensors").is_file()
+    assert cached == [folder] and (folder / "model.safetensors").is_file()
     warm = load_model(DEFAULT_MODEL, device="cpu")
     assert warm.source == "cache"
     assert warm.load_seconds < cold.load_seconds
@@ -25,17 +31,6 @@ def test_default_model_converts_once_then_loads_from_cache(tmp_path, monkeypatch
         assert torch.equal(cold.model(ids).logits, warm.model(ids).logits)
     assert warm.eos_token_ids == {2} and warm.max_model_len == 8192
     assert warm.tokenizer.chat_template
-
-
-@pytest.mark.real_model
-def test_broken_cache_is_rebuilt(tmp_path, monkeypatch):
-    monkeypatch.setenv("BATON_CACHE_DIR", str(tmp_path))
-    folder = tmp_path / models._cache_key(models.default_gguf_path())
-    folder.mkdir()
-    (folder / models._CACHE_MARKER).write_text("{}")
-    (folder / "config.json").write_text("{ not json")
-    assert load_model(DEFAULT_MODEL, device="cpu").source == "gguf"
-    assert load_model(DEFAULT_MODEL, device="cpu").source == "cache"
 
 
 def test_random_preset_is_seeded_and_has_a_chat_template():
