@@ -11,18 +11,18 @@ Responses: a `chat.completion`; with `stream: true`, server-sent `chat.completio
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Request, Response
-
-from backend import Priority
+from fastapi import APIRouter, Request
 
 from ..chat.completions import CHAT_COMPLETIONS_URL, chat_completion, chat_completion_chunk, parse_body
 from .body import read_json
-from .generation import ClientGone, Generation, check_model, open_generation, sampling_params, until_disconnected
-from .sse import event_stream
+from .generation import Generation
+from .respond import respond
+
+if TYPE_CHECKING:
+    from backend import TokenOutput
 
 router = APIRouter()
 
@@ -32,20 +32,10 @@ async def create_chat_completion(request: Request) -> Any:
     """Answer a chat-completions request (see the module docstring). Errors: `app.server.errors`."""
     state = request.app.state.baton
     body = parse_body(await read_json(request), over_http=True, default_max_tokens=state.engine.max_model_len)
-    model = check_model(state, body.model)
-    params = sampling_params(body.sampling)
-    priority = body.priority if body.priority is not None else Priority.INTERACTIVE
-    try:
-        gen = await open_generation(state, request, body.messages, params, priority, "messages")
-    except ClientGone:
-        return Response(status_code=499)  # nobody is listening; the request was cancelled
-    created = int(time.time())
-    if body.stream:
-        return event_stream(_chunks(gen, model, created, body.include_usage), state.settings.drain_timeout_s)
-    try:
-        text, last = await until_disconnected(request, gen.collect())
-    except ClientGone:
-        return Response(status_code=499)
+    return await respond(request, body, body.messages, "messages", _whole, _chunks)
+
+
+def _whole(gen: Generation, model: str, text: str, last: TokenOutput, created: int) -> dict:
     return chat_completion(gen.request_id, model, text, gen.finish_reason(last), last.prompt_tokens,
                            last.completion_tokens, created, last.cached_tokens)
 

@@ -9,18 +9,18 @@ choices), then `data: [DONE]`.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Request, Response
-
-from backend import Priority
+from fastapi import APIRouter, Request
 
 from ..chat.text_completions import COMPLETIONS_URL, parse_completion_body, text_completion, usage_chunk
 from .body import read_json
-from .generation import ClientGone, Generation, check_model, open_generation, sampling_params, until_disconnected
-from .sse import event_stream
+from .generation import Generation
+from .respond import respond
+
+if TYPE_CHECKING:
+    from backend import TokenOutput
 
 router = APIRouter()
 
@@ -28,22 +28,11 @@ router = APIRouter()
 @router.post(COMPLETIONS_URL)
 async def create_completion(request: Request) -> Any:
     """Answer a completions request (see the module docstring). Errors: `app.server.errors`."""
-    state = request.app.state.baton
     body = parse_completion_body(await read_json(request))
-    model = check_model(state, body.model)
-    params = sampling_params(body.sampling)
-    priority = body.priority if body.priority is not None else Priority.INTERACTIVE
-    try:
-        gen = await open_generation(state, request, body.prompt, params, priority, "prompt")
-    except ClientGone:
-        return Response(status_code=499)
-    created = int(time.time())
-    if body.stream:
-        return event_stream(_chunks(gen, model, created, body.include_usage), state.settings.drain_timeout_s)
-    try:
-        text, last = await until_disconnected(request, gen.collect())
-    except ClientGone:
-        return Response(status_code=499)
+    return await respond(request, body, body.prompt, "prompt", _whole, _chunks)
+
+
+def _whole(gen: Generation, model: str, text: str, last: TokenOutput, created: int) -> dict:
     return text_completion(gen.request_id, model, text, gen.finish_reason(last), created,
                            usage_counts=(last.prompt_tokens, last.completion_tokens, last.cached_tokens))
 
