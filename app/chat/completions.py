@@ -112,7 +112,7 @@ def parse_body(body: Any, *, over_http: bool = False,
     stream, include_usage = parse_stream(http.get("stream"), http.get("stream_options"))
     priority = parse_priority(http["priority"]) if "priority" in http else None
     model = given.get("model")
-    sampling = _parse_sampling(given, default_max_tokens)
+    sampling = parse_sampling({k: v for k, v in given.items() if k != "messages"}, default_max_tokens, NOOP_FIELDS)
     return ChatRequest(_parse_messages(body.get("messages")), sampling, model, stream, include_usage, priority)
 
 
@@ -225,16 +225,21 @@ def _same_value(value: Any, expected: Any) -> bool:
     return value == expected
 
 
-def _parse_sampling(given: dict[str, Any], default_max_tokens: int) -> dict[str, Any]:
-    """`SamplingParams` keyword arguments from the body's fields that are not null (`messages` aside)."""
+def parse_sampling(given: dict[str, Any], default_max_tokens: int, noops: dict[str, Any],
+                   max_token_fields: tuple[str, ...] = ("max_tokens", "max_completion_tokens")) -> dict[str, Any]:
+    """`SamplingParams` keyword arguments from a body's fields that are not null, the prompt's field taken out
+    (both completions formats): OpenAI's defaults, `max_tokens` from any of `max_token_fields` (at most one
+    given; `default_max_tokens` tokens otherwise), `SAMPLING_FIELDS` as given, `model` and `user` checked to be
+    strings, anything else accepted only with its value in `noops`.
+
+    Raises:
+        RequestError: two max-token fields, a non-string `model` / `user`, or a field `check_noop` refuses.
+    """
     sampling = {**OPENAI_DEFAULTS, "max_tokens": default_max_tokens}
-    if "max_tokens" in given and "max_completion_tokens" in given:
-        raise RequestError("invalid_value", "give max_tokens or max_completion_tokens, not both",
-                           "max_completion_tokens")
+    if sum(f in given for f in max_token_fields) > 1:
+        raise RequestError("invalid_value", f"give {' or '.join(max_token_fields)}, not both", max_token_fields[-1])
     for key, value in given.items():
-        if key == "messages":
-            continue
-        if key in ("max_tokens", "max_completion_tokens"):
+        if key in max_token_fields:
             sampling["max_tokens"] = value
         elif key in SAMPLING_FIELDS:
             sampling[key] = value
@@ -242,7 +247,7 @@ def _parse_sampling(given: dict[str, Any], default_max_tokens: int) -> dict[str,
             if not isinstance(value, str):
                 raise RequestError("invalid_value", f"body.{key} must be a string, got {value!r}", key)
         else:
-            check_noop(key, value, NOOP_FIELDS)
+            check_noop(key, value, noops)
     return sampling
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from backend import Priority
 
-from .completions import (OPENAI_DEFAULTS, SAMPLING_FIELDS, RequestError, check_noop, check_object,
+from .completions import (RequestError, check_object, parse_sampling,
                           parse_priority, parse_stream, usage)
 
 COMPLETIONS_URL = "/v1/completions"
@@ -64,15 +64,7 @@ def parse_completion_body(body: Any, default_max_tokens: int = DEFAULT_COMPLETIO
     stream, include_usage = parse_stream(given.pop("stream", None), given.pop("stream_options", None))
     priority = parse_priority(given.pop("priority")) if "priority" in given else None
     prompt = _prompt(given.pop("prompt", None))
-    sampling = {**OPENAI_DEFAULTS, "max_tokens": default_max_tokens}
-    for key, value in given.items():
-        if key == "max_tokens" or key in SAMPLING_FIELDS:
-            sampling[key] = value
-        elif key in ("model", "user"):
-            if not isinstance(value, str):
-                raise RequestError("invalid_value", f"body.{key} must be a string, got {value!r}", key)
-        else:
-            check_noop(key, value, NOOP_FIELDS)
+    sampling = parse_sampling(given, default_max_tokens, NOOP_FIELDS, max_token_fields=("max_tokens",))
     return CompletionRequest(prompt, sampling, given.get("model"), stream, include_usage, priority)
 
 
