@@ -39,6 +39,9 @@ class SamplingTensors:
         all_greedy: every row is greedy (skips all sampling work).
         needs_filter: some row uses top-k or top-p (needs the sort).
         filter_rows: `[F]` int64, the sampled rows that use top-k or top-p (only they are sorted).
+        greedy_rows: `[G]` int64, the greedy rows (only they take an argmax).
+        plain_rows: `[P]` int64, the sampled rows without filters (only they take a softmax over the
+            vocabulary, in vocabulary order).
     """
 
     temperature: torch.Tensor
@@ -48,12 +51,15 @@ class SamplingTensors:
     all_greedy: bool
     needs_filter: bool
     filter_rows: torch.Tensor
+    greedy_rows: torch.Tensor
+    plain_rows: torch.Tensor
 
     @classmethod
     def build(cls, params: list[SamplingParams], device: torch.device) -> "SamplingTensors":
         """Lay out `params` (one per row, in row order) as tensors on `device`."""
         greedy = [p.greedy for p in params]
         filtering = [i for i, (p, g) in enumerate(zip(params, greedy)) if not g and (p.top_k > 0 or p.top_p < 1)]
+        plain = sorted(set(i for i, g in enumerate(greedy) if not g) - set(filtering))
         return cls(
             temperature=torch.tensor([1.0 if g else p.temperature for p, g in zip(params, greedy)],
                                      dtype=torch.float32, device=device),
@@ -63,6 +69,8 @@ class SamplingTensors:
             all_greedy=all(greedy),
             needs_filter=bool(filtering),
             filter_rows=torch.tensor(filtering, dtype=torch.long, device=device),
+            greedy_rows=torch.tensor([i for i, g in enumerate(greedy) if g], dtype=torch.long, device=device),
+            plain_rows=torch.tensor(plain, dtype=torch.long, device=device),
         )
 
 
@@ -166,12 +174,25 @@ def sample(logits: torch.Tensor, st: SamplingTensors, uniforms: torch.Tensor | N
         next token ids `[B]` int64.
     """
     logits = logits.float()
-    greedy_ids = logits.argmax(dim=-1)
     if st.all_greedy:
-        return greedy_ids
-    scaled = logits / st.temperature[:, None]  # [B, V]
-    sampled = _inverse_cdf(scaled, uniforms)[:, 0]  # vocabulary order: rows without filters
+        return logits.argmax(dim=-1)
+    # each kind of row computes only what it needs, on its own rows (every operation below is row-wise, so a
+    # row's token does not depend on which rows are beside it)
+    B = logits.shape[0]
+
+    def take(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:  # no copy when the rows are all rows
+        return t if rows.numel() == B else t[rows]
+
+    out = torch.empty(B, dtype=torch.long, device=logits.device)
+    if st.greedy_rows.numel():
+        rows = st.greedy_rows
+        out[rows] = take(logits, rows).argmax(dim=-1)
+    if st.plain_rows.numel():  # vocabulary order
+        rows = st.plain_rows
+        scaled = take(logits, rows) / take(st.temperature, rows)[:, None]
+        out[rows] = _inverse_cdf(scaled, take(uniforms, rows))[:, 0]
     if st.needs_filter:  # rows with top-k / top-p draw along their own descending order
         rows = st.filter_rows
-        sampled[rows] = _filtered_sample(scaled[rows], st.top_k[rows], st.top_p[rows], uniforms[rows])
-    return torch.where(st.greedy, greedy_ids, sampled)
+        scaled = take(logits, rows) / take(st.temperature, rows)[:, None]
+        out[rows] = _filtered_sample(scaled, take(st.top_k, rows), take(st.top_p, rows), take(uniforms, rows))
+    return out
