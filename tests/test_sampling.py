@@ -86,13 +86,14 @@ def test_a_rows_draw_never_depends_on_its_neighbours_filters(seed, temperature):
     """Issue #9: one row's top-k / top-p used to switch every sampled row to the sorted order, so the same
     uniform picked another token beside a filtering neighbour than alone."""
     g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(3, 64, generator=g) * 2
+    logits = torch.randn(4, 64, generator=g) * 2
     plain = SamplingParams(temperature=temperature)
     filtering = SamplingParams(temperature=1.0, top_p=0.5, top_k=5)
-    u = draw_uniforms([None] * 3, g, torch.device("cpu"))
+    rows = [plain, filtering, plain, SamplingParams(temperature=0)]  # and a greedy row
+    u = draw_uniforms([None] * 4, g, torch.device("cpu"))
     alone = [int(sample(logits[i:i + 1], SamplingTensors.build([p], torch.device("cpu")), u[i:i + 1])[0])
-             for i, p in enumerate([plain, filtering, plain])]
-    together = sample(logits, SamplingTensors.build([plain, filtering, plain], torch.device("cpu")), u).tolist()
+             for i, p in enumerate(rows)]
+    together = sample(logits, SamplingTensors.build(rows, torch.device("cpu")), u).tolist()
     assert together == alone
 
 
