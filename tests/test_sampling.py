@@ -86,13 +86,14 @@ def test_a_rows_draw_never_depends_on_its_neighbours_filters(seed, temperature):
     """Issue #9: one row's top-k / top-p used to switch every sampled row to the sorted order, so the same
     uniform picked another token beside a filtering neighbour than alone."""
     g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(3, 64, generator=g) * 2
+    logits = torch.randn(4, 64, generator=g) * 2
     plain = SamplingParams(temperature=temperature)
     filtering = SamplingParams(temperature=1.0, top_p=0.5, top_k=5)
-    u = draw_uniforms([None] * 3, g, torch.device("cpu"))
+    rows = [plain, filtering, plain, SamplingParams(temperature=0)]  # and a greedy row
+    u = draw_uniforms([None] * 4, g, torch.device("cpu"))
     alone = [int(sample(logits[i:i + 1], SamplingTensors.build([p], torch.device("cpu")), u[i:i + 1])[0])
-             for i, p in enumerate([plain, filtering, plain])]
-    together = sample(logits, SamplingTensors.build([plain, filtering, plain], torch.device("cpu")), u).tolist()
+             for i, p in enumerate(rows)]
+    together = sample(logits, SamplingTensors.build(rows, torch.device("cpu")), u).tolist()
     assert together == alone
 
 
@@ -103,3 +104,20 @@ def test_seeded_request_gives_the_same_tokens_beside_a_top_p_request(make_engine
     narrow = SamplingParams(max_tokens=30, temperature=1.0, top_p=0.5, ignore_eos=True)
     mixed = engine.generate_batch(["Other prompt", "Tell me a story", "A third prompt"], [narrow, seeded, narrow])
     assert mixed[1].token_ids == alone
+
+
+def test_top_k_top_p_over_candidates_draw_what_a_full_sort_draws():
+    """Filtered rows look at their `CANDIDATES` most likely tokens (`topk`) instead of sorting the whole row;
+    for the same uniforms they pick the same tokens as the full sort, including rows whose kept set is wider
+    than the candidates (flat rows, top-k above them), which fall back to the sort."""
+    from backend.sampler import CANDIDATES, _filtered_sample, _inverse_cdf, filtered_logits
+
+    g = torch.Generator().manual_seed(3)
+    V = 4 * CANDIDATES
+    logits = torch.cat([torch.randn(4, V, generator=g) * 3, torch.randn(2, V, generator=g) * 0.2])  # last: flat
+    top_k = torch.tensor([0, 40, 2 * CANDIDATES, 0, 0, 0])
+    top_p = torch.tensor([0.9, 0.95, 0.9, 1.0 - 1e-3, 0.5, 0.95])
+    for _ in range(50):
+        u = torch.rand(6, generator=g)
+        kept, ids = filtered_logits(logits, top_k, top_p)
+        assert _filtered_sample(logits, top_k, top_p, u).tolist() == ids.gather(1, _inverse_cdf(kept, u))[:, 0].tolist()
