@@ -275,3 +275,34 @@ async def test_message_stats_line(store):
     answer = await store.start_assistant_message(chat.id, user.id, "m")
     done = await store.finish_message(answer.id, "a", "cancelled", 3, 42, 35.4, 51.25)
     assert message_stats(done) == "42 tokens · TTFT 35 ms · 51.2 tok/s · stopped"
+    again = await store.start_assistant_message(chat.id, user.id, "m")
+    cut = await store.finish_message(again.id, "b", "stop", 600, 9, 120.2, 40.0, cached_tokens=512,
+                                     dropped_messages=6)
+    assert message_stats(cut) == "9 tokens · TTFT 120 ms · 512 cached · 40.0 tok/s · 6 earlier messages left out"
+
+
+# ------------------------------------------------------------------------- the prefix cache
+SYSTEM = "You are Baton's test assistant. Answer briefly, plainly and politely; never invent facts. " * 2
+
+
+async def test_cached_prompt_tokens_grow_turn_by_turn_and_are_stored_with_each_answer(make_engine, store):
+    """A chat's next turn resends the conversation: the engine's prefix cache serves what it has seen, so each
+    answer's cached prompt tokens grow (turn 1: none; turn 2: at least the system prompt and the first
+    question; turn 3: more), and each stored answer, and its stats line, says how many."""
+    engine = make_engine(prefix_cache_bytes=64 << 20)
+    sessions, posted, tasks = controller(store, engine)
+    chat = await store.create_chat("c", SYSTEM, {"max_tokens": 8, "ignore_eos": True})
+    answers = []
+    for question in ("Where do sea otters sleep, and how do they keep from drifting away at night?",
+                     "And what do they eat when the kelp forest is thin in the winter months?",
+                     "How long do they live in the wild, compared with otters kept in aquariums?"):
+        sessions.send(chat, question)
+        await finish(tasks)
+        assert isinstance(posted[-1], m.GenerationFinished) and posted[-1].finish_reason == "length"
+        answers.append(posted[-1].message)
+    cached = [a.cached_tokens for a in answers]
+    assert cached[0] == 0 and 0 < cached[1] < cached[2], cached
+    assert cached[1] >= 32 and all(c < a.prompt_tokens for c, a in zip(cached, answers))
+    stored = [x for x in await store.list_messages(chat.id) if x.role == "assistant"]
+    assert [x.cached_tokens for x in stored] == cached
+    assert f"· {cached[2]} cached ·" in message_stats(stored[2]) and "cached" not in message_stats(stored[0])
