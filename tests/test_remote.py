@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from app.chat.engine_api import REMOTE_TOKEN_ID, ChatEngine
+from app.chat.engine_api import REMOTE_TOKEN_ID, ChatEngine, prompt_token_counter
 from app.cli import main
 from app.remote import RemoteEngine
 from backend import Engine, Priority, SamplingParams
@@ -53,8 +53,14 @@ def free_port() -> int:
 
 
 def test_both_engines_satisfy_the_apps_engine_interface(make_engine, remote):
-    assert isinstance(make_engine(), ChatEngine) and isinstance(remote, ChatEngine)
+    local = make_engine(max_model_len=256)
+    assert isinstance(local, ChatEngine) and isinstance(remote, ChatEngine)
     assert remote.model.name == "random:tiny" and remote.max_model_len > 0
+    # only the in-process engine counts prompt tokens: a chat on a remote one is sent whole, never fitted
+    assert prompt_token_counter(remote) is None
+    count, messages = prompt_token_counter(local), [{"role": "user", "content": QUESTION}]
+    assert count(messages) == len(local.tokenize(messages))
+    assert count([{"role": "user", "content": "x" * 100_000}]) == 257  # refused unread: more than the context
 
 
 def test_baton_chat_on_a_backend_is_the_in_process_engines_greedy_answer(server, make_engine, capsys):
