@@ -337,6 +337,11 @@ async def test_a_chat_longer_than_the_context_leaves_out_its_oldest_turns_and_ke
     assert sent[0] == {"role": "system", "content": SYSTEM} and sent[-1] == turns[-1]
     assert sent[1:] == turns[trimmed.dropped_messages:] and sent[1]["role"] == "user"
     assert f"{trimmed.dropped_messages} earlier messages left out" in message_stats(trimmed)
+    fitted = [x for x in posted if isinstance(x, m.PromptFitted)]  # the screen is told before the answer streams
+    assert [(x.chat_id, x.dropped_messages) for x in fitted] == [(chat.id, a.dropped_messages) for a in answers[-2:]]
+    started = [i for i, x in enumerate(posted) if isinstance(x, m.GenerationStarted)][-2]
+    first_text = next(i for i, x in enumerate(posted) if i > started and isinstance(x, m.TokensStreamed))
+    assert started < posted.index(fitted[0]) < first_text
     # the next turn keeps the same start: its prompt begins with the whole trimmed prompt, served from the cache
     assert after.dropped_messages == trimmed.dropped_messages and prompts[-1][:len(sent)] == sent
     assert after.cached_tokens >= trimmed.prompt_tokens // 16 * 16 > 0

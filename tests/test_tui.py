@@ -963,7 +963,7 @@ async def test_typing_with_no_chat_open_starts_a_chat_and_answers(engine, store)
 
 # A chat longer than the model's context is still answered; the answer's stats line says how many earlier
 # messages the model did not see, in full at 80x24, and so does the chat opened again from the store.
-async def test_an_answer_that_left_out_old_turns_says_so_under_it_at_80x24(make_engine, store):
+async def test_an_answer_that_left_out_old_turns_says_so_under_it_at_80x24(make_engine, store, decode_gate):
     engine = make_engine(max_model_len=512)
     chat = await store.create_chat("Long talk", None, {"max_tokens": 16, "ignore_eos": True})
     for turn in range(6):  # ~100 tokens a turn: more than the 512-token context in all
@@ -974,7 +974,15 @@ async def test_an_answer_that_left_out_old_turns_says_so_under_it_at_80x24(make_
         screen = await ready(pilot)
         view = screen.query_one(ChatView)
         await choose_chat(pilot, chat.id)
+        gate = decode_gate(engine)  # the answer waits at its first decode step: the note shows while it streams
         await send(pilot, "and one more thing?", press=True)
+        await gate.parked()
+        streaming_note = lambda: "generating… · " in answer_note(view) and "earlier messages left out" in answer_note(view)  # noqa: E731
+        await wait_for(pilot, streaming_note, what="the note while the answer streams")
+        await new_chat(pilot)
+        await choose_chat(pilot, chat.id)  # opened again mid-answer: the live answer keeps its note
+        await wait_for(pilot, streaming_note, what="the note in the chat opened again while it streams")
+        gate.release()
         await idle(pilot)
         answer = (await store.list_messages(chat.id))[-1]
         assert answer.finish_reason == "length" and answer.completion_tokens == 16 and answer.dropped_messages > 0

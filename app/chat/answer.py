@@ -1,5 +1,5 @@
 """How one engine stream went: its token counts, times and end (`AnswerStats`), which ends count as a complete
-answer, and the stats line every front end shows under an answer (`stats_line`).
+answer, and the stats line every front end shows under an answer (`stats_line`, `dropped_note`).
 
 The rates follow vLLM's `benchmark_serving` definitions: TTFT from submission to the first token, and decode
 tokens/s over the tokens after the first (so a one-token answer has no decode rate).
@@ -48,8 +48,14 @@ def stats_line(completion_tokens: int | None, ttft_ms: float | None, tokens_per_
     if finish_reason in ENDINGS:
         parts.append(ENDINGS[finish_reason])
     if dropped_messages:
-        parts.append(f"{dropped_messages} earlier message{'s' * (dropped_messages != 1)} left out")
+        parts.append(dropped_note(dropped_messages))
     return " · ".join(parts)
+
+
+def dropped_note(dropped_messages: int) -> str:
+    """How the stats line (and the TUI's note while such an answer streams) says that a conversation's earliest
+    messages were left out of the prompt to fit the model's context, e.g. `6 earlier messages left out`."""
+    return f"{dropped_messages} earlier message{'s' * (dropped_messages != 1)} left out"
 
 
 def is_complete(finish_reason: str | None) -> bool:

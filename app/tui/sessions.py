@@ -10,8 +10,9 @@ and `live(chat_id)` gives the text streamed so far.
 A conversation longer than the model's context is fitted to it (`app.chat.context_fit`): its oldest turns are
 left out (the system prompt and the newest message stay), counted with the engine's own tokenizer and chat
 template off the event loop, and the same first turn is kept on the chat's later turns while they fit, so the
-engine's prefix cache keeps serving the prompt's beginning. The answer records how many messages were left out
-(its stats line says so). An engine that cannot count tokens (a remote one) gets the whole conversation.
+engine's prefix cache keeps serving the prompt's beginning. How many messages were left out is posted
+(`PromptFitted`, so the screen says it while the answer streams) and stored with the answer (its stats line
+says so). An engine that cannot count tokens (a remote one) gets the whole conversation.
 
 Messages sent before the model is loaded wait (stored, marked queued) and start on `attach_engine`.
 Failures raise (after posting `GenerationFailed`) so the worker that ran the turn reports them.
@@ -262,6 +263,10 @@ class Sessions:
         try:
             params = settings.sampling_params()
             prompt, dropped = await self._fit(engine, chat.id, settings.system_prompt, thread, params.max_tokens)
+            if dropped:
+                gen.dropped_messages = dropped
+                if not gen.stop_requested:  # the screen says "stopping…" already
+                    self._post(m.PromptFitted(gen.chat_id, dropped))
             gen.recorder = AnswerRecorder(self.store, chat.id, gen.parent_id, engine.model.name, self.flush_interval,
                                           dropped)
             outputs = engine.generate(prompt, params, Priority.INTERACTIVE, request_id=gen.request_id)
