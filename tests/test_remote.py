@@ -86,6 +86,19 @@ def test_a_stream_carries_tokens_usage_and_the_stats_of_a_baton_serve(remote, ma
     assert remote.stats_source == "baton" and remote.stats().model == "random:tiny"
 
 
+def test_a_stream_carries_the_prompt_tokens_the_servers_prefix_cache_served(remote):
+    """The server's usage (`prompt_tokens_details.cached_tokens`) reaches the app's `TokenOutput.cached_tokens`,
+    so a chat's stats line says it on a remote engine too: the same long prompt sent again hits the cache."""
+    long = [{"role": "system", "content": "You are a patient assistant who answers in full sentences. " * 3},
+            {"role": "user", "content": "hello again, cache"}]
+
+    async def last() -> object:
+        return [o async for o in remote.generate(long, SamplingParams(max_tokens=MAX_TOKENS, temperature=0))][-1]
+
+    first, again = asyncio.run(last()), asyncio.run(last())
+    assert first.cached_tokens == 0 < again.cached_tokens < again.prompt_tokens and again.finished
+
+
 def test_cancel_closes_the_stream_and_frees_the_servers_row(remote):
     async def run() -> list:
         outs = []
