@@ -16,12 +16,16 @@ def _stats_line(m: Message) -> str:
         parts.append(f"{m.prompt_tokens or 0} prompt + {m.completion_tokens or 0} completion tokens")
     if m.ttft_ms is not None:
         parts.append(f"first token {m.ttft_ms:.0f} ms")
+    if m.cached_tokens:
+        parts.append(f"{m.cached_tokens} prompt tokens cached")
     if m.tokens_per_s is not None:
         parts.append(f"{m.tokens_per_s:.1f} tokens/s")
     if m.finish_reason not in (None, "stop"):
         parts.append(f"finish: {m.finish_reason}")
     elif m.streaming:
         parts.append("unfinished")
+    if m.dropped_messages:
+        parts.append(f"{m.dropped_messages} earlier message{'s' * (m.dropped_messages != 1)} left out of the prompt")
     return " · ".join(parts)
 
 
@@ -57,7 +61,8 @@ def _message_dict(m: Message, alternatives: int) -> dict[str, Any]:
         "id": m.id, "parent_id": m.parent_id, "alternatives": alternatives, "role": m.role, "content": m.content,
         "model": m.model,
         "prompt_tokens": m.prompt_tokens, "completion_tokens": m.completion_tokens, "ttft_ms": m.ttft_ms,
-        "tokens_per_s": m.tokens_per_s, "finish_reason": m.finish_reason,
+        "tokens_per_s": m.tokens_per_s, "cached_tokens": m.cached_tokens, "dropped_messages": m.dropped_messages,
+        "finish_reason": m.finish_reason,
         "created_at": m.created_at.isoformat(), "updated_at": m.updated_at.isoformat(),
     }
 

@@ -204,6 +204,10 @@ STEPS: tuple[Step, ...] = (
         )""",)),
     Step("branches: each message follows its parent (regenerated answers are alternatives with the same parent), "
          "and a chat records the last message of the branch it shows", _BRANCHES),
+    Step("an answer's prompt tokens served from the engine's prefix cache, and the earlier messages left out of "
+         "its prompt to fit the model's context (NULL: not recorded, as for every answer stored before)",
+         ("ALTER TABLE message ADD COLUMN cached_tokens INTEGER",
+          "ALTER TABLE message ADD COLUMN dropped_messages INTEGER")),
 )
 LATEST = len(STEPS)
 

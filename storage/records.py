@@ -43,6 +43,11 @@ class Message:
 
     For an assistant message, `finish_reason is None` means it is still streaming; after a crash
     it becomes "interrupted" (its text is kept). User/system/tool messages have no finish reason.
+
+    An answer's stats (None when not recorded): `prompt_tokens`, `completion_tokens` (tokens), `ttft_ms` (time
+    to the first token, ms), `tokens_per_s` (decode tokens/s), `cached_tokens` (prompt tokens served from the
+    engine's prefix cache), `dropped_messages` (earlier messages of the conversation left out of its prompt so
+    that it fit the model's context; 0 when none were).
     """
 
     id: int
@@ -58,6 +63,8 @@ class Message:
     finish_reason: FinishReason | None
     created_at: datetime
     updated_at: datetime
+    cached_tokens: int | None = None
+    dropped_messages: int | None = None
 
     @property
     def streaming(self) -> bool:

@@ -11,7 +11,8 @@ from .records import Chat, Job, JobItem, Message
 
 CHAT_COLUMNS = ("id", "title", "system_prompt", "params", "created_at", "updated_at", "archived")
 MESSAGE_COLUMNS = ("id", "chat_id", "parent_id", "role", "content", "model", "prompt_tokens",
-                   "completion_tokens", "ttft_ms", "tokens_per_s", "finish_reason", "created_at", "updated_at")
+                   "completion_tokens", "ttft_ms", "tokens_per_s", "finish_reason", "created_at", "updated_at",
+                   "cached_tokens", "dropped_messages")
 ITEM_COLUMNS = ("id", "job_id", "idx", "custom_id", "request", "status", "result", "error", "completed_at")
 
 _last_now: datetime | None = None

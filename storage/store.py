@@ -239,8 +239,13 @@ class Store(JobsMixin, FilesMixin):
 
     async def finish_message(self, message_id: int, content: str, finish_reason: str,
                              prompt_tokens: int | None = None, completion_tokens: int | None = None,
-                             ttft_ms: float | None = None, tokens_per_s: float | None = None) -> Message:
+                             ttft_ms: float | None = None, tokens_per_s: float | None = None,
+                             cached_tokens: int | None = None, dropped_messages: int | None = None) -> Message:
         """Store the final text and stats; `finish_reason` is stop, length, cancelled, error or interrupted.
+
+        Stats (None: not recorded): `prompt_tokens`, `completion_tokens`, `cached_tokens` (prompt tokens served
+        from the engine's prefix cache) in tokens; `ttft_ms` (ms); `tokens_per_s`; `dropped_messages` (earlier
+        messages left out of the prompt to fit the model's context).
 
         Raises ValueError (finish_reason), NotFoundError, StorageError.
         """
@@ -250,9 +255,10 @@ class Store(JobsMixin, FilesMixin):
         async with self._write():
             count, _ = await self._run(
                 "UPDATE message SET content = ?, finish_reason = ?, prompt_tokens = ?, completion_tokens = ?, "
-                "ttft_ms = ?, tokens_per_s = ?, writer_pid = NULL, writer_started = NULL, updated_at = ? WHERE id = ?",
-                (content, finish_reason, prompt_tokens, completion_tokens, ttft_ms, tokens_per_s, stamp,
-                 message_id))
+                "ttft_ms = ?, tokens_per_s = ?, cached_tokens = ?, dropped_messages = ?, writer_pid = NULL, "
+                "writer_started = NULL, updated_at = ? WHERE id = ?",
+                (content, finish_reason, prompt_tokens, completion_tokens, ttft_ms, tokens_per_s, cached_tokens,
+                 dropped_messages, stamp, message_id))
             if count:
                 await self._run("UPDATE chat SET updated_at = ? WHERE id = (SELECT chat_id FROM message "
                                 "WHERE id = ?)", (stamp, message_id))

@@ -50,7 +50,7 @@ def one_error_line(err: str) -> str:
 
 
 #: the stats line `baton chat` prints on stderr after each answer
-STATS = re.compile(r"^baton: (chat \d+ · )?\d+ tokens( · TTFT \d+ ms)?( · [\d.]+ tok/s)?( · [a-z ]+)?$")
+STATS = re.compile(r"^baton: (chat \d+ · )?\d+ tokens( · TTFT \d+ ms)?( · \d+ cached)?( · [\d.]+ tok/s)?( · [a-z ]+)?$")
 
 
 def stats_lines(err: str) -> list[str]:

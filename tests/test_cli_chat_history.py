@@ -26,7 +26,7 @@ TINY = ["--model", "random:tiny"]
 SHORT = [*TINY, "--max-tokens", "5", "--temperature", "0"]
 REPO = Path(__file__).resolve().parents[1]
 #: the stats line of a stored answer: `baton: chat 3 · 5 tokens · TTFT 12 ms · 80.1 tok/s · length cap`
-STORED = re.compile(r"^baton: chat (\d+) · (\d+ tokens · TTFT \d+ ms( · [\d.]+ tok/s)?( · [a-z ]+)?)$")
+STORED = re.compile(r"^baton: chat (\d+) · (\d+ tokens · TTFT \d+ ms( · \d+ cached)?( · [\d.]+ tok/s)?( · [a-z ]+)?)$")
 
 
 def run(coro):

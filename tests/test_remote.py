@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from app.chat.engine_api import REMOTE_TOKEN_ID, ChatEngine
+from app.chat.engine_api import REMOTE_TOKEN_ID, ChatEngine, prompt_token_counter
 from app.cli import main
 from app.remote import RemoteEngine
 from backend import Engine, Priority, SamplingParams
@@ -53,8 +53,14 @@ def free_port() -> int:
 
 
 def test_both_engines_satisfy_the_apps_engine_interface(make_engine, remote):
-    assert isinstance(make_engine(), ChatEngine) and isinstance(remote, ChatEngine)
+    local = make_engine(max_model_len=256)
+    assert isinstance(local, ChatEngine) and isinstance(remote, ChatEngine)
     assert remote.model.name == "random:tiny" and remote.max_model_len > 0
+    # only the in-process engine counts prompt tokens: a chat on a remote one is sent whole, never fitted
+    assert prompt_token_counter(remote) is None
+    count, messages = prompt_token_counter(local), [{"role": "user", "content": QUESTION}]
+    assert count(messages) == len(local.tokenize(messages))
+    assert count([{"role": "user", "content": "x" * 100_000}]) == 257  # refused unread: more than the context
 
 
 def test_baton_chat_on_a_backend_is_the_in_process_engines_greedy_answer(server, make_engine, capsys):
@@ -78,6 +84,19 @@ def test_a_stream_carries_tokens_usage_and_the_stats_of_a_baton_serve(remote, ma
     assert all(o.token_id == REMOTE_TOKEN_ID for o in outs[:-1]) and outs[-1].finished
     assert outs[-1].prompt_tokens > 0 and outs[-1].completion_tokens == MAX_TOKENS
     assert remote.stats_source == "baton" and remote.stats().model == "random:tiny"
+
+
+def test_a_stream_carries_the_prompt_tokens_the_servers_prefix_cache_served(remote):
+    """The server's usage (`prompt_tokens_details.cached_tokens`) reaches the app's `TokenOutput.cached_tokens`,
+    so a chat's stats line says it on a remote engine too: the same long prompt sent again hits the cache."""
+    long = [{"role": "system", "content": "You are a patient assistant who answers in full sentences. " * 3},
+            {"role": "user", "content": "hello again, cache"}]
+
+    async def last() -> object:
+        return [o async for o in remote.generate(long, SamplingParams(max_tokens=MAX_TOKENS, temperature=0))][-1]
+
+    first, again = asyncio.run(last()), asyncio.run(last())
+    assert first.cached_tokens == 0 < again.cached_tokens < again.prompt_tokens and again.finished
 
 
 def test_cancel_closes_the_stream_and_frees_the_servers_row(remote):

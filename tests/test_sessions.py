@@ -123,9 +123,9 @@ async def test_a_prompt_the_engine_rejects_fails_the_turn(make_engine, store):
     sessions, posted, tasks = controller(store, make_engine())
     chat = await store.create_chat("c", None, {})
     sessions.send(chat, "x" * 5000)  # longer than random:tiny's 2,048-token context
-    with pytest.raises(Exception, match="prompt"):
+    with pytest.raises(Exception, match="context of 2048 tokens"):
         await finish(tasks)
-    assert isinstance(posted[-1], m.GenerationFailed) and "prompt" in posted[-1].error
+    assert isinstance(posted[-1], m.GenerationFailed) and "context" in posted[-1].error
     assert not sessions.busy_chats()
 
 
@@ -275,3 +275,84 @@ async def test_message_stats_line(store):
     answer = await store.start_assistant_message(chat.id, user.id, "m")
     done = await store.finish_message(answer.id, "a", "cancelled", 3, 42, 35.4, 51.25)
     assert message_stats(done) == "42 tokens · TTFT 35 ms · 51.2 tok/s · stopped"
+    again = await store.start_assistant_message(chat.id, user.id, "m")
+    cut = await store.finish_message(again.id, "b", "stop", 600, 9, 120.2, 40.0, cached_tokens=512,
+                                     dropped_messages=6)
+    assert message_stats(cut) == "9 tokens · TTFT 120 ms · 512 cached · 40.0 tok/s · 6 earlier messages left out"
+
+
+# ------------------------------------------------------------------------- the prefix cache
+SYSTEM = "You are Baton's test assistant. Answer briefly, plainly and politely; never invent facts. " * 2
+
+
+async def test_cached_prompt_tokens_grow_turn_by_turn_and_are_stored_with_each_answer(make_engine, store):
+    """A chat's next turn resends the conversation: the engine's prefix cache serves what it has seen, so each
+    answer's cached prompt tokens grow (turn 1: none; turn 2: at least the system prompt and the first
+    question; turn 3: more), and each stored answer, and its stats line, says how many."""
+    engine = make_engine(prefix_cache_bytes=64 << 20)
+    sessions, posted, tasks = controller(store, engine)
+    chat = await store.create_chat("c", SYSTEM, {"max_tokens": 8, "ignore_eos": True})
+    answers = []
+    for question in ("Where do sea otters sleep, and how do they keep from drifting away at night?",
+                     "And what do they eat when the kelp forest is thin in the winter months?",
+                     "How long do they live in the wild, compared with otters kept in aquariums?"):
+        sessions.send(chat, question)
+        await finish(tasks)
+        assert isinstance(posted[-1], m.GenerationFinished) and posted[-1].finish_reason == "length"
+        answers.append(posted[-1].message)
+    cached = [a.cached_tokens for a in answers]
+    assert cached[0] == 0 and 0 < cached[1] < cached[2], cached
+    assert cached[1] >= 32 and all(c < a.prompt_tokens for c, a in zip(cached, answers))
+    stored = [x for x in await store.list_messages(chat.id) if x.role == "assistant"]
+    assert [x.cached_tokens for x in stored] == cached
+    assert f"· {cached[2]} cached ·" in message_stats(stored[2]) and "cached" not in message_stats(stored[0])
+
+
+# ------------------------------------------------------------------------ a chat past the context
+async def test_a_chat_longer_than_the_context_leaves_out_its_oldest_turns_and_keeps_its_prefix(make_engine, store):
+    """With a 1,024-token context a chat outgrows the model within a few turns. Each turn is still answered in full:
+    the oldest turns are left out (the system prompt and the newest question stay), the answer records how many
+    (its stats line says so), and the next turn starts from the same turn, so the engine's prefix cache serves
+    the whole kept prompt again."""
+    engine = make_engine(max_model_len=1024, prefix_cache_bytes=64 << 20)
+    prompts = spy_prompts(engine)
+    sessions, posted, tasks = controller(store, engine)
+    chat = await store.create_chat("c", SYSTEM, {"max_tokens": 16, "ignore_eos": True, "temperature": 0})
+    answers = []
+    for turn in range(12):
+        sessions.send(chat, f"Question {turn}: tell me one more thing about otters and the kelp forests they live in.")
+        await finish(tasks)  # before fitting, the turn whose prompt passes the context failed here
+        assert isinstance(posted[-1], m.GenerationFinished), posted[-1]
+        answer = posted[-1].message
+        assert (answer.finish_reason, answer.completion_tokens) == ("length", 16)  # a whole answer, not cut
+        assert answer.prompt_tokens + 16 <= 1024
+        answers.append(answer)
+        if len(answers) >= 2 and answers[-2].dropped_messages:
+            break
+    trimmed, after = answers[-2], answers[-1]
+    assert trimmed.dropped_messages > 0 and [a.dropped_messages for a in answers[:-2]] == [0] * (len(answers) - 2)
+    thread = await store.thread(trimmed.parent_id)
+    turns = [{"role": x.role, "content": x.content} for x in thread if x.role in ("user", "assistant")]
+    sent = prompts[-2]
+    assert sent[0] == {"role": "system", "content": SYSTEM} and sent[-1] == turns[-1]
+    assert sent[1:] == turns[trimmed.dropped_messages:] and sent[1]["role"] == "user"
+    assert f"{trimmed.dropped_messages} earlier messages left out" in message_stats(trimmed)
+    fitted = [x for x in posted if isinstance(x, m.PromptFitted)]  # the screen is told before the answer streams
+    assert [(x.chat_id, x.dropped_messages) for x in fitted] == [(chat.id, a.dropped_messages) for a in answers[-2:]]
+    started = [i for i, x in enumerate(posted) if isinstance(x, m.GenerationStarted)][-2]
+    first_text = next(i for i, x in enumerate(posted) if i > started and isinstance(x, m.TokensStreamed))
+    assert started < posted.index(fitted[0]) < first_text
+    # the next turn keeps the same start: its prompt begins with the whole trimmed prompt, served from the cache
+    assert after.dropped_messages == trimmed.dropped_messages and prompts[-1][:len(sent)] == sent
+    assert after.cached_tokens >= trimmed.prompt_tokens // 16 * 16 > 0
+    stored = await store.get_message(after.id)
+    assert (stored.dropped_messages, stored.cached_tokens) == (after.dropped_messages, after.cached_tokens)
+
+
+async def test_a_message_too_long_for_the_context_on_its_own_fails_with_a_clear_error(make_engine, store):
+    sessions, posted, tasks = controller(store, make_engine(max_model_len=256))
+    chat = await store.create_chat("c", None, {"max_tokens": 16})
+    sessions.send(chat, "otters " * 60)
+    with pytest.raises(Exception, match="too long for the model's context of 256 tokens"):
+        await finish(tasks)
+    assert isinstance(posted[-1], m.GenerationFailed) and "256 tokens" in posted[-1].error

@@ -775,3 +775,53 @@ async def test_a_version_3_database_keeps_every_row_and_its_unfinished_work_is_r
         columns = {r[1] for r in await store._fetchall("PRAGMA table_info(message)")}
         assert {"writer_pid", "writer_started"} <= columns
         assert "owner_started" in {r[1] for r in await store._fetchall("PRAGMA table_info(job)")}
+
+
+async def test_a_version_6_database_keeps_every_row_and_answers_gain_cached_and_dropped_counts(tmp_path):
+    """Schema step 7 adds an answer's cached prompt tokens and the earlier messages left out of its prompt. A
+    version-6 file keeps every chat, message, stat, branch and search hit; its answers have neither count
+    (None), and answers finished after the upgrade store both, which a reopened store reads back."""
+    path = tmp_path / "old.db"
+    conn = await sdb.connect(str(path), 1.0)
+    stamp = "2026-01-01T00:00:00+00:00"
+    try:
+        assert await migrations.migrate(conn, migrations.STEPS[:6]) == 6
+        await conn.execute("INSERT INTO chat (id, title, system_prompt, params, created_at, updated_at) "
+                           "VALUES (1, 'otters', 'be brief', '{\"max_tokens\": 9}', ?, ?)", (stamp, stamp))
+        for row in [(1, None, "user", "tell me about otters", None, None, None, None, None, None),
+                    (2, 1, "assistant", "Otters hold hands", "random:tiny", 12, 4, 35.5, 41.0, "stop"),
+                    (3, 1, "assistant", "They float", "random:tiny", 12, 2, 30.0, None, "length"),
+                    (4, 2, "user", "and more?", None, None, None, None, None, None)]:
+            await conn.execute("INSERT INTO message (id, chat_id, parent_id, role, content, model, prompt_tokens, "
+                               "completion_tokens, ttft_ms, tokens_per_s, finish_reason, created_at, updated_at) "
+                               "VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*row, stamp, stamp))
+        await conn.execute("UPDATE chat SET current_message_id = 4 WHERE id = 1")
+        await conn.commit()
+    finally:
+        await conn.close()
+    async with await Store.open(path) as store:
+        assert await store.schema_version() == migrations.LATEST >= 7
+        chat = await store.get_chat(1)
+        assert (chat.title, chat.system_prompt, chat.params) == ("otters", "be brief", {"max_tokens": 9})
+        messages = await store.list_messages(1)
+        assert [(m.id, m.parent_id, m.role, m.content, m.prompt_tokens, m.completion_tokens, m.ttft_ms,
+                 m.tokens_per_s, m.finish_reason) for m in messages] == [
+            (1, None, "user", "tell me about otters", None, None, None, None, None),
+            (2, 1, "assistant", "Otters hold hands", 12, 4, 35.5, 41.0, "stop"),
+            (3, 1, "assistant", "They float", 12, 2, 30.0, None, "length"),
+            (4, 2, "user", "and more?", None, None, None, None, None)]
+        assert all(m.cached_tokens is None and m.dropped_messages is None for m in messages)
+        branch = await store.branch(1)
+        assert [m.id for m in branch.messages] == [1, 2, 4] and branch.position(2) == (1, 2)
+        assert [h.message.id for h in await store.search("otters")] == [2, 1]
+        assert not await store._fetchall("PRAGMA foreign_key_check")
+        started = await store.start_assistant_message(1, 4, "random:tiny", "Th")
+        finished = await store.finish_message(started.id, "They sleep afloat", "stop", 40, 5, 20.0, 50.0,
+                                              cached_tokens=32, dropped_messages=2)
+        assert (finished.cached_tokens, finished.dropped_messages) == (32, 2)
+    async with await Store.open(path) as store:
+        again = await store.get_message(finished.id)
+        assert (again.prompt_tokens, again.cached_tokens, again.dropped_messages) == (40, 32, 2)
+        md = await store.export_chat_markdown(1)
+        assert "32 prompt tokens cached" in md and "2 earlier messages left out of the prompt" in md
+        assert (await store.export_chat_json(1))["messages"][-1]["cached_tokens"] == 32

@@ -31,6 +31,7 @@ from backend import DEFAULT_MODEL, Engine, EngineConfig
 from conftest import queued, until
 from storage import Store
 from themes import BATON_THEMES
+from tui_text import screen_lines
 from tui_support import (SIZE, cells_in_256_colours, choose_chat, config_dir, idle, new_chat, open_chat_id,  # noqa: F401
                          populate, ready, record_notifications, send, type_burst, wait_for)
 
@@ -958,3 +959,43 @@ async def test_typing_with_no_chat_open_starts_a_chat_and_answers(engine, store)
         msgs = await store.list_messages(chat_id)
         assert [m.role for m in msgs] == ["user", "assistant"] and msgs[0].content == "hello there"
         assert msgs[-1].finish_reason in ("stop", "length")
+
+
+# A chat longer than the model's context is still answered; the answer's stats line says how many earlier
+# messages the model did not see, in full at 80x24, and so does the chat opened again from the store.
+async def test_an_answer_that_left_out_old_turns_says_so_under_it_at_80x24(make_engine, store, decode_gate):
+    engine = make_engine(max_model_len=512)
+    chat = await store.create_chat("Long talk", None, {"max_tokens": 16, "ignore_eos": True})
+    for turn in range(6):  # ~100 tokens a turn: more than the 512-token context in all
+        await store.add_message(chat.id, "user", f"Turn {turn}: " + "tell me about otters and kelp " * 2)
+        await store.add_message(chat.id, "assistant", f"Answer {turn}: " + "otters float in the kelp " * 2)
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await ready(pilot)
+        view = screen.query_one(ChatView)
+        await choose_chat(pilot, chat.id)
+        gate = decode_gate(engine)  # the answer waits at its first decode step: the note shows while it streams
+        await send(pilot, "and one more thing?", press=True)
+        await gate.parked()
+        streaming_note = lambda: "generating… · " in answer_note(view) and "earlier messages left out" in answer_note(view)  # noqa: E731
+        await wait_for(pilot, streaming_note, what="the note while the answer streams")
+        await new_chat(pilot)
+        await choose_chat(pilot, chat.id)  # opened again mid-answer: the live answer keeps its note
+        await wait_for(pilot, streaming_note, what="the note in the chat opened again while it streams")
+        gate.release()
+        await idle(pilot)
+        answer = (await store.list_messages(chat.id))[-1]
+        assert answer.finish_reason == "length" and answer.completion_tokens == 16 and answer.dropped_messages > 0
+        note = f"{answer.dropped_messages} earlier messages left out"
+        stats = view.messages()[-1].query_one(".message-stats")
+        assert note in str(stats.render())
+        await wait_for(pilot, lambda: note in chat_text(app), what="the note on the 80x24 screen")
+        await new_chat(pilot)
+        await choose_chat(pilot, chat.id)  # opened again: read from the store
+        await wait_for(pilot, lambda: note in chat_text(app), what="the note in the reopened chat")
+
+
+def chat_text(app) -> str:
+    """The words the chat pane shows on screen, in reading order (lines wrapped by the view joined again)."""
+    lines = [line.split("▌", 1)[1] for line in screen_lines(app) if "▌" in line]
+    return " ".join(" ".join(lines).split())

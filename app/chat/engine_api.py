@@ -12,7 +12,7 @@ first one.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from backend import EngineStats, Priority, SamplingParams, TokenOutput
@@ -84,3 +84,49 @@ class ChatEngine(Protocol):
     def stats(self) -> EngineStats:
         """The latest snapshot (never blocks on the network: a remote engine returns its last poll)."""
         ...
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    """An engine that counts a prompt's tokens with its own tokenizer and chat template (`backend.Engine`). A
+    remote engine is not one: its server does not tokenize for us, so the app sends its prompts whole.
+
+    Attributes:
+        max_model_len: tokens of one request's context, or None when unknown.
+    """
+
+    max_model_len: int | None
+
+    def tokenize(self, prompt: Any) -> list[int]:
+        """The prompt's token ids (chat messages through the chat template, with the generation prompt).
+
+        Raises:
+            ValueError: a prompt the engine refuses (empty, not valid UTF-8, longer in characters than the
+                context can ever hold: `backend.ContextLengthError`).
+        """
+        ...
+
+
+def prompt_token_counter(engine: object) -> Callable[[list[dict[str, str]]], int] | None:
+    """`count(messages)`: the prompt tokens of chat messages on `engine` (tokens), for
+    `app.chat.context_fit.fit_to_context`; None when the engine cannot count them (not a `TokenCounter`, e.g. a
+    remote engine) or its context is unknown.
+
+    `count` blocks for as long as the tokenizer takes (run it off the event loop for long chats). A prompt the
+    engine refuses by its length in characters alone (`backend.ContextLengthError`, before tokenizing it)
+    counts as `max_model_len + 1` tokens: more than the context, which is all fitting needs to know. `count`
+    raises ValueError for any other prompt the engine refuses.
+    """
+    if not isinstance(engine, TokenCounter) or engine.max_model_len is None:
+        return None
+    from backend import ContextLengthError
+
+    counter, longest = engine, engine.max_model_len
+
+    def count(messages: list[dict[str, str]]) -> int:
+        try:
+            return len(counter.tokenize(messages))
+        except ContextLengthError:
+            return longest + 1
+
+    return count

@@ -1,5 +1,5 @@
 """The prompt a chat sends: chat messages (`[{"role", "content"}]` dicts, what the engine's chat template
-takes) built from the stored conversation."""
+takes) built from the stored conversation, and which stored messages its turns are."""
 
 from __future__ import annotations
 
@@ -18,6 +18,11 @@ def build_prompt(system_prompt: str | None, stored: list[StoredMessage]) -> list
             `system_prompt`).
     """
     prompt = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    prompt += [{"role": x.role, "content": x.content} for x in stored
-               if x.role in ("user", "assistant") and x.content.strip()]
+    prompt += [{"role": x.role, "content": x.content} for x in prompt_turns(stored)]
     return prompt
+
+
+def prompt_turns(stored: list[StoredMessage]) -> list[StoredMessage]:
+    """The stored messages that are the prompt's turns (`build_prompt`'s messages after the system prompt, in
+    the same order): the non-empty user and assistant messages."""
+    return [x for x in stored if x.role in ("user", "assistant") and x.content.strip()]

@@ -2,7 +2,8 @@
 
 The stored answer is created at the first token (so an answer that never started leaves no empty row), its
 text is written at least every `flush_interval` seconds while it streams (a killed process loses at most that
-much), and it is finished with its end and stats (prompt / completion tokens, TTFT, decode tokens/s). The
+much), and it is finished with its end and stats (prompt / completion / cached prompt tokens, TTFT, decode
+tokens/s, the earlier messages left out of its prompt). The
 store's `finish_message` is shielded from cancellation, so an app closing mid-answer still stores it.
 """
 
@@ -32,12 +33,15 @@ class AnswerRecorder:
         parent_id: the user message it answers (None for none).
         model: the model name stored with the answer.
         flush_interval: most seconds between two writes of the text (s).
+        dropped_messages: earlier messages of the conversation left out of the prompt to fit the model's context
+            (stored with the answer; None: not known, e.g. nothing was fitted).
     """
 
     def __init__(self, store: Store, chat_id: int, parent_id: int | None, model: str,
-                 flush_interval: float = FLUSH_INTERVAL_S) -> None:
+                 flush_interval: float = FLUSH_INTERVAL_S, dropped_messages: int | None = None) -> None:
         self.store, self.chat_id, self.parent_id, self.model = store, chat_id, parent_id, model
         self.flush_interval = flush_interval
+        self.dropped_messages = dropped_messages
         self.stats = AnswerStats()
         self.message_id: int | None = None
         self._parts: list[str] = []
@@ -77,4 +81,4 @@ class AnswerRecorder:
         reason = finish_reason or self.stats.finish_reason or "cancelled"
         return await asyncio.shield(self.store.finish_message(
             self.message_id, self.text, reason, self.stats.prompt_tokens, self.stats.completion_tokens,
-            *self.stats.rates()))
+            *self.stats.rates(), cached_tokens=self.stats.cached_tokens, dropped_messages=self.dropped_messages))

@@ -159,7 +159,8 @@ class ChatHistory:
             prompt = build_prompt(self.settings.system_prompt, [*self._said, _Said("user", text)])
             last, answer = await stream(engine, prompt, params, out, note)
             self._said += [_Said("user", text), _Said("assistant", answer)]
-            return last, answer, stats_line(stats.completion_tokens, *stats.rates(), stats.finish_reason)
+            return last, answer, stats_line(stats.completion_tokens, *stats.rates(), stats.finish_reason,
+                                            stats.cached_tokens)
 
         created = self.chat is None
         if self.chat is None:
@@ -179,7 +180,8 @@ class ChatHistory:
             raise
         message = await recorder.finish()
         self._said = await self.store.thread(message.id if message is not None else user.id)
-        line = stats_line(message.completion_tokens, message.ttft_ms, message.tokens_per_s, message.finish_reason) \
+        line = stats_line(message.completion_tokens, message.ttft_ms, message.tokens_per_s, message.finish_reason,
+                          message.cached_tokens, message.dropped_messages) \
             if message is not None else stats_line(recorder.stats.completion_tokens, None, None, last.finish_reason)
         return last, answer, line
 

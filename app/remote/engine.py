@@ -57,6 +57,7 @@ class _Live:
     task: asyncio.Task | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # the server's `usage.prompt_tokens_details.cached_tokens` (0 when it does not say)
     done: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -301,19 +302,23 @@ class RemoteEngine:
                 if chunk.usage is not None:
                     live.prompt_tokens = chunk.usage.prompt_tokens or live.prompt_tokens
                     live.completion_tokens = chunk.usage.completion_tokens or live.completion_tokens
+                    details = getattr(chunk.usage, "prompt_tokens_details", None)
+                    live.cached_tokens = getattr(details, "cached_tokens", None) or live.cached_tokens
                 for choice in chunk.choices:
                     if choice.delta is not None and choice.delta.content:
                         live.completion_tokens += 1
                         self._rates.token()
                         live.queue.put_nowait(TokenOutput(request_id, REMOTE_TOKEN_ID, choice.delta.content, None,
-                                                          live.prompt_tokens, live.completion_tokens))
+                                                          live.prompt_tokens, live.completion_tokens,
+                                                          cached_tokens=live.cached_tokens))
                     if choice.finish_reason:
                         finish = choice.finish_reason
         return finish
 
     @staticmethod
     def _closing(request_id: str, live: _Live, reason: str, error: str | None = None) -> TokenOutput:
-        return TokenOutput(request_id, None, "", reason, live.prompt_tokens, live.completion_tokens, error)
+        return TokenOutput(request_id, None, "", reason, live.prompt_tokens, live.completion_tokens, error,
+                           cached_tokens=live.cached_tokens)
 
     def _cancel_in_loop(self, request_id: str, live: _Live) -> None:
         if live.done or live.task is None or live.task.done():

@@ -27,6 +27,7 @@ class LiveAnswer:
     cancel_sent: bool = False  # the engine was asked to cancel it (after a stop request)
     posted: int = 0  # characters of the text already posted in `TokensStreamed` messages
     flush: asyncio.TimerHandle | None = None  # the pending post of the rest
+    dropped_messages: int = 0  # earlier messages left out of the prompt to fit the model's context
 
     @property
     def message_id(self) -> int | None:

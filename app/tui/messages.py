@@ -169,6 +169,15 @@ class GenerationStarted(Message):
 
 
 @dataclass
+class PromptFitted(Message):
+    """A chat's conversation was longer than the model's context: its `dropped_messages` earliest messages are
+    left out of the prompt of the answer starting now (posted only when some are, before its first token)."""
+
+    chat_id: int
+    dropped_messages: int
+
+
+@dataclass
 class TokensStreamed(Message):
     """New answer text arrived for a chat (a delta to append)."""
 

@@ -7,6 +7,13 @@ turn it stores the user's message first (after the branch the chat shows), then 
 recorder agent tasks use). It posts `app.tui.messages` as it goes; the screen shows whichever chat it likes,
 and `live(chat_id)` gives the text streamed so far.
 
+A conversation longer than the model's context is fitted to it (`app.chat.context_fit`): its oldest turns are
+left out (the system prompt and the newest message stay), counted with the engine's own tokenizer and chat
+template off the event loop, and the same first turn is kept on the chat's later turns while they fit, so the
+engine's prefix cache keeps serving the prompt's beginning. How many messages were left out is posted
+(`PromptFitted`, so the screen says it while the answer streams) and stored with the answer (its stats line
+says so). An engine that cannot count tokens (a remote one) gets the whole conversation.
+
 Messages sent before the model is loaded wait (stored, marked queued) and start on `attach_engine`.
 Failures raise (after posting `GenerationFailed`) so the worker that ran the turn reports them.
 """
@@ -21,7 +28,9 @@ from backend import Priority
 from storage import AFTER_SHOWN, Chat, NotFoundError, Store
 from storage import Message as StoredMessage
 
-from ..chat.prompt import build_prompt
+from ..chat.context_fit import ContextOverflow, fit_to_context
+from ..chat.engine_api import prompt_token_counter
+from ..chat.prompt import build_prompt, prompt_turns
 from ..chat.recorder import FLUSH_INTERVAL_S, AnswerRecorder
 from ..chat.settings import ChatSettings
 from ..chat.titles import DEFAULT_TITLE, TITLE_LENGTH, title_from  # noqa: F401 (TITLE_LENGTH: re-exported)
@@ -69,6 +78,7 @@ class Sessions:
         self.model_error: str | None = None  # why the model could not be loaded, if it could not
         self._live: dict[int, LiveAnswer] = {}
         self._titles: dict[str, str] = {}  # request id -> chat title, for the live panel
+        self._first_kept: dict[int, int] = {}  # chat id -> the stored message its fitted prompt starts from
 
     # ---------------------------------------------------------------------------------- queries
     def live(self, chat_id: int) -> LiveAnswer | None:
@@ -249,10 +259,16 @@ class Sessions:
         settings = ChatSettings.of(chat)
         if gen.parent_id is None:
             raise GenerationError("nothing to answer: the message was not stored")
-        prompt = build_prompt(settings.system_prompt, await self.store.thread(gen.parent_id))
+        thread = await self.store.thread(gen.parent_id)
         try:
             params = settings.sampling_params()
-            gen.recorder = AnswerRecorder(self.store, chat.id, gen.parent_id, engine.model.name, self.flush_interval)
+            prompt, dropped = await self._fit(engine, chat.id, settings.system_prompt, thread, params.max_tokens)
+            if dropped:
+                gen.dropped_messages = dropped
+                if not gen.stop_requested:  # the screen says "stopping…" already
+                    self._post(m.PromptFitted(gen.chat_id, dropped))
+            gen.recorder = AnswerRecorder(self.store, chat.id, gen.parent_id, engine.model.name, self.flush_interval,
+                                          dropped)
             outputs = engine.generate(prompt, params, Priority.INTERACTIVE, request_id=gen.request_id)
             async with contextlib.aclosing(outputs):  # leaving early (an error) cancels the request
                 async for out in outputs:
@@ -261,6 +277,38 @@ class Sessions:
             raise GenerationError(str(exc)) from exc
         if gen.recorder.stats.finish_reason == "error":
             raise GenerationError(gen.recorder.stats.error or "the engine failed")
+
+    async def _fit(self, engine: Engine, chat_id: int, system_prompt: str | None, thread: list[StoredMessage],
+                   max_tokens: int) -> tuple[list[dict[str, str]], int | None]:
+        """The prompt for `thread` (the conversation down to the message answered) fitted to the engine's context,
+        and how many earlier messages it leaves out (None: not fitted, the engine cannot count tokens).
+
+        Room is kept for the answer's `max_tokens`, at most half the context (a `max_tokens` near the context
+        would otherwise leave room for no history at all: such an answer ends at the context, `length`).
+
+        Raises:
+            ValueError: the engine refuses the prompt.
+            GenerationError: the newest message with the system prompt alone leaves no room for an answer.
+        """
+        prompt = build_prompt(system_prompt, thread)
+        count = prompt_token_counter(engine)
+        if count is None:
+            return prompt, None
+        context = engine.max_model_len
+        ids = [x.id for x in prompt_turns(thread)]
+        first = self._first_kept.get(chat_id)
+        start = ids.index(first) if first in ids else 0
+        try:
+            fitted = await asyncio.to_thread(fit_to_context, prompt, count, context, min(max_tokens, context // 2),
+                                             start)
+        except ContextOverflow:
+            raise GenerationError(f"the message is too long for the model's context of {context} tokens, even "
+                                  "with every earlier message left out") from None
+        if fitted.dropped:
+            self._first_kept[chat_id] = ids[fitted.start]
+        else:
+            self._first_kept.pop(chat_id, None)
+        return fitted.messages, fitted.dropped
 
     async def _take(self, gen: LiveAnswer, out: TokenOutput, engine: Engine) -> None:
         """One engine output: post its text, store it (the recorder), and pass on a stop request."""

@@ -14,6 +14,7 @@ from textual.widgets import Static
 
 from storage import Chat
 
+from ...chat.answer import dropped_note
 from ...chat.settings import ChatSettings
 from .. import messages as m
 from .chat_view import ChatView
@@ -22,6 +23,12 @@ from .prompt_input import PromptInput
 QUEUED_NOTE = "waiting for the model to load…"
 GENERATING_NOTE = "generating…"
 STOPPING_NOTE = "stopping…"
+
+
+def generating_note(dropped_messages: int = 0) -> str:
+    """The note under an answer while it streams: `generating…`, then `· 6 earlier messages left out` when the
+    conversation was cut to fit the model's context."""
+    return GENERATING_NOTE + (f" · {dropped_note(dropped_messages)}" if dropped_messages else "")
 
 
 class ChatPane(Vertical):
@@ -78,7 +85,8 @@ class ChatPane(Vertical):
     async def _opened(self, event: m.ChatOpened) -> None:
         live = event.live
         shown = live is not None and live.state in ("queued", "running")
-        note = QUEUED_NOTE if live is not None and live.state == "queued" else GENERATING_NOTE
+        note = QUEUED_NOTE if live is not None and live.state == "queued" else \
+            generating_note(live.dropped_messages if live is not None else 0)
         self._show_title(event.chat)
         prompt = self.query_one(PromptInput)
         if prompt.editing is not None:
@@ -137,6 +145,12 @@ class ChatPane(Vertical):
         if self._shows(event.chat_id):
             await self.query_one(ChatView).begin_answer(note=GENERATING_NOTE, label=self._answer_label(),
                                                         position=_position(event.alternatives))
+
+    @on(m.PromptFitted)
+    def _fitted(self, event: m.PromptFitted) -> None:
+        answer = self.query_one(ChatView).answer
+        if self._shows(event.chat_id) and answer is not None:
+            answer.set_note(generating_note(event.dropped_messages))
 
     @on(m.TokensStreamed)
     async def _tokens(self, event: m.TokensStreamed) -> None:

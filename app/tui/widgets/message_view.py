@@ -28,8 +28,10 @@ def first_code_block(text: str) -> str | None:
 
 
 def message_stats(message: StoredMessage) -> str:
-    """The stats line of an assistant message, e.g. `42 tokens · TTFT 35 ms · 51.2 tok/s` (`app.chat.answer`)."""
-    return stats_line(message.completion_tokens, message.ttft_ms, message.tokens_per_s, message.finish_reason)
+    """The stats line of an assistant message, e.g. `42 tokens · TTFT 35 ms · 512 cached · 51.2 tok/s`
+    (`app.chat.answer`)."""
+    return stats_line(message.completion_tokens, message.ttft_ms, message.tokens_per_s, message.finish_reason,
+                      message.cached_tokens, message.dropped_messages)
 
 
 class MessageView(Vertical, can_focus=True):
