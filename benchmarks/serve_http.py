@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 proc.terminate()
                 proc.wait(60)
             rounds.append({"in_process": engine, "http": http, "comparison": compare(engine, http)})
-            print(_line(r, "in-process", engine), _line(r, "http", http), sep="\n")
+            print(_line(r, "in-process", engine), _line(r, "http", http), sep="\n", flush=True)
             print(json.dumps(rounds[-1]["comparison"], indent=2))
     result = {"benchmark": "serve_http", "machine": machine(),
               "date": dt.datetime.now().isoformat(timespec="seconds"),
