@@ -520,17 +520,17 @@ def test_a_bad_prefix_cache_size_is_one_usage_line(capsys):
 
 
 @pytest.mark.parametrize("argv", [["chat", "hi"], ["tui"], ["batch", "in.jsonl", "-o", "out.jsonl"], ["jobs", "run"]])
-@pytest.mark.parametrize("text, multiple", [("1.5", 1.5), ("1", 1.0), (None, None)])
+@pytest.mark.parametrize("text, multiple", [("2", 2.0), ("1", 1.0), ("off", None), (None, 1.5)])
 def test_the_interactive_target_reaches_every_command(argv, text, multiple):
     extra = ["--interactive-slo", text] if text is not None else []
     assert engine_config(build_parser().parse_args([*argv, *extra])).interactive_tpot_slo == multiple
 
 
-@pytest.mark.parametrize("text", ["0.5", "nan", "inf"])
+@pytest.mark.parametrize("text", ["0.5", "nan", "inf", "fast"])
 def test_a_bad_interactive_target_is_one_usage_line(capsys, text):
     assert main(["chat", "hi", *TINY, "--interactive-slo", text]) == 2
     err = capsys.readouterr().err
-    assert "--interactive-slo: must be a number >= 1" in err and "Traceback" not in err
+    assert "--interactive-slo" in err and "must be a number >= 1" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("text, size", [("1048576", 2**20), ("512MiB", 2**29), ("2 gib", 2**31), ("1.5GB", 1.5e9),
