@@ -79,7 +79,8 @@ def test_no_arguments_opens_the_tui(monkeypatch):
     assert main(["tui", "--model", "random:tiny", "--db", "x.db", "--theme", "nord", "--max-batch-size", "4"]) == 0
     assert main(["--model", "random:tiny", "--device", "cpu", "--theme", "baton-dark"]) == 0
     (default, none, no_theme), (tiny, db, theme), (cpu, _, dark) = calls
-    assert default == EngineConfig() and none is None and no_theme is None
+    # the engine's defaults, but with the interactive latency target every command runs with (issue #13)
+    assert default == EngineConfig(interactive_tpot_slo=1.5) and none is None and no_theme is None
     assert (tiny.model, tiny.max_batch_size, db, theme) == ("random:tiny", 4, "x.db", "nord")
     assert (cpu.model, cpu.device, dark) == ("random:tiny", "cpu", "baton-dark")
 
