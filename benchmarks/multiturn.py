@@ -46,10 +46,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import functools
-import json
 import random
 import shlex
 import sys
@@ -61,6 +59,7 @@ import numpy as np
 
 from .core import RESULTS, machine
 from .metrics import distribution
+from .report import relative, run_and_report
 
 SECTION = "multiturn"
 SMOKE = {"model": "random:tiny", "device": "cpu", "conversations": 2, "turns": 6, "max_output": 8, "think_s": 0.02,
@@ -577,60 +576,18 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
     return analyse(result, loaded.tokenizer, convs, result["block_size"], MIN_SEED_TOKENS)
 
 
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    """Run with `n` torch threads (None: leave them), restoring the number after (tests call `main` in-process)."""
-    import torch
-
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
+def _plot(result: dict, stem: Path) -> None:
+    """The TTFT-against-turn plot beside the JSON (`result["plot"]`), unless `--no-plots` or no matplotlib."""
     try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def output_stem(result: dict, args: argparse.Namespace) -> Path:
-    suffix = "-smoke" if args.smoke else (f"-{args.tag}" if args.tag else "")
-    return args.out_dir / f"{result['date']}-{result['device']}-multiturn{suffix}"
-
-
-def _relative(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(RESULTS.parent.parent))
-    except ValueError:
-        return str(path)
+        result["plot"] = relative(plot(result, stem.with_name(stem.name + "-ttft.png")))
+    except ImportError as exc:
+        print(f"plot skipped ({exc}); pip install -e '.[bench]'", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    if args.render is not None:
-        result = json.loads(args.render.read_text())
-    else:
-        with torch_threads(args.threads):
-            result = run(args, argv)
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-        stem = output_stem(result, args)
-        path = stem.with_name(stem.name + ".json")
-        result["json"] = _relative(path)
-        if not args.no_plots:
-            try:
-                result["plot"] = _relative(plot(result, stem.with_name(stem.name + "-ttft.png")))
-            except ImportError as exc:
-                print(f"plot skipped ({exc}); pip install -e '.[bench]'", file=sys.stderr)
-        path.write_text(json.dumps(result, indent=2))
-    text = markdown(result)
-    print(text)
-    if args.update_docs:
-        from .docs_section import replace_section
-
-        print(f"\nupdated {replace_section(SECTION, text)}")
-    if args.render is None:
-        print(f"\nwrote {result['json']}")
-    return 0
-
+    return run_and_report(args, argv, "multiturn", SECTION, run, markdown, None if args.no_plots else _plot)
 
 if __name__ == "__main__":
     raise SystemExit(main())

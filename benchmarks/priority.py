@@ -47,6 +47,7 @@ from backend import Engine, EngineConfig, Priority, SamplingParams, load_model
 
 from .core import RESULTS, machine
 from .docs_section import replace_section
+from .report import relative
 
 QUESTION = [{"role": "user", "content": "Give me three tips for writing clear documentation."}]
 DOCS_SECTION = "priority-slo"
@@ -332,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.docs_from:
         result = json.loads(args.docs_from.read_text())
-        print(replace_section(DOCS_SECTION, markdown(result, _rel(args.docs_from))))
+        print(replace_section(DOCS_SECTION, markdown(result, relative(args.docs_from))))
         return 0
     for key, value in (SMOKE if args.smoke else DEFAULTS).items():
         if getattr(args, key) is None:
@@ -373,16 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(result, indent=2))
     print(f"wrote {path}")
     if args.update_docs:
-        print(f"updated {replace_section(DOCS_SECTION, markdown(result, _rel(path)))}")
+        print(f"updated {replace_section(DOCS_SECTION, markdown(result, relative(path)))}")
     return 0
-
-
-def _rel(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path(__file__).resolve().parents[1]))
-    except ValueError:
-        return str(path)
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import random
 import shlex
 import sys
@@ -34,7 +33,8 @@ from pathlib import Path
 
 from .core import RESULTS, machine
 from .metrics import distribution
-from .multiturn import MODE_NAMES, MODES, _relative, _x, common_prefix, sharegpt_conversations, torch_threads
+from .multiturn import MODE_NAMES, MODES, _x, common_prefix, sharegpt_conversations
+from .report import run_and_report
 
 SECTION = "shared-prefix"
 INSTRUCTION = ("You are a helpful assistant. Below are excerpts from earlier conversations; use them as "
@@ -217,27 +217,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
-    if args.render is not None:
-        result = json.loads(args.render.read_text())
-    else:
-        with torch_threads(args.threads):
-            result = run(args, argv)
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-        suffix = "-smoke" if args.smoke else (f"-{args.tag}" if args.tag else "")
-        path = args.out_dir / f"{result['date']}-{result['device']}-shared-prefix{suffix}.json"
-        result["json"] = _relative(path)
-        path.write_text(json.dumps(result, indent=2))
-    text = markdown(result)
-    print(text)
-    if args.update_docs:
-        from .docs_section import replace_section
-
-        print(f"\nupdated {replace_section(SECTION, text)}")
-    if args.render is None:
-        print(f"\nwrote {result['json']}")
-    return 0
-
+    return run_and_report(parse_args(argv), argv, "shared-prefix", SECTION, run, markdown)
 
 if __name__ == "__main__":
     raise SystemExit(main())

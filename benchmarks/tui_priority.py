@@ -37,6 +37,7 @@ from backend import Engine, EngineConfig, load_model
 from .core import RESULTS, machine
 from .docs_section import replace_section
 from .priority import _warm_up
+from .report import relative
 
 DOCS_SECTION = "tui-priority"
 QUESTIONS = ["Give me three tips for writing clear documentation.",
@@ -203,8 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(result, indent=2))
     print(f"wrote {path}")
     if args.update_docs:
-        rel = str(path.resolve().relative_to(Path(__file__).resolve().parents[1])) if path.is_absolute() else str(path)
-        print(f"updated {replace_section(DOCS_SECTION, markdown(result, rel))}")
+        print(f"updated {replace_section(DOCS_SECTION, markdown(result, relative(path)))}")
     return 0
 
 
