@@ -125,6 +125,18 @@ async def queued(engine: Engine, n: int = 1) -> None:
     await until(lambda: engine._inbox.qsize() >= n, what=f"{n} commands in the engine's inbox")
 
 
+def spy_prompts(engine) -> list[list[dict]]:
+    """Record the chat messages of every request sent to the engine from now on."""
+    prompts, real = [], engine.generate
+
+    def generate(messages, *args, **kwargs):
+        prompts.append([dict(x) for x in messages])
+        return real(messages, *args, **kwargs)
+
+    engine.generate = generate
+    return prompts
+
+
 def solo_greedy(loaded, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
     """Reference output: transformers `generate(do_sample=False)` on the prompt alone."""
     ids = torch.tensor([prompt_ids])

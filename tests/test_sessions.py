@@ -14,7 +14,7 @@ from app.tui.sessions import DEFAULT_TITLE, BusyError, Sessions
 from app.chat.prompt import build_prompt
 from app.tui.widgets.message_view import first_code_block, message_stats
 from storage import AFTER_SHOWN, Store
-from conftest import until
+from conftest import spy_prompts, until
 
 
 @pytest.fixture
@@ -130,18 +130,6 @@ async def test_a_prompt_the_engine_rejects_fails_the_turn(make_engine, store):
 
 
 # ---------------------------------------------------------------------------- regenerate, edit
-def spy_prompts(engine) -> list[list[dict]]:
-    """Record the chat messages of every request sent to the engine from now on."""
-    prompts, real = [], engine.generate
-
-    def generate(messages, *args, **kwargs):
-        prompts.append([dict(x) for x in messages])
-        return real(messages, *args, **kwargs)
-
-    engine.generate = generate
-    return prompts
-
-
 async def stored_turn(store, chat_id, question, text, parent=None):
     """A question and its finished answer; returns (question, answer)."""
     q = await store.add_message(chat_id, "user", question, AFTER_SHOWN if parent is None else parent)

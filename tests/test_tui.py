@@ -28,7 +28,7 @@ from app.tui.widgets.live_panel import LivePanel
 from app.tui.widgets.prompt_input import PromptInput
 from app.tui.widgets.status_line import StatusLine
 from backend import DEFAULT_MODEL, Engine, EngineConfig
-from conftest import queued, until
+from conftest import queued, spy_prompts, until
 from storage import Store
 from themes import BATON_THEMES
 from tui_text import screen_lines
@@ -442,18 +442,6 @@ async def test_ctrl_q_says_closing_at_once_and_does_not_wait_for_the_engine(tiny
 
 def label_of(view) -> str:
     return str(view.query_one(".message-label").render())
-
-
-def spy_prompts(engine) -> list[list[dict]]:
-    """Record the chat messages of every request sent to the engine from now on."""
-    prompts, real = [], engine.generate
-
-    def generate(messages, *args, **kwargs):
-        prompts.append([dict(x) for x in messages])
-        return real(messages, *args, **kwargs)
-
-    engine.generate = generate
-    return prompts
 
 
 async def test_regenerate_keeps_the_old_answer_and_the_bracket_keys_page_through_them(engine, store):
