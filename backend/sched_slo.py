@@ -20,8 +20,9 @@ most `multiple` times what a decode step of the interactive rows alone would cos
   does not all come back in one iteration: until a plan without a chat holds nothing back, each iteration
   takes on at most the last chat's target of background work (ms of prefill and swap-in copies; its first
   piece always goes, at least `min_chunk_tokens` of a prompt), with no row cap. A chat arriving meanwhile
-  waits for one paced iteration instead of the whole backlog (measured before: 5.4 s TTFT against 0.8 s with
-  the target off, `benchmarks/slo_trace.py`). The scheduler keeps the state (`Scheduler.catch_up`).
+  waits for one paced iteration instead of the whole backlog (`benchmarks/slo_trace.py on`, 2026-12-03, load
+  ~4: second chat's TTFT 6,723 ms before, 516 ms after; docs/benchmarks.md). The scheduler keeps the state
+  (`Scheduler.catch_up`).
 - **Hysteresis.** Admission uses a slightly stricter cap (`multiple` lowered by `ADMIT_MARGIN` of its
   allowance) than the swap-out (the full `multiple`), so noise in the learned costs does not swap the same
   row out and in step after step.

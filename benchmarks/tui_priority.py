@@ -76,7 +76,7 @@ async def _wait(pilot, condition, timeout: float, what: str):
     return value
 
 
-async def _scenario(loaded, name: str, slo: float | None, with_job: bool, args) -> dict:
+async def _scenario(loaded, slo: float | None, with_job: bool, args) -> dict:
     from app.jobs import submit_job
     from app.tui.app import BatonApp
     from app.tui.sessions import Sessions
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, slo, job in (("idle", None, False), ("job, target off", None, True),
                            (f"job, target {args.slo:g}", args.slo, True)):
         t = time.perf_counter()
-        row = asyncio.run(_scenario(loaded, name, slo, job, args))
+        row = asyncio.run(_scenario(loaded, slo, job, args))
         row["wall_s"] = time.perf_counter() - t
         result["scenarios"][name] = row
         print(f"{name:18s} TTFT {_ms(row['ttft_ms']['median'])} / {_ms(row['ttft_ms']['max'])} ms  "

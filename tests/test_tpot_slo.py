@@ -144,8 +144,8 @@ def test_background_newcomers_and_swap_ins_wait_while_the_cap_is_full_and_come_b
 def test_after_the_chat_the_held_back_work_comes_back_paced_by_its_target_then_unpaced():
     """The backlog the target held back (swapped rows, newcomers) does not all come back in one iteration when
     the chat ends: each iteration takes on at most the last chat's target of background work (the first piece
-    always goes), so a chat arriving meanwhile waits for one paced iteration (`slo_trace.py`: 5.4 s TTFT
-    before); once a plan holds nothing back the pace ends and plans are those without a target."""
+    always goes), so a chat arriving meanwhile waits for one paced iteration (`slo_trace.py`: 6.7 s TTFT
+    before, 0.5 s after); once a plan holds nothing back the pace ends and plans are those without a target."""
     chat, running = _req("chat", I), _req("run", B)
     olds = [_swapped(_req(f"old{i}", B), 300, start_seq=5 + i) for i in range(3)]
     sched, cost = Scheduler(3), FixedCost(per_byte=0.01)  # target 2 x 2 = 4 ms; a swap-in copies 300 B: 3 ms
