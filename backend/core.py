@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import psutil
 import torch
 
-from .config import EngineConfig
+from .config import EngineConfig, Priority
 from .kv_budget import kv_window_bytes
 from .memory import read_device_memory
 from .models import LoadedModel
@@ -30,6 +30,7 @@ from .sampler import SamplingTensors, draw_uniforms, sample
 from .sched_output import ADMISSIONS, DropPrefill, Preempt, PrefillChunk, PrefillGroup, SchedulerOutput, Step, SwapIn
 from .scheduler import BatchSnapshot, Scheduler
 from .stats import EngineStats, RowStats, StatsWindow
+from .step_abort import StepAborted, truncate_cache
 from .step_cost import StepCostModel
 
 
@@ -100,9 +101,12 @@ class EngineCore:
             self.window.count("num_slo_held_back")
         if self.prefix.enabled and self.fixed_kv_budget() is None:
             self._give_back_prefix_cache(plan)
-        self._execute(plan)
-        if self.rows:
-            self._decode_step()
+        try:
+            self._execute(plan)
+            if self.rows:
+                self._decode_step()
+        except StepAborted:  # an interactive request arrived: the next plan admits it (`step_abort.py`)
+            self.window.count("num_aborted_forwards")
         self._publish_stats()
         self._send_final_outputs()
 
@@ -184,6 +188,8 @@ class EngineCore:
         for step in plan.steps:
             try:
                 self._run_step(step)
+            except StepAborted:  # the step put its requests back in the queue; the rest of the plan waits
+                raise
             except Exception as exc:
                 if isinstance(step, ADMISSIONS):
                     for req in step.requests:
@@ -289,22 +295,30 @@ class EngineCore:
         if not group:
             return
         if share:
-            group, followers = self.prefix.split_group(group)
-            self._prefill_group(group, share=False)
-            rest = []
-            for req in followers:  # the leaders' blocks are cached now
-                if not req.status.is_finished and self.prefix.seed_one(req, MIN_SHARED_TOKENS):
-                    self._prefill_chunk(req, req.num_prompt_tokens - req.num_prefilled)
-                else:
-                    rest.append(req)
-            self._prefill_group(rest, share=False)
+            leaders, followers = self.prefix.split_group(group)
+            try:
+                self._prefill_group(leaders, share=False)
+                rest = []
+                for req in followers:  # the leaders' blocks are cached now
+                    if not req.status.is_finished and self.prefix.seed_one(req, MIN_SHARED_TOKENS):
+                        self._prefill_chunk(req, req.num_prompt_tokens - req.num_prefilled)
+                    else:
+                        rest.append(req)
+                self._prefill_group(rest, share=False)
+            except StepAborted:
+                self._requeue_unplaced(group)
+                raise
             return
         for req in group:
             self.prefix.count(req)
         t0 = time.perf_counter()
         try:
-            logits, row_kvs = self.runner.prefill_packed([r.prompt_ids for r in group])  # [n, V], per layer [1, H, L, D]
+            with self.runner.abort.arm(self._may_abort(group)):
+                logits, row_kvs = self.runner.prefill_packed([r.prompt_ids for r in group])  # [n, V], [1, H, L, D]
             tokens = self._sample_first(group, logits)
+        except StepAborted:
+            self._requeue_unplaced(group)
+            raise
         except Exception as exc:  # nothing was emitted yet: retry one by one, or fail this request only
             if len(group) == 1:
                 self._finish(group[0], RequestStatus.FINISHED_ERROR, error=f"prefill failed: {exc!r}")
@@ -331,9 +345,15 @@ class EngineCore:
         t0 = time.perf_counter()
         start = req.num_prefilled
         try:
-            logits, cache = self.runner.prefill_chunk(req.prompt_ids[start:start + n], start, req.prefill_cache)
+            with self.runner.abort.arm(self._may_abort([req])):
+                logits, cache = self.runner.prefill_chunk(req.prompt_ids[start:start + n], start, req.prefill_cache)
             last = start + n == req.num_prompt_tokens
             tokens = self._sample_first([req], logits[None]) if last else None
+        except StepAborted:  # layers the chunk reached hold its K/V: cut them back, and queue it again
+            if req.prefill_cache is not None:
+                truncate_cache(req.prefill_cache, start)
+            self._requeue_unplaced([req])
+            raise
         except Exception as exc:
             self._finish(req, RequestStatus.FINISHED_ERROR, error=f"prefill failed: {exc!r}")
             return
@@ -382,10 +402,13 @@ class EngineCore:
                 self._row_params = SamplingTensors.build([r.params for r in rows], self.runner.device)
             st = self._row_params
             input_ids = torch.tensor([[r.output_ids[-1]] for r in rows], device=self.runner.device)  # [B, 1]
-            logits = self.runner.decode(self.batch, input_ids)  # [B, V]
+            with self.runner.abort.arm(self._may_abort(rows)):
+                logits = self.runner.decode(self.batch, input_ids)  # [B, V]
             u = None if st.all_greedy else draw_uniforms([r.generator for r in rows], self._generator,
                                                          logits.device)
             tokens = sample(logits, st, u).tolist()
+        except StepAborted:  # nothing sampled; the K/V written for this step are padding (`step_abort.py`)
+            raise
         except Exception as exc:  # the forward is shared: every row of this step fails, queued ones go on
             self.fail_rows(f"decode step failed: {exc!r}")
             return
@@ -397,6 +420,23 @@ class EngineCore:
         self.window.decode_step(len(tokens), seconds)
         if self.batch.num_relayouts == relayouts:
             self.step_cost.observe_decode(len(tokens), seq_len, seconds * 1000)
+
+    def _may_abort(self, reqs: Sequence[Request]) -> bool:
+        """May a forward over `reqs` be stopped for an interactive arrival (`step_abort.py`)? Only when no
+        interactive request is in it, in the batch or at the head of the queue (one that waits there could
+        not be admitted sooner by stopping this forward)."""
+        def interactive(r: Request) -> bool:
+            return r.priority == Priority.INTERACTIVE
+        head = self.scheduler.peek()
+        return not (any(map(interactive, reqs)) or any(map(interactive, self.rows))
+                    or (head is not None and interactive(head)))
+
+    def _requeue_unplaced(self, reqs: Sequence[Request]) -> None:
+        """Put back in the queue the requests of a stopped forward that are neither finished, running nor
+        queued (they keep their arrival order; a part-prefilled one keeps its K/V)."""
+        for req in reqs:
+            if not (req.status.is_finished or req in self.rows or req in self.scheduler):
+                self.scheduler.requeue(req)
 
     def _remove_row(self, row: int) -> None:
         moved = self.batch.remove(row)

@@ -182,7 +182,7 @@ class Engine:
         items: asyncio.Queue[TokenOutput] = asyncio.Queue()
         req = self._make_request(prompt, params, priority, request_id,
                                  lambda out: loop.call_soon_threadsafe(items.put_nowait, out))
-        self._inbox.put(AddRequests((req,)))
+        self._submit((req,))
         finished = False
         try:
             while not finished:
@@ -223,7 +223,7 @@ class Engine:
                 continue
             pending[req.request_id] = i
             reqs.append(req)
-        self._inbox.put(AddRequests(tuple(reqs)))  # one command: the engine sees them all in the same iteration
+        self._submit(tuple(reqs))  # one command: the engine sees them all in the same iteration
         acc: dict[str, tuple[list[str], list[int], list[float | None]]] = {
             rid: ([], [], [None]) for rid in pending}
         while pending:
@@ -366,11 +366,20 @@ class Engine:
             core.shut_down(late)
         core.close()
 
+    def _submit(self, reqs: tuple[Request, ...]) -> None:
+        """Hand requests to the engine thread; an interactive one also stops the background forward in flight
+        at its next decoder layer (`backend.step_abort`), so its prefill starts within one layer's time."""
+        self._inbox.put(AddRequests(reqs))
+        core = self._core
+        if core is not None and any(r.priority == Priority.INTERACTIVE for r in reqs):
+            core.runner.abort.interactive_arrived()
+
     def _drain_inbox(self, block: bool) -> bool:
         """Apply queued commands to the core. Returns False on stop.
 
         A request cancelled here gets its final output at once, not at the end of the next iteration (a whole
         decode step of the other rows, or a prefill, later: seconds on a CPU)."""
+        self._core.runner.abort.clear()  # the interactive arrivals signalled so far are about to be seen
         try:
             cmd = self._inbox.get() if block else self._inbox.get_nowait()
         except queue.Empty:

@@ -16,6 +16,7 @@ from transformers import DynamicCache
 
 from .attention import ATTN_IMPLEMENTATION, ROW_GROUPS_KWARG, SEGMENTS_KWARG, PackedSegments, register
 from .batch import RowKV, RunningBatch
+from .step_abort import AbortSwitch
 
 
 class ModelRunner:
@@ -39,9 +40,13 @@ class ModelRunner:
         self.ragged = cfg._attn_implementation in ("sdpa", ATTN_IMPLEMENTATION)
         if self.ragged:
             cfg._attn_implementation = register()
+        # forwards the core arms stop at the next decoder layer once an interactive request arrives
+        self.abort = AbortSwitch()
+        self.abort.install(model)
 
     def close(self) -> None:
-        """Give the model back as it came (its original attention implementation)."""
+        """Give the model back as it came (its original attention implementation, no hooks)."""
+        self.abort.uninstall()
         if self._original_attn != ATTN_IMPLEMENTATION:
             self.model.config._attn_implementation = self._original_attn
 

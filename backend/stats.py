@@ -57,6 +57,8 @@ class EngineStats:
             Interactive target (`EngineConfig.interactive_tpot_slo`): `num_slo_swap_outs` (background rows
             swapped out to keep it; also in `num_swap_outs`, not in `num_preemptions`), `num_slo_held_back`
             (iterations in which it held background work back: a newcomer, a swap-in, prompt tokens).
+            `num_aborted_forwards`: background forwards (decode steps, prefills) stopped between two decoder
+            layers because an interactive request arrived (`backend.step_abort`; their work is redone).
         prefix_cache_bytes, prefix_cache_host_bytes: K/V the prefix cache holds on the device and in host
             memory (bytes); prefix_cache_capacity_bytes: its bound, both tiers (bytes; 0: the cache is off).
         slo_background_cap: the most background rows the interactive target lets the batch carry now

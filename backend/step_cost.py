@@ -13,6 +13,12 @@ whatever the rows). So the engine learns it (pure Python, no torch):
   global forgetting factor "winds up": after minutes at B=32 it could no longer tell B=1 from B=32).
   Coefficients are kept non-negative (the best of the nested fits {1}, {1,B}, {1,BS}, {1,B,BS} whose slopes
   are all >= 0), so a flat GPU yields a flat model, never a cost that falls with B.
+- **Per row count correction.** A real step is not linear in B (on this 2-core CPU with SmolLM2-135M a
+  step over 1 row took 85 ms, over 10 rows 170 ms, over 32 rows 310 ms: one line through all of them predicted
+  115 ms for 1 row, so the interactive target's base, and with it every cap, was 35% too loose; issue #13).
+  So each row count seen keeps its residual, its mean step time minus the line's prediction at its mean window,
+  and a prediction adds the residual of its row count, interpolated linearly between the nearest row counts
+  seen (the nearest one's beyond them): exact at every observed (B, mean S), the line's slope in S between.
 - **Prefill forward (ms) = p0 + p1*tokens** and **K/V copy (ms) = q0 + q1*bytes** (swap-out, swap-in),
   exponentially forgotten least-squares lines (a plain ratio while every sample has the same size).
   Approximation: a prefill's attention cost (quadratic in the prompt, and growing with a chunk's start) is
@@ -144,6 +150,7 @@ class StepCostModel:
         self._prefill = _Line(alpha)
         self._copy = _Line(alpha)
         self._coef: tuple[float, float, float] | None = None
+        self._residuals: list[tuple[int, float]] = []  # (row count, mean ms - the line's ms), by row count
         self._fitted_at = 0  # num_samples at the last fit
         self.num_samples = 0
 
@@ -180,13 +187,32 @@ class StepCostModel:
 
     def _refit(self) -> None:
         self._coef, self._fitted_at = self._fit(), self.num_samples
+        self._residuals = [] if self._coef is None else [
+            (rows, m.y - self._line(rows, m.x * SEQ_UNIT))
+            for rows, m in sorted(self._buckets.items()) if m.n >= MIN_SAMPLES]
+
+    def _line(self, rows: int, seq_len: float) -> float:
+        a, b, c = self._coef
+        return a + b * rows + c * rows * seq_len / SEQ_UNIT
+
+    def residual_ms(self, rows: int) -> float:
+        """The correction added to the line at `rows` rows (ms): the observed row counts' residuals,
+        interpolated linearly between the nearest two, the nearest one's beyond them; 0 before a fit."""
+        res = self._residuals
+        if not res:
+            return 0.0
+        if rows <= res[0][0]:
+            return res[0][1]
+        for (b0, r0), (b1, r1) in zip(res, res[1:]):
+            if rows <= b1:
+                return r0 + (r1 - r0) * (rows - b0) / (b1 - b0)
+        return res[-1][1]
 
     def decode_ms(self, rows: int, seq_len: int) -> float | None:
-        coef = self.coefficients
-        if coef is None:
+        if self._coef is None:
             return None
-        a, b, c = coef
-        return a + b * rows + c * rows * seq_len / SEQ_UNIT
+        line = self._line(rows, seq_len)
+        return max(line + self.residual_ms(rows), 0.05 * line)
 
     def prefill_ms(self, tokens: int, forwards: int = 1) -> float | None:
         return self._prefill.predict(tokens, forwards) if tokens > 0 else 0.0

@@ -107,10 +107,11 @@ async def test_kv_held_between_prefill_chunks_counts_against_the_budget(make_eng
 
     def gated(*args):
         chunk_starts.append(args[1])
+        out = real(*args)  # the chunk's forward runs whole (a chat arriving during it would stop it)
         if len(chunk_starts) == 2:
             in_second.set()
-            release.wait(10)  # hold the engine inside the long prompt's second chunk while chats arrive
-        return real(*args)
+            release.wait(10)  # hold the engine at the end of the long prompt's second chunk while chats arrive
+        return out
 
     runner.prefill_chunk = gated
     long = [3 + (7 * i) % 200 for i in range(60)]  # 60 tokens: chunks of 16

@@ -109,3 +109,24 @@ def test_samples_of_one_size_give_a_rate_through_the_origin():
 def test_alpha_is_validated():
     with pytest.raises(ValueError, match="alpha"):
         StepCostModel(alpha=0)
+
+
+def _concave(rows: int, seq_len: int) -> float:
+    """A step whose cost grows less than linearly with the rows (as this CPU's does: 85 ms at 1 row, 170 at 10,
+    310 at 32), plus attention over the window."""
+    return 60 + 25 * rows ** 0.5 + 0.004 * rows * seq_len
+
+
+def test_a_step_that_is_not_linear_in_the_rows_is_predicted_at_every_row_count_seen():
+    """One line through every row count predicts one row 30% too slow; with each row count's residual the
+    interactive target's base (the chat alone) is right, and so is a row count between two seen ones."""
+    model = StepCostModel()
+    rng = random.Random(3)
+    for _ in range(40):
+        for rows in (1, 2, 4, 8, 16, 32):
+            s = rng.randint(200, 600)
+            model.observe_decode(rows, s, _concave(rows, s))
+    for rows in (1, 4, 32):
+        assert model.decode_ms(rows, 400) == pytest.approx(_concave(rows, 400), rel=0.03)
+    assert model.decode_ms(12, 400) == pytest.approx(_concave(12, 400), rel=0.05)  # between 8 and 16
+    assert model.decode_ms(64, 400) > model.decode_ms(32, 400)  # beyond the largest: the line's growth
