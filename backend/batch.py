@@ -16,11 +16,17 @@ A decode step writes the new token of every row into column `off + S` in place (
 whole cache), trimming all-padding columns is `off += S - max(length)`, left-padding the batch for a longer
 newcomer is `off -= L - S` while there is room, and removing a row moves the last row into its slot.
 Capacity grows geometrically; the window is copied only when it hits an edge of the buffer, and then, when
-the buffer is wide enough, moved within it (no new memory: allocating and first-touching fresh buffers cost
-0.5-2 s per relayout on a 2-core CPU at batch 32, 8% of a ShareGPT run, before this).
+the buffer is wide enough, moved within it (no new memory). On a CPU the buffers are allocated for all
+`max_batch_size` rows at once, so rows joining never reallocate them: the memory is only address space until
+a row is written (the kernel backs a page on its first write), so unused rows cost nothing.
 
-Stale values in padding columns are always finite (buffers start zeroed and only ever receive K/V), so the
-masked-out columns contribute exactly 0 to attention.
+Buffers are allocated uninitialised (zeroing is not needed, and on a 2-core CPU it was most of a relayout:
+5.1 of 7.8 s to grow 16 rows of 1,100 tokens of SmolLM2-135M's fp32 K/V to 32 rows x 1,682 columns,
+2.5 GB; a chat arriving then waited for all of it). Every cell a decode step reads is still finite, so the
+masked columns contribute exactly 0 to attention: a row's live K/V, the step's new column (written before it is
+read), and padding, which is zeroed when it enters the window: a new row's columns left of its K/V on insert,
+and the columns a longer newcomer adds on the left for the rows already there. Copies (relayout, window moves,
+`remove`) move only cells that were finite already.
 """
 
 from __future__ import annotations
@@ -107,6 +113,7 @@ class RunningBatch:
         self.dtype, self.device, self.max_batch_size = dtype, torch.device(device), max_batch_size
         self.bytes_per_token = 2 * num_layers * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
         self.num_relayouts = 0  # buffer reallocations and in-place window moves so far (copies of the window)
+        self._lazy_rows = self.device.type == "cpu"  # all rows at once: untouched pages hold no memory
         self._release()
         self._cache = Cache(layers=[_WindowLayer(self, i) for i in range(num_layers)])
 
@@ -116,6 +123,7 @@ class RunningBatch:
         self.v: list[torch.Tensor] = []
         self.cap_batch = 0
         self.cap_seq = 0
+        self._rows_written = 0  # rows of the buffers that ever held K/V since they were allocated
         self.off = 0  # first window column in the buffers
         self.seq_len = 0  # S: window length (columns), == max(lengths) after trim
         self.lengths: list[int] = []  # cached tokens per live row
@@ -128,8 +136,10 @@ class RunningBatch:
 
     @property
     def capacity_bytes(self) -> int:
-        """Bytes allocated for K/V buffers (capacity, not just live tokens)."""
-        return self.cap_batch * self.cap_seq * self.bytes_per_token
+        """Bytes of memory the K/V buffers hold (capacity, not just live tokens): on a CPU only the rows that
+        were ever written (the others are address space)."""
+        rows = self._rows_written if self._lazy_rows else self.cap_batch
+        return rows * self.cap_seq * self.bytes_per_token
 
     @property
     def used_bytes(self) -> int:
@@ -156,16 +166,12 @@ class RunningBatch:
         new_k, new_v = [], []
         for layer in range(self.num_layers):
             for old, new in ((self.k, new_k), (self.v, new_v)):
-                buf = torch.empty(shape, dtype=self.dtype, device=self.device)
-                # every cell is written once: the live window copied, the rest zeroed (finite padding)
-                buf[:B, :, :new_off].zero_()
+                buf = torch.empty(shape, dtype=self.dtype, device=self.device)  # uninitialised: see the module doc
                 if B and S:
                     buf[:B, :, new_off:new_off + S] = old[layer][:B, :, self.off:self.off + S]
-                buf[:B, :, new_off + S:].zero_()
-                buf[B:].zero_()
                 new.append(buf)
         self.k, self.v = new_k, new_v
-        self.cap_batch, self.cap_seq, self.off = cap_batch, cap_seq, new_off
+        self.cap_batch, self.cap_seq, self.off, self._rows_written = cap_batch, cap_seq, new_off, B
 
     def _move_window(self, new_off: int) -> None:
         """Move the live window `[B, kv_heads, S, head_dim]` to start at column `new_off` of the same buffers.
@@ -204,7 +210,8 @@ class RunningBatch:
             if abs(new_off - self.off) * _MAX_MOVE_CHUNKS >= S:
                 self._move_window(new_off)
                 return
-        cap_batch = grown_row_capacity(self.cap_batch, rows, self.max_batch_size)
+        cap_batch = self.max_batch_size if self._lazy_rows else grown_row_capacity(self.cap_batch, rows,
+                                                                                    self.max_batch_size)
         self._relayout(cap_batch, left + _LEFT_SLACK, max(right, _SEQ_SLACK, (S + left) // 2))
 
     def reserve(self, rows: int, max_length: int) -> None:
@@ -247,9 +254,12 @@ class RunningBatch:
         self.off -= grow_left
         self.seq_len += grow_left
         row, end = self.size, self.off + self.seq_len
-        for layer in range(self.num_layers):
-            self.k[layer][row, :, end - L:end] = row_kv.keys[layer][0]
-            self.v[layer][row, :, end - L:end] = row_kv.values[layer][0]
+        for bufs, src in ((self.k, row_kv.keys), (self.v, row_kv.values)):
+            for buf, part in zip(bufs, src):
+                buf[:row, :, self.off:self.off + grow_left].zero_()  # padding entering the window on the left
+                buf[row, :, self.off:end - L].zero_()  # the new row's padding
+                buf[row, :, end - L:end] = part[0]
+        self._rows_written = max(self._rows_written, row + 1)
         self.lengths.append(L)
         self._sync_lengths()
         return row

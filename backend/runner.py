@@ -45,8 +45,8 @@ class ModelRunner:
         self.abort.install(model)
 
     def close(self) -> None:
-        """Give the model back as it came (its original attention implementation, no hooks)."""
-        self.abort.uninstall()
+        """Give the model back as it came (its original attention implementation; the abort hooks stay, inert
+        on any thread that arms no switch)."""
         if self._original_attn != ATTN_IMPLEMENTATION:
             self.model.config._attn_implementation = self._original_attn
 

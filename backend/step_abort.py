@@ -18,9 +18,9 @@ How it stays exact:
 At most one forward is stopped per interactive arrival (the switch is cleared when the engine drains its
 inbox), and only forwards the core arms: no interactive row in the batch or in the forward, none waiting.
 
-The check is a forward pre-hook on each decoder layer (`torch.nn.Module.register_forward_pre_hook`): one
-attribute read and one `threading.Event.is_set` per layer, well under a microsecond against milliseconds of
-layer work.
+The check is a forward pre-hook on each decoder layer (`torch.nn.Module.register_forward_pre_hook`), installed
+once per model: a thread-local read and one `threading.Event.is_set` per layer, well under a microsecond
+against milliseconds of layer work.
 """
 
 from __future__ import annotations
@@ -37,23 +37,28 @@ class StepAborted(Exception):
     """A background forward was stopped between two decoder layers because an interactive request arrived."""
 
 
-class AbortSwitch:
-    """The flag an interactive arrival sets and the hooks that read it.
+_HOOKED = "_baton_step_abort_hooks"  # marks a model whose decoder layers carry the check
+_local = threading.local()  # .switch: the AbortSwitch armed on this thread, if any
 
-    Thread-safety: `interactive_arrived` may be called from any thread; everything else from the engine thread.
-    Only forwards on the thread that armed the switch stop (several engines may share one loaded model, and
-    so its hooks: tests do).
+
+def _check(module: torch.nn.Module, args: tuple) -> None:
+    """Forward pre-hook of every decoder layer: stop the forward when this thread armed a switch that an
+    interactive arrival has set."""
+    switch = getattr(_local, "switch", None)
+    if switch is not None and switch.pending:
+        raise StepAborted("an interactive request arrived")
+
+
+class AbortSwitch:
+    """The flag an interactive arrival sets, and the arming of the forwards it may stop.
+
+    Thread-safety: `interactive_arrived` may be called from any thread; `arm` and `clear` from the engine
+    thread. Arming is per thread, so a forward on another thread through the same model (another engine over
+    one loaded model, as tests have, or a reference `generate`) is never stopped.
     """
 
     def __init__(self) -> None:
         self._arrived = threading.Event()
-        self._armed: int | None = None  # the thread whose forward may be stopped now
-        self._handles: list = []
-
-    @property
-    def armed(self) -> bool:
-        """The calling thread's forward may be stopped now."""
-        return self._armed == threading.get_ident()
 
     def interactive_arrived(self) -> None:
         """An interactive request was put in the engine's inbox (any thread)."""
@@ -68,37 +73,37 @@ class AbortSwitch:
         """An interactive arrival is signalled and not drained yet."""
         return self._arrived.is_set()
 
+    @property
+    def armed(self) -> bool:
+        """The calling thread's forward may be stopped by this switch now."""
+        return getattr(_local, "switch", None) is self
+
     @contextmanager
     def arm(self, on: bool) -> Iterator[None]:
-        """Let the forward run inside this block be stopped (`on`), or not.
+        """Let the forward run on this thread inside this block be stopped (`on`), or not.
 
         Raises:
             StepAborted: from inside the block, at a decoder layer, once an interactive request arrived.
         """
-        previous, self._armed = self._armed, threading.get_ident() if on else None
+        previous, _local.switch = getattr(_local, "switch", None), self if on else None
         try:
             yield
         finally:
-            self._armed = previous
+            _local.switch = previous
 
-    def install(self, model: torch.nn.Module) -> bool:
-        """Hook the decoder layers of a transformers causal LM (`model.model.layers`, the Llama family).
-        Returns False (and hooks nothing) when the model has no such list: its forwards are never stopped."""
+    @staticmethod
+    def install(model: torch.nn.Module) -> bool:
+        """Hook the decoder layers of a transformers causal LM (`model.model.layers`, the Llama family) once;
+        the hooks do nothing on a thread with no armed switch. Returns False (and hooks nothing) when the
+        model has no such list: its forwards are never stopped."""
         layers = getattr(getattr(model, "model", None), "layers", None)
         if not isinstance(layers, torch.nn.ModuleList) or not len(layers):
             return False
-        self._handles = [layer.register_forward_pre_hook(self._check) for layer in layers]
+        if not getattr(model, _HOOKED, False):
+            for layer in layers:
+                layer.register_forward_pre_hook(_check)
+            setattr(model, _HOOKED, True)
         return True
-
-    def uninstall(self) -> None:
-        """Remove the hooks (the model is given back as it came)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def _check(self, module: torch.nn.Module, args: tuple) -> None:
-        if self._armed == threading.get_ident() and self._arrived.is_set():
-            raise StepAborted("an interactive request arrived")
 
 
 def truncate_cache(cache: DynamicCache, length: int) -> None:

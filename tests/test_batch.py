@@ -9,6 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import backend.batch
 from backend import attention
 from backend.batch import RowKV
 from backend.runner import ModelRunner
@@ -24,10 +25,31 @@ ops = st.lists(st.tuples(st.sampled_from(["insert", "insert_packed", "step", "st
                min_size=4, max_size=24)
 
 
+class _NaNTorch:
+    """`torch` as `backend.batch` sees it, except that `empty` returns NaN-filled tensors: the batch allocates its
+    buffers uninitialised, and any cell read before it is written would turn a row's logits into NaN."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def empty(*shape, **kwargs):
+        return torch.full(*shape, float("nan"), **kwargs) if len(shape) == 1 else torch.full(shape, float("nan"),
+                                                                                              **kwargs)
+
+
+@pytest.fixture(params=["uninitialised", "nan-filled"])
+def buffers(request, monkeypatch):
+    if request.param == "nan-filled":
+        monkeypatch.setattr(backend.batch, "torch", _NaNTorch())
+    return request.param
+
+
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(schedule=ops)
-def test_random_schedules_match_solo_forwards(tiny, attention_mode, schedule):
-    """Every row's decode logits equal a solo forward over its own tokens (max |diff| < 1e-4, fp32)."""
+def test_random_schedules_match_solo_forwards(tiny, attention_mode, buffers, schedule):
+    """Every row's decode logits equal a solo forward over its own tokens (max |diff| < 1e-4, fp32), also when
+    every buffer cell starts as NaN (no cell is read before it is written)."""
     runner = ModelRunner(tiny.model, tiny.device)
     batch = runner.new_batch(max_batch_size=5)
     vocab = tiny.model.config.vocab_size

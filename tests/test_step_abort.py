@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import pytest
+
 from backend import Priority, SamplingParams
 from backend.step_abort import AbortSwitch, StepAborted
 from conftest import queued, solo_greedy
@@ -164,31 +166,25 @@ def test_the_switch_stops_only_the_thread_that_armed_it(tiny):
     switch = AbortSwitch()
     assert switch.install(tiny.model)
     ids = tiny.tokenizer("x", return_tensors="pt").input_ids
-    try:
-        switch.interactive_arrived()
-        tiny.model(ids)  # not armed: runs
-        errors = []
+    switch.interactive_arrived()
+    tiny.model(ids)  # not armed: runs
+    errors = []
 
-        def other_thread():
-            try:
-                tiny.model(ids)
-            except StepAborted as exc:  # pragma: no cover - the failure this test looks for
-                errors.append(exc)
+    def other_thread():
+        try:
+            tiny.model(ids)
+        except StepAborted as exc:  # pragma: no cover - the failure this test looks for
+            errors.append(exc)
 
-        with switch.arm(True):
-            t = threading.Thread(target=other_thread)
-            t.start()
-            t.join()
-            assert not errors  # another thread's forward through the same hooks is not stopped
-            try:
-                tiny.model(ids)
-            except StepAborted:
-                stopped = True
-            else:
-                stopped = False
-        assert stopped
-        switch.clear()
-        with switch.arm(True):
-            tiny.model(ids)  # nothing pending: runs
-    finally:
-        switch.uninstall()
+    with switch.arm(True):
+        assert switch.armed
+        t = threading.Thread(target=other_thread)
+        t.start()
+        t.join()
+        assert not errors  # another thread's forward through the same hooks is not stopped
+        with pytest.raises(StepAborted):
+            tiny.model(ids)
+    assert not switch.armed
+    switch.clear()
+    with switch.arm(True):
+        tiny.model(ids)  # nothing pending: runs
