@@ -52,11 +52,13 @@ class RowKV:
     Attributes:
         keys, values: one tensor per layer, each `[1, kv_heads, length, head_dim]`.
         length: cached tokens (int).
+        storage: the flat swap-space buffer the tensors are views of (`swap_space.SwapSpace`), or None.
     """
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     length: int
+    storage: torch.Tensor | None = None
 
     @property
     def nbytes(self) -> int:
@@ -265,8 +267,13 @@ class RunningBatch:
         return row
 
     # ------------------------------------------------------------------------------------ remove
-    def remove(self, row: int) -> int | None:
+    def remove(self, row: int, keep_buffers: bool = False) -> int | None:
         """Drop a row; the last row moves into its slot. All-padding columns are trimmed afterwards.
+
+        Args:
+            row: live row index.
+            keep_buffers: when the batch becomes empty, keep its buffers (more rows are about to come back:
+                freeing and reallocating gigabytes of touched memory costs a CPU a tenth of a second or more).
 
         Returns:
             The old index of the row that moved into `row` (always `size` after the call), or None when
@@ -275,24 +282,57 @@ class RunningBatch:
         Raises:
             IndexError: for a row that is not live.
         """
-        if not 0 <= row < self.size:
-            raise IndexError(f"row {row} is not live (batch size {self.size})")
-        last = self.size - 1
-        moved = None
-        if row != last:
-            n, end = self.lengths[last], self.off + self.seq_len
+        moved = self.remove_many([row], keep_buffers)
+        return next(iter(moved), None)  # the only row that can move is the last, into `row`
+
+    def remove_many(self, rows: list[int], keep_buffers: bool = False) -> dict[int, int]:
+        """Drop several rows at once, refilling the holes below the new size with the surviving rows above it
+        (one copy per surviving row that moves, instead of one per removed row); then trim.
+
+        Args:
+            rows: distinct live row indices.
+            keep_buffers: as in `remove`.
+        Returns:
+            `{old index: new index}` of the surviving rows that moved.
+        Raises:
+            IndexError: for a row that is not live.
+        """
+        gone = set(rows)
+        for row in gone:
+            if not 0 <= row < self.size:
+                raise IndexError(f"row {row} is not live (batch size {self.size})")
+        size = self.size - len(gone)
+        holes = sorted(r for r in gone if r < size)
+        movers = [r for r in range(size, self.size) if r not in gone]
+        end, moved = self.off + self.seq_len, {}
+        for hole, mover in zip(holes, movers):
+            n = self.lengths[mover]
             for layer in range(self.num_layers):
-                self.k[layer][row, :, end - n:end] = self.k[layer][last, :, end - n:end]
-                self.v[layer][row, :, end - n:end] = self.v[layer][last, :, end - n:end]
-            self.lengths[row] = n
-            moved = last
-        self.lengths.pop()
+                self.k[layer][hole, :, end - n:end] = self.k[layer][mover, :, end - n:end]
+                self.v[layer][hole, :, end - n:end] = self.v[layer][mover, :, end - n:end]
+            self.lengths[hole] = n
+            moved[mover] = hole
+        del self.lengths[size:]
         if not self.lengths:
-            self._release()
+            if keep_buffers:
+                self.seq_len, self.off = 0, self.off + self.seq_len
+                self._sync_lengths()
+            else:
+                self._release()
             return moved
         self._sync_lengths()
         self.trim()
         return moved
+
+    def release(self) -> None:
+        """Free the buffers of an empty batch (kept by `remove(keep_buffers=True)`).
+
+        Raises:
+            RuntimeError: the batch still has rows.
+        """
+        if self.lengths:
+            raise RuntimeError(f"the batch still has {self.size} rows")
+        self._release()
 
     def trim(self) -> int:
         """Drop leading columns that are padding in every row. Returns the number of columns dropped."""
@@ -301,28 +341,45 @@ class RunningBatch:
         self.seq_len -= drop
         return drop
 
-    def extract(self, row: int, device: torch.device | str = "cpu", pin_memory: bool = False) -> RowKV:
+    def row_numel(self, length: int) -> int:
+        """Elements of one row's K/V of `length` tokens, all layers, keys and values."""
+        return 2 * self.num_layers * self.kv_heads * length * self.head_dim
+
+    def extract(self, row: int, device: torch.device | str = "cpu", pin_memory: bool = False,
+                into: torch.Tensor | None = None) -> RowKV:
         """Copy one row's live K/V out of the batch (swap-out); the row stays until `remove`.
 
         Args:
             row: live row index.
             device: where the copy goes (host memory for swap-out).
-            pin_memory: allocate page-locked host memory (CUDA swap-out).
+            pin_memory: allocate page-locked host memory (CUDA swap-out); with `into`, copy asynchronously.
+            into: a flat buffer of at least `row_numel(length)` elements of the batch's dtype to copy into
+                (swap space, reused across swap-outs); None allocates new tensors.
 
         Returns:
-            `RowKV` with per-layer `[1, kv_heads, length, head_dim]` tensors, bit-exact copies.
+            `RowKV` with per-layer `[1, kv_heads, length, head_dim]` tensors, bit-exact copies (views of `into`
+            when given, which is then its `storage`).
+        Raises:
+            IndexError: for a row that is not live.
+            ValueError: `into` is too small.
         """
         if not 0 <= row < self.size:
             raise IndexError(f"row {row} is not live (batch size {self.size})")
         n, end = self.lengths[row], self.off + self.seq_len
-        keys, values = [], []
+        per = self.kv_heads * n * self.head_dim
+        if into is not None and into.numel() < 2 * self.num_layers * per:
+            raise ValueError(f"into: {into.numel()} elements cannot hold {self.row_numel(n)}")
+        keys, values, at = [], [], 0
         for layer in range(self.num_layers):
             for src, dst in ((self.k[layer], keys), (self.v[layer], values)):
                 part = src[row:row + 1, :, end - n:end]
-                out = torch.empty(part.shape, dtype=part.dtype, device=device, pin_memory=pin_memory)
+                if into is None:
+                    out = torch.empty(part.shape, dtype=part.dtype, device=device, pin_memory=pin_memory)
+                else:
+                    out, at = into[at:at + per].view(part.shape), at + per
                 out.copy_(part, non_blocking=pin_memory)
                 dst.append(out)
-        return RowKV(keys, values, n)
+        return RowKV(keys, values, n, into)
 
     def row_views(self, row: int) -> RowKV:
         """One row's live K/V as views into the batch's buffers (valid until the batch changes; no copy).

@@ -32,6 +32,7 @@ from .scheduler import BatchSnapshot, Scheduler
 from .stats import EngineStats, RowStats, StatsWindow
 from .step_abort import StepAborted, truncate_cache
 from .step_cost import StepCostModel
+from .swap_space import SwapSpace
 
 
 class EngineCore:
@@ -66,6 +67,7 @@ class EngineCore:
         self._budget: int | None = None  # this iteration's KV budget (bytes), set by step()
         self.window = StatsWindow()
         self.step_cost = StepCostModel()
+        self.swap_space = SwapSpace(self.runner.dtype, pin_memory=loaded.device.type == "cuda")
         self._last_plan = SchedulerOutput()
         self.prefix = PrefixReuse(config, self.runner, self.window)
         self._generator = torch.Generator().manual_seed(config.seed)
@@ -107,6 +109,7 @@ class EngineCore:
                 self._decode_step()
         except StepAborted:  # an interactive request arrived: the next plan admits it (`step_abort.py`)
             self.window.count("num_aborted_forwards")
+        self._release_if_idle()
         self._publish_stats()
         self._send_final_outputs()
 
@@ -176,6 +179,7 @@ class EngineCore:
             self.prefix.keep_row(req, self.batch, row)  # a cancelled row's blocks stay useful
             self._remove_row(row)
         self._finish(req, RequestStatus.FINISHED_ABORTED)
+        self._release_if_idle()
 
     def _execute(self, plan: SchedulerOutput) -> None:
         """Carry out the scheduler's plan, step by step in its order (BATON §4: swap-ins, prefills apart from
@@ -185,9 +189,17 @@ class EngineCore:
         earlier in this plan) is skipped: a failure only frees room. An unexpected exception (an engine fault)
         fails the requests the step took from the queue, so that none is lost, and is raised again.
         """
-        for step in plan.steps:
+        steps = list(plan.steps)
+        while steps:
+            step = steps.pop(0)
             try:
-                self._run_step(step)
+                if isinstance(step, Preempt):  # consecutive swap-outs leave the batch together (one compaction)
+                    group = [step]
+                    while steps and isinstance(steps[0], Preempt):
+                        group.append(steps.pop(0))
+                    self._swap_out_many([(p.request, p.slo) for p in group])
+                else:
+                    self._run_step(step)
             except StepAborted:  # the step put its requests back in the queue; the rest of the plan waits
                 raise
             except Exception as exc:
@@ -212,9 +224,7 @@ class EngineCore:
                         num_tokens = min(num_tokens, req.num_prompt_tokens - req.num_prefilled)
                     self._prefill_chunk(req, num_tokens)
             case Preempt(req, _, slo):
-                row = next((i for i, r in enumerate(self.rows) if r is req), None)
-                if row is not None:
-                    self._swap_out(row, slo)
+                self._swap_out_many([(req, slo)])
             case DropPrefill(req):
                 if req.held_prefill_tokens:
                     self._drop_partial_prefill(req)
@@ -226,24 +236,34 @@ class EngineCore:
         req.status = RequestStatus.WAITING
         self.window.count("num_prefill_restarts")
 
-    def _swap_out(self, row: int, slo: bool = False) -> None:
-        """Preempt one row: copy its K/V to host memory (pinned on CUDA), free the row, requeue it. A swap-out
-        for the interactive target (`slo`) is not counted toward `max_preemptions` (`sched_slo.py`)."""
-        req = self.rows[row]
-        t0, on_cuda = time.perf_counter(), self.runner.device.type == "cuda"
-        req.swapped = self.batch.extract(row, device="cpu", pin_memory=on_cuda)
-        if not on_cuda:  # on CUDA the copy into pinned memory is asynchronous: its time is not known here
-            self.step_cost.observe_copy(req.swapped.nbytes, (time.perf_counter() - t0) * 1000)
-        self._remove_row(row)
-        req.status = RequestStatus.PREEMPTED
-        if slo:
-            self.window.count("num_slo_swap_outs")
-        else:
-            req.num_preemptions += 1
-            self.window.count("num_preemptions")
-        self.scheduler.requeue(req)
-        self.window.count("num_swap_outs")
-        self.window.count("num_swapped_out_bytes", req.swapped.nbytes)
+    def _swap_out_many(self, victims: list[tuple[Request, bool]]) -> None:
+        """Preempt rows: copy each one's K/V to host memory (swap space, pinned on CUDA), requeue it, then free
+        all their rows at once (`RunningBatch.remove_many`: one copy per surviving row that moves). A swap-out
+        for the interactive target (`slo`) is not counted toward `max_preemptions` (`sched_slo.py`). A victim no
+        longer in the batch (it finished earlier in this plan) is skipped."""
+        on_cuda, b = self.runner.device.type == "cuda", self.batch
+        index = {id(r): i for i, r in enumerate(self.rows)}
+        rows = []
+        for req, slo in victims:
+            row = index.get(id(req))
+            if row is None:
+                continue
+            t0 = time.perf_counter()
+            into = self.swap_space.take(b.row_numel(b.lengths[row]), b.row_numel(1))
+            req.swapped = b.extract(row, device="cpu", pin_memory=on_cuda, into=into)
+            if not on_cuda:  # on CUDA the copy into pinned memory is asynchronous: its time is not known here
+                self.step_cost.observe_copy(req.swapped.nbytes, (time.perf_counter() - t0) * 1000)
+            req.status = RequestStatus.PREEMPTED
+            if slo:
+                self.window.count("num_slo_swap_outs")
+            else:
+                req.num_preemptions += 1
+                self.window.count("num_preemptions")
+            self.scheduler.requeue(req)
+            self.window.count("num_swap_outs")
+            self.window.count("num_swapped_out_bytes", req.swapped.nbytes)
+            rows.append(row)
+        self._remove_rows(rows)
 
     def _swap_in(self, req: Request) -> None:
         """Bring a preempted row back: its K/V bytes return unchanged, decoding resumes where it stopped."""
@@ -252,6 +272,7 @@ class EngineCore:
         if self.batch.num_relayouts == relayouts:
             self.step_cost.observe_copy(req.swapped.nbytes, (time.perf_counter() - t0) * 1000)
         self.window.count("num_swap_ins")
+        self.swap_space.give(req.swapped.storage)  # the insert has copied it (synchronously)
         req.swapped = None
         req.status = RequestStatus.RUNNING
         self.rows.append(req)
@@ -413,9 +434,9 @@ class EngineCore:
             self.fail_rows(f"decode step failed: {exc!r}")
             return
         finished = [row for row, (req, tok) in enumerate(zip(rows, tokens)) if self._accept_token(req, tok)]
-        for row in reversed(finished):
+        for row in finished:
             self.prefix.keep_row(rows[row], self.batch, row)
-            self._remove_row(row)
+        self._remove_rows(finished)
         seconds = time.perf_counter() - t0
         self.window.decode_step(len(tokens), seconds)
         if self.batch.num_relayouts == relayouts:
@@ -439,12 +460,25 @@ class EngineCore:
                 self.scheduler.requeue(req)
 
     def _remove_row(self, row: int) -> None:
-        moved = self.batch.remove(row)
-        if moved is not None:
-            self.rows[row] = self.rows[moved]
-        self.rows.pop()
+        self._remove_rows([row])
+
+    def _remove_rows(self, rows: list[int]) -> None:
+        """Take rows out of the batch (finished, cancelled or swapped out); the batch keeps its buffers while
+        work is queued (it is about to grow again) and frees them when nothing is."""
+        if not rows:
+            return
+        moved = self.batch.remove_many(rows, keep_buffers=bool(len(self.scheduler)))
+        kept = list(self.rows)
+        for old, new in moved.items():
+            kept[new] = self.rows[old]
+        self.rows = kept[:self.batch.size]
         self._row_params = None
-        self.window.count("num_removes")
+        self.window.count("num_removes", len(rows))
+
+    def _release_if_idle(self) -> None:
+        """An empty batch with nothing queued frees the buffers it kept (`_remove_rows`)."""
+        if not self.rows and not len(self.scheduler) and self.batch.cap_seq:
+            self.batch.release()
 
     # --------------------------------------------------------------------------- per token
     def _accept_token(self, req: Request, token: int) -> bool:

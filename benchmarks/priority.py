@@ -322,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slo", type=float, help="interactive_tpot_slo of the target-on scenarios (default 1.5)")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's; smoke 1)")
     ap.add_argument("--ready-timeout-s", type=float, help="longest wait for the step-cost model (s; default 120)")
-    ap.add_argument("--scenarios", help="comma-separated scenario names to run (default: all)")
+    ap.add_argument("--scenarios", help="semicolon-separated scenario names to run (they contain commas; "
+                                        "default: all), e.g. 'idle;joining, target 1.5'")
     ap.add_argument("--legacy", action="store_true", help="also the no-preemption and no-background-budget runs")
     ap.add_argument("--tag", help="results file suffix; marks the docs table as a reduced run")
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -344,7 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     pools = _prompts(args, loaded)
     runs = _scenarios(args, EngineConfig().max_background_prefill_tokens)
     if args.scenarios:
-        wanted = [s.strip() for s in args.scenarios.split(",")]
+        wanted = [s.strip() for s in args.scenarios.split(";")]
+        unknown = sorted(set(wanted) - set(runs))
+        if unknown:
+            ap.error(f"--scenarios: unknown {unknown}; choose from {list(runs)}")
         runs = {k: v for k, v in runs.items() if k in wanted}
     result = {"date": dt.date.today().isoformat(), "machine": machine(), "model": args.model,
               "device": "cuda" if loaded.device.type == "cuda" else "cpu", "torch_threads": torch.get_num_threads(),

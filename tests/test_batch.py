@@ -20,7 +20,8 @@ def _solo_logits(model, ids: list[int]) -> torch.Tensor:
         return model(input_ids=torch.tensor([ids])).logits[0, -1].float()
 
 
-ops = st.lists(st.tuples(st.sampled_from(["insert", "insert_packed", "step", "step", "remove", "swap"]),
+ops = st.lists(st.tuples(st.sampled_from(["insert", "insert_packed", "step", "step", "remove", "remove_many",
+                                          "swap"]),
                          st.integers(0, 10_000)),
                min_size=4, max_size=24)
 
@@ -45,7 +46,7 @@ def buffers(request, monkeypatch):
     return request.param
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(schedule=ops)
 def test_random_schedules_match_solo_forwards(tiny, attention_mode, buffers, schedule):
     """Every row's decode logits equal a solo forward over its own tokens (max |diff| < 1e-4, fp32), also when
@@ -87,6 +88,13 @@ def test_random_schedules_match_solo_forwards(tiny, attention_mode, buffers, sch
                 if moved is not None:
                     rows[r] = rows[moved]
                 rows.pop()
+            elif op == "remove_many" and batch.size:
+                gone = sorted(rng.sample(range(batch.size), 1 + n % batch.size))
+                moved = batch.remove_many(gone, keep_buffers=bool(n % 2))
+                kept = list(rows)
+                for old, new in moved.items():
+                    kept[new] = rows[old]
+                rows = kept[:batch.size]
             elif op == "swap" and batch.size:  # swap-out to host and back in: exact bytes
                 r = n % batch.size
                 host = batch.extract(r, device="cpu")
@@ -201,3 +209,35 @@ def test_a_drifting_window_moves_within_its_buffers_instead_of_reallocating(tiny
                     age.pop()
     assert moves >= 2
     assert (batch.k[0].data_ptr(), batch.cap_batch, batch.cap_seq) == buffers  # never reallocated
+
+
+def test_remove_many_moves_only_the_survivors_above_the_new_size(tiny):
+    runner = ModelRunner(tiny.model, tiny.device)
+    batch = runner.new_batch(8)
+    with torch.inference_mode():
+        kvs = [runner.prefill(list(range(3, 3 + n)))[1] for n in (5, 9, 7, 12, 6, 8)]
+        for kv in kvs:
+            batch.insert(kv)
+        before = {r: batch.extract(r) for r in range(6)}
+        moved = batch.remove_many([0, 2, 3, 5])  # survivors 1 and 4; holes 0 (for 4)... 1 stays
+    assert moved == {4: 0} and batch.lengths == [6, 9] and batch.seq_len == 9
+    for new, old in ((0, 4), (1, 1)):
+        got = batch.extract(new)
+        assert all(torch.equal(a, b) for a, b in zip(got.keys + got.values, before[old].keys + before[old].values))
+    with pytest.raises(IndexError):
+        batch.remove_many([2])
+
+
+def test_an_emptied_batch_keeps_its_buffers_when_asked_and_frees_them_on_release(tiny):
+    runner = ModelRunner(tiny.model, tiny.device)
+    batch = runner.new_batch(4)
+    with torch.inference_mode():
+        batch.insert(runner.prefill(list(range(3, 40)))[1])
+        batch.remove(0, keep_buffers=True)
+        assert batch.size == 0 and batch.cap_seq > 0
+        batch.insert(runner.prefill(list(range(3, 20)))[1])  # rows come back into the same buffers
+        with pytest.raises(RuntimeError):
+            batch.release()
+        batch.remove(0, keep_buffers=True)
+        batch.release()
+    assert batch.cap_seq == 0 and batch.capacity_bytes == 0

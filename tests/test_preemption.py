@@ -226,3 +226,27 @@ def test_the_lowest_priority_latest_partial_prefill_is_dropped_first():
     for r in reqs[:3]:
         r.num_prefilled, r.prefill_cache = 16, object()
     assert sched.choose_prefill_to_drop() is reqs[2] and sched.prefilled_tokens() == 48
+
+
+async def test_swap_outs_reuse_the_swap_space_of_rows_swapped_back_in(make_engine, decode_gate, tiny):
+    """A second chat preempting the same background row copies its K/V into the host buffer the first swap-out
+    used (fresh host memory is slow to write the first time), and every output stays exact."""
+    engine = make_engine(max_batch_size=2)
+    space = engine._core.swap_space
+    bg = [_Run(engine, p, _greedy(80), Priority.BATCH) for p in ("background one", "background two")]
+    for turn in range(2):
+        gate = decode_gate(engine, lambda batch: batch.size == 2)
+        await gate.parked()
+        chat = _Run(engine, f"chat {turn}", _greedy(4), Priority.INTERACTIVE)
+        await queued(engine)
+        gate.release()
+        await chat.task
+        assert chat.tokens == solo_greedy(tiny, engine.tokenize(f"chat {turn}"), 4)
+        if turn == 0:
+            allocated = space.num_allocations
+    await asyncio.gather(*(r.task for r in bg))
+    counters = engine.stats().counters
+    assert counters["num_preemptions"] == 2 and counters["num_swap_ins"] == 2
+    assert allocated == 1 and space.num_allocations == 1 and space.in_use_bytes == 0
+    for run, prompt in zip(bg, ("background one", "background two")):
+        assert run.tokens == solo_greedy(tiny, engine.tokenize(prompt), 80)
