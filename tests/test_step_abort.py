@@ -37,6 +37,16 @@ def _record_tokens(engine) -> list[str]:
     return order
 
 
+async def _chat_while_parked(engine, gate: "_LayerGate", background: asyncio.Task, prompt: str, n: int):
+    """Once `gate` holds the engine inside a background forward, queue a chat of `n` greedy tokens and let the
+    engine go; returns (what `background` returns, the chat's tokens)."""
+    assert await asyncio.to_thread(gate.parked.wait, 60)
+    chat = asyncio.create_task(_tokens(engine, prompt, _greedy(n), Priority.INTERACTIVE))
+    await queued(engine)
+    gate.release()
+    return await asyncio.gather(background, chat)
+
+
 class _LayerGate:
     """Parks the engine thread at the model's first decoder layer during the first forward for which
     `when()` holds, until `release()` (the abort check of that layer has passed; the next layer's stops it)."""
@@ -109,11 +119,7 @@ async def test_a_chat_stops_a_background_prefill_chunk_which_resumes_exactly(mak
     core.runner.prefill_chunk = chunk
     gate = _LayerGate(engine, lambda: taken == [0, 16])  # inside the second chunk's forward
     bg = asyncio.create_task(_tokens(engine, long, _greedy(8), Priority.BATCH))
-    assert await asyncio.to_thread(gate.parked.wait, 60)
-    chat = asyncio.create_task(_tokens(engine, "quick question", _greedy(6), Priority.INTERACTIVE))
-    await queued(engine)
-    gate.release()
-    bg_tokens, chat_tokens = await asyncio.gather(bg, chat)
+    bg_tokens, chat_tokens = await _chat_while_parked(engine, gate, bg, "quick question", 6)
     assert engine.stats().counters["num_aborted_forwards"] == 1
     assert taken.count(16) == 2  # the stopped chunk ran again, from the K/V of the first one
     assert bg_tokens == solo_greedy(tiny, long, 8)
@@ -135,11 +141,7 @@ async def test_a_chat_stops_a_packed_background_prefill(make_engine, tiny):
     prompts = ["first newcomer", "second newcomer here", "third"]
     bg = asyncio.create_task(asyncio.to_thread(
         engine.generate_batch, prompts, _greedy(10), priority=Priority.BATCH))
-    assert await asyncio.to_thread(gate.parked.wait, 60)
-    chat = asyncio.create_task(_tokens(engine, "are you there", _greedy(6), Priority.INTERACTIVE))
-    await queued(engine)
-    gate.release()
-    results, chat_tokens = await asyncio.gather(bg, chat)
+    results, chat_tokens = await _chat_while_parked(engine, gate, bg, "are you there", 6)
     assert engine.stats().counters["num_aborted_forwards"] == 1
     assert packed[0] == 3 and len(packed) >= 2  # the stopped group was prefilled again
     for prompt, result in zip(prompts, results):
