@@ -132,6 +132,52 @@ async def test_duplicate_live_request_id_is_rejected(make_engine):
     await first.aclose()
 
 
+async def test_prompts_are_tokenized_off_the_event_loop(make_engine):
+    """Rendering a chat template takes milliseconds; on the loop it would stall every other stream there."""
+    engine = make_engine()
+    threads, real = [], engine._make_request
+
+    def make_request(*args):
+        threads.append(threading.get_ident())
+        return real(*args)
+
+    engine._make_request = make_request
+    outs, _ = await _collect(engine, [{"role": "user", "content": "hi"}], SamplingParams(max_tokens=2))
+    assert outs[-1].finish_reason is not None
+    assert threads and threading.get_ident() not in threads
+
+
+async def test_a_caller_that_leaves_while_its_prompt_is_tokenized_leaves_no_live_request(make_engine):
+    engine = make_engine()
+    entered, release, made = threading.Event(), threading.Event(), threading.Event()
+    real = engine._make_request
+
+    def slow_make_request(*args):
+        entered.set()
+        release.wait(10)
+        try:
+            return real(*args)
+        finally:
+            made.set()
+
+    engine._make_request = slow_make_request
+    task = asyncio.create_task(_collect(engine, "hello", SamplingParams(max_tokens=2), request_id="left"))
+    assert await asyncio.to_thread(entered.wait, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    release.set()
+    engine._make_request = real
+    assert await asyncio.to_thread(made.wait, 10)  # the worker thread made (and registered) the request
+    for _ in range(500):  # ... and the loop drops it
+        if "left" not in engine._live:
+            break
+        await asyncio.sleep(0.01)
+    assert "left" not in engine._live
+    outs, _ = await _collect(engine, "hello", SamplingParams(max_tokens=2), request_id="left")  # the id is free
+    assert outs[-1].finish_reason == "length"
+
+
 async def test_stop_string_ends_the_request_and_is_not_emitted(make_engine):
     engine = make_engine()
     base = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
