@@ -48,6 +48,7 @@ class ModelRunner:
         # SDPA models switch to the `baton` attention: SDPA itself, plus ragged decode attention (attention.py).
         self._original_attn = cfg._attn_implementation
         self.ragged = cfg._attn_implementation in ("sdpa", ATTN_IMPLEMENTATION)
+        resolve_mode(compile, torch.device(device), sdpa=self.ragged)  # refused before the model is touched
         if self.ragged:
             cfg._attn_implementation = register()
         # forwards the core arms stop at the next decoder layer once an interactive request arrives
