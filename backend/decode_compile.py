@@ -23,7 +23,7 @@ strides and addresses from step to step, so that:
 
 Inside a compiled or captured graph the decoder layers' pre-hooks do not run, so in these modes a decode step
 cannot be stopped mid-forward for an interactive arrival (`backend/step_abort.py`): the step runs with the
-switch disarmed, and the hook is a no-op under dynamo tracing (`torch.compiler.is_compiling`). A step on the
+switch disarmed, and the hook is a no-op under dynamo tracing (`torch.compiler.is_dynamo_compiling`). A step on the
 window path while a bucket compiles stays abortable.
 """
 

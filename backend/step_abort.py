@@ -97,7 +97,7 @@ class AbortSwitch:
         self._handles = []
 
     def _check(self, module: torch.nn.Module, args: tuple) -> None:
-        if torch.compiler.is_compiling():  # traced into a compiled decode step: never stops (`decode_compile.py`)
+        if torch.compiler.is_dynamo_compiling():  # traced into a compiled decode step: never stops (`decode_compile.py`)
             return
         if self._armed == threading.get_ident() and self._arrived.is_set():
             raise StepAborted("an interactive request arrived")

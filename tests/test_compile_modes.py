@@ -119,6 +119,38 @@ def test_inductor_mode_compiles_in_the_background_and_matches_eager(make_engine,
     assert static.num_static_steps == 11 and static.num_window_steps == window_steps  # all compiled steps
 
 
+def test_static_step_logits_equal_the_window_steps_after_an_insert_into_a_padding_row(tiny):
+    """Three rows run as a bucket of 4: the padding row writes its K/V into buffer row 3 at every step; a
+    fourth row inserted there later still gets the window path's logits (within 1e-4), and so does every row."""
+    from backend.batch import RowKV
+    from backend.runner import ModelRunner
+
+    window, static = ModelRunner(tiny.model, tiny.device), ModelRunner(tiny.model, tiny.device, compile=STATIC_EAGER)
+    try:
+        batches = [window.new_batch(4), static.new_batch(4)]
+        prompts = [list(range(5, 22)), [7, 9], list(range(30, 39)), list(range(50, 80))]
+        with torch.inference_mode():
+            kvs = [window.prefill(p)[1] for p in prompts]
+            last = [[p[-1]] for p in prompts]
+            for batch in batches:
+                for kv in kvs[:3]:
+                    batch.insert(RowKV(kv.keys, kv.values, kv.length))
+            for step in range(8):
+                if step == 4:  # buffer row 3 has held the padding row's K/V for four steps
+                    for batch in batches:
+                        batch.insert(RowKV(kvs[3].keys, kvs[3].values, kvs[3].length))
+                ids = torch.tensor(last[:batches[0].size])
+                a, b = window.decode(batches[0], ids), static.decode(batches[1], ids)
+                assert a.shape == b.shape and (a - b).abs().max().item() < 1e-4, f"step {step}"
+                last = [[t] for t in a.argmax(-1).tolist()] + last[batches[0].size:]
+            assert batches[0].lengths == batches[1].lengths and static.static.num_static_steps == 8
+            assert static.static.num_window_steps == 0 and batches[1].cap_batch == 4
+            assert all(torch.isfinite(t).all() for t in (*batches[1].k, *batches[1].v))  # padding stays finite
+    finally:
+        window.close()
+        static.close()
+
+
 # ------------------------------------------------------------------------------------------ configuration
 @pytest.mark.parametrize("mode", ["fast", "cudagraphs", "static-eager", "", None])
 def test_an_unknown_compile_mode_is_refused_naming_the_field(mode):
