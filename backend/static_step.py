@@ -16,9 +16,9 @@ replay) can reuse it (`backend/decode_compile.py`):
   `[Bp, kv_heads, T, head_dim]`, whose data pointer and strides change only when the buffers are reallocated
   (`RunningBatch.num_relayouts`; trims, inserts and in-place moves of the window keep them). The mask
   `[Bp, 1, 1, T]` (bool, True = attend) marks for row r the columns `off+S-length[r] .. off+S` (the new token
-  included); the new token's K/V are written with `index_copy_` along the column dimension at a `[1]` long
-  tensor holding `off+S` (gpt-fast's static KV cache writes the same way with `input_pos`), so the write column
-  is an input of the graph, not a constant baked into it.
+  included); the new token's K/V are written at the column held by a `[1]` long tensor (`off+S`;
+  `k[:, :, column] = new`, an `index_put_`, as gpt-fast's static KV cache writes at `input_pos`, which
+  inductor turns back into an in-place write), so the write column is an input of the graph, not a constant.
 - **Static input buffers** per bucket (`StaticStep`): input ids `[Bp, 1]`, position ids `[Bp, 1]`, the mask and
   the column index; each step copies into them and runs the same callable.
 
@@ -69,8 +69,8 @@ class StaticLayer(CacheLayerMixin):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         """Write `[Bp, kv_heads, 1, head_dim]` new K/V at column `column`; return `[Bp, kv_heads, T, head_dim]`."""
-        self.keys.index_copy_(2, self.column, key_states)
-        self.values.index_copy_(2, self.column, value_states)
+        self.keys[:, :, self.column] = key_states  # index_put_ at a tensor index, as gpt-fast's KVCache writes
+        self.values[:, :, self.column] = value_states
         return self.keys, self.values
 
     def get_seq_length(self) -> int:  # a constant: transformers reads it only without explicit positions
