@@ -4,7 +4,7 @@ Every mode but `off` runs the decode step through the static step (`backend/stat
 powers of two, attention over the buffers' whole width, static input buffers), which has the same shapes,
 strides and addresses from step to step, so that:
 
-- `inductor`: `torch.compile(dynamic=False)` of the static step (inductor, with `freezing`: weights folded as
+- `inductor`: `torch.compile(dynamic=False, fullgraph=True)` of the static step (inductor, `freezing`: weights as
   constants and, on CPU, pre-packed for MKL), one graph per bucket key `(Bp, T)` (rows, buffer width). The
   K/V views are arguments of the graph, so a graph outlives the buffers it was compiled on: a later allocation
   of the same width reuses it. A bucket is compiled lazily, in a background thread, on dummy tensors of the
@@ -75,6 +75,37 @@ def resolve_mode(mode: str, device: torch.device, sdpa: bool = True) -> str:
     return mode
 
 
+class CudaGraphs:
+    """Captures a step as a `torch.cuda.CUDAGraph` and replays it (torch docs, "CUDA Graphs": warm up on a side
+    stream, capture under `torch.cuda.graph`, replay; every graph in one shared memory pool, as vLLM does for
+    its batch sizes). Only the engine thread uses it."""
+
+    def __init__(self) -> None:
+        self._pool = None
+
+    def capture(self, fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+        """Run `fn` twice on a side stream (warm-up: lazy initialisation, allocator), capture it, and return
+        a replay that launches the graph and returns its static output (overwritten by the next replay).
+        `fn` must read and write only tensors whose addresses stay valid while the graph is used."""
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            out = fn()
+
+        def replay() -> torch.Tensor:
+            graph.replay()
+            return out
+
+        return replay
+
+
 class StaticDecoder:
     """Runs decode steps through the static step: eagerly (`static-eager`), compiled (`inductor`) or captured
     and replayed (`cuda-graphs`). Only the engine thread calls `decode`.
@@ -84,15 +115,18 @@ class StaticDecoder:
         mode: `static-eager`, `inductor` or `cuda-graphs` (see `resolve_mode`).
         abort: the runner's abort switch (disarmed around compiled and captured steps).
         freezing: inductor's `freezing` (weights as constants, packed for MKL on CPU); `inductor` only.
+        graphs: what captures and replays CUDA graphs (`CudaGraphs`; tests pass a stand-in that replays by
+            running the captured step again on the same tensors, to check the bookkeeping on a CPU).
 
     Attributes:
         compile_seconds: `(Bp, T) -> s` each bucket key's compile (inductor) or capture (CUDA graphs) took.
         compile_errors: `(Bp, T) -> message` of buckets whose compile failed (they stay on the window path).
         num_static_steps: steps run through the static step; num_window_steps: steps left to the window path
-            (bucket not compiled yet).
+            (bucket not compiled yet); num_captures: CUDA graphs captured (one per bucket and allocation).
     """
 
-    def __init__(self, model: torch.nn.Module, mode: str, abort: AbortSwitch, freezing: bool = True):
+    def __init__(self, model: torch.nn.Module, mode: str, abort: AbortSwitch, freezing: bool = True,
+                 graphs: "CudaGraphs | None" = None):
         if mode not in (STATIC_EAGER, "inductor", "cuda-graphs"):
             raise ValueError(f"compile: no static decoder for {mode!r}")
         self.model, self.mode, self.abort = model, mode, abort
@@ -109,14 +143,16 @@ class StaticDecoder:
         self._worker: threading.Thread | None = None
         self._closed = False
         self._idle = threading.Condition()
-        # cuda-graphs: by Bp, (the StaticStep captured on, graph, static logits [Bp, V])
-        self._graphs: dict[int, tuple[StaticStep, object, torch.Tensor]] = {}
-        self._pool = None
+        # cuda-graphs: by Bp, (the StaticStep captured on, its replay)
+        self.graphs = graphs if graphs is not None else CudaGraphs()
+        self._graphs: dict[int, tuple[StaticStep, Callable[[], torch.Tensor]]] = {}
+        self.num_captures = 0
         if mode == "inductor":
             import torch._dynamo.config as dynamo_config
 
             dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
-            self._compiled = torch.compile(self._forward, dynamic=False, options={"freezing": freezing})
+            self._compiled = torch.compile(self._forward, dynamic=False, fullgraph=True,
+                                           options={"freezing": freezing})
 
     # ------------------------------------------------------------------------------ the step
     def _forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor,
@@ -172,30 +208,13 @@ class StaticDecoder:
         """Replay this bucket's CUDA graph (capturing it first when it is new or its buffers changed)."""
         entry = self._graphs.get(step.rows)
         if entry is None or entry[0] is not step:
+            args = (step.input_ids, step.position_ids, step.mask, step.cache(batch))
             t0 = time.perf_counter()
-            entry = self._graphs[step.rows] = (step, *self._capture(batch, step))
+            with self.abort.arm(False):
+                entry = self._graphs[step.rows] = (step, self.graphs.capture(lambda: self._forward(*args)))
             self.compile_seconds[key] = time.perf_counter() - t0
-        _, graph, logits = entry
-        graph.replay()
-        return logits.clone()
-
-    def _capture(self, batch: RunningBatch, step: StaticStep) -> tuple[object, torch.Tensor]:
-        """Warm up on a side stream, then capture the static step (its inputs already filled: the warm-up
-        writes the step's K/V column, which the replay writes again)."""
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        args = (step.input_ids, step.position_ids, step.mask, step.cache(batch))
-        with self.abort.arm(False):
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    self._forward(*args)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
-                logits = self._forward(*args)
-        return graph, logits
+            self.num_captures += 1
+        return entry[1]().clone()
 
     # ------------------------------------------------------------------------------ inductor
     def _request_compile(self, key: tuple[int, int], batch: RunningBatch) -> None:
