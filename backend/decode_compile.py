@@ -185,8 +185,15 @@ class StaticDecoder:
         if self.mode == STATIC_EAGER:
             logits = self._forward(step.input_ids, step.position_ids, step.mask, step.cache(batch))
         elif self.mode == "inductor":
-            with self.abort.arm(False):
-                logits = self._compiled(step.input_ids, step.position_ids, step.mask, step.cache(batch))
+            try:
+                with self.abort.arm(False):
+                    logits = self._compiled(step.input_ids, step.position_ids, step.mask, step.cache(batch))
+            except Exception as exc:  # nothing advanced (the K/V column written is padding): the window path
+                self._ready.discard(key)
+                self.compile_errors[key] = repr(exc)
+                log.warning("the compiled decode step for %s rows x %s columns failed: %r", *key, exc)
+                self.num_window_steps += 1
+                return None
         else:
             logits = self._replay(batch, step, key)
         batch.finish_step()

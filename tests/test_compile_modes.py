@@ -128,6 +128,8 @@ def test_static_step_seeded_sampling_draws_as_alone(make_engine, tiny):
 def test_inductor_mode_compiles_in_the_background_and_matches_eager(make_engine, tiny):
     """`compile="inductor"`: the first answer is served on the window path while its bucket compiles in the
     background; once compiled, steps run the compiled graph, with the eager engine's and solo outputs."""
+    from torch._dynamo.utils import counters
+
     prompt = list(range(10, 40))
     params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
     expected = solo_greedy(tiny, prompt, 12)
@@ -140,10 +142,11 @@ def test_inductor_mode_compiles_in_the_background_and_matches_eager(make_engine,
     assert static.num_window_steps > 0  # the first steps did not wait for the compile
     assert static.wait_compiled(timeout=300) and static.compile_errors == {}
     assert list(static.compile_seconds) == [(1, 256)]  # one bucket: 1 row, the buffers' 256 columns
-    window_steps = static.num_window_steps
+    window_steps, graphs = static.num_window_steps, counters["stats"]["unique_graphs"]
     again = engine.generate_batch([prompt], params)[0]
     assert again.token_ids == expected
     assert static.num_static_steps == 11 and static.num_window_steps == window_steps  # all compiled steps
+    assert counters["stats"]["unique_graphs"] == graphs  # the background compile's graph: nothing compiled again
 
 
 def test_static_step_logits_equal_the_window_steps_after_an_insert_into_a_padding_row(tiny):
