@@ -176,7 +176,7 @@ def _ms(x) -> str:
 
 
 def markdown(res: dict) -> str:
-    lines = [f"{res['machine']}; torch {res['torch']}, {res['threads']} thread(s), `{res['model']}`, fp32; "
+    lines = [f"{res['machine']}; {res['threads']} thread(s), `{res['model']}`, fp32; "
              f"{res['date']}; `uptime` load {res['load_start'][0]:.1f} at the start, "
              f"{res['load_end'][0]:.1f} at the end (`{res['json']}`).",
              "",
