@@ -144,9 +144,10 @@ class EngineConfig:
         compile: how decode steps run (`backend.decode_compile`): `off`, the window path, eager; `inductor`,
             `torch.compile` of a static-shape step per row bucket, compiled in the background while the window
             path serves; `cuda-graphs`, the static step captured per row bucket as a CUDA graph and replayed
-            (CUDA only); `auto`: `cuda-graphs` on CUDA, `off` on CPU (measured there: the compiled step is a few
-            percent faster and each bucket takes minutes to compile; `docs/benchmarks.md`). The compiled modes
-            need `attn_implementation="sdpa"`, and their steps cannot be stopped for an interactive arrival.
+            (CUDA only); `auto`: `cuda-graphs` on CUDA, `off` on CPU (measured on the 2-core CPU with the default
+            model: inductor 1.44x faster per step at batch 1, 0.94-0.96x at batch 8-32, 100-114 s of compile
+            per bucket; `docs/benchmarks.md`). The compiled modes need `attn_implementation="sdpa"`, and their
+            steps cannot be stopped for an interactive arrival.
 
     Raises:
         ValueError: for any invalid field, with the field name first in the message.

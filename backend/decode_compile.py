@@ -10,16 +10,22 @@ strides and addresses from step to step, so that:
   of the same width reuses it. A bucket is compiled lazily, in a background thread, on dummy tensors of the
   same shapes and strides (zeros; about the bucket's share of the K/V buffers for the time of the compile);
   until it is ready the step runs on the window path (`RunningBatch.step_inputs`, exactly as `off`), so the
-  compile (1.5-3 minutes per bucket for the default model on the 2-core CPU, `docs/benchmarks.md`) never
-  stalls the engine or delays a first answer; it does compete with the engine for the CPU while it runs.
+  compile (100-114 s per bucket for the default model on the 2-core CPU, `docs/benchmarks.md`) never stalls
+  the engine or holds a first answer back. It does compete with the engine while it runs: dynamo's tracing
+  holds the GIL and inductor's C++ compiles take the cores (eager steps were ~3x slower meanwhile, measured),
+  and torch 2.13 keeps `torch.compiler.is_compiling()` true process-wide during a compile, so the engine
+  thread's eager steps take transformers' compile branches (`repeat_kv` instead of `pack_gqa`: same values).
 - `cuda-graphs`: each bucket's static step is captured as a `torch.cuda.CUDAGraph` (after two warm-up runs on
   a side stream, as the torch docs prescribe: "CUDA Graphs", `torch.cuda.graph`) at its first use, then
   replayed: one launch per step instead of one per kernel (vLLM and SGLang capture their decode batches the
   same way, per padded batch size). A graph is bound to the buffers' addresses, so a relayout of the batch
   (new buffers) drops the graphs and the next step of each bucket captures again. All graphs share one memory
   pool. Capture takes milliseconds, so it is done inline, not in the background.
-- `auto`: `cuda-graphs` on CUDA, `off` on CPU, where the compiled step measured only a few percent faster per
-  step than eager while each bucket takes minutes to compile (`docs/benchmarks.md`, "A compiled decode step").
+- `auto`: `cuda-graphs` on CUDA, `off` on CPU, where the compiled step measured 1.44x faster than the window
+  path at batch 1 but 0.94-0.96x at batch 8-32 (the static step reads the buffers' whole width), after 100-114 s
+  of compile per bucket (`docs/benchmarks.md`, "A compiled decode step").
+- `cuda-graphs` has not run on a GPU in this project: it is tested on the CPU only through the static step run
+  eagerly and a stand-in for `CudaGraphs` (`tests/test_compile_modes.py`).
 
 Inside a compiled or captured graph the decoder layers' pre-hooks do not run, so in these modes a decode step
 cannot be stopped mid-forward for an interactive arrival (`backend/step_abort.py`): the step runs with the
