@@ -3,7 +3,7 @@
 Public API (everything the app uses comes from here, never from a submodule): `Engine`, `EngineConfig`,
 `SamplingParams`, `Priority`, `TokenOutput`, `CompletionResult`, `RequestStatus`, `EngineStats`, `RowStats`,
 `DeviceMemory`, `read_device_memory`, `load_model`, `LoadedModel`, `ModelLoadError`, `DEFAULT_MODEL`,
-`PRESETS`, `text_problem` (why a string is not valid UTF-8 text, the check every prompt goes through),
+`PRESETS`, `COMPILE_MODES` (the values of `EngineConfig.compile`), `text_problem` (why a string is not valid UTF-8 text, the check every prompt goes through),
 `ContextLengthError` (the `ValueError` for a prompt longer than the context).
 
 The names are resolved lazily (PEP 562 module `__getattr__`): `from backend import SamplingParams` imports
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 # public name -> the submodule that defines it
 _EXPORTS: dict[str, str] = {
-    "DEFAULT_MODEL": "config", "EngineConfig": "config", "Priority": "config", "SamplingParams": "config",
+    "COMPILE_MODES": "config", "DEFAULT_MODEL": "config", "EngineConfig": "config", "Priority": "config", "SamplingParams": "config",
     "CompletionResult": "engine", "Engine": "engine",
     "PRESETS": "models", "LoadedModel": "models", "ModelLoadError": "models", "load_model": "models",
     "RequestStatus": "request", "TokenOutput": "request",
@@ -45,7 +45,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from .config import DEFAULT_MODEL, EngineConfig, Priority, SamplingParams
+    from .config import COMPILE_MODES, DEFAULT_MODEL, EngineConfig, Priority, SamplingParams
     from .engine import CompletionResult, Engine
     from .intake import ContextLengthError, text_problem
     from .memory import DeviceMemory, read_device_memory

@@ -34,6 +34,7 @@ from transformers.masking_utils import sdpa_mask
 ATTN_IMPLEMENTATION = "baton"
 ROW_GROUPS_KWARG = "baton_row_groups"
 SEGMENTS_KWARG = "baton_segments"
+STATIC_KWARG = "baton_static"  # True: a static decode step over the buffers' whole width (`static_step.py`)
 _MIN_SAVED_CELLS = 16_384  # below this many row x column cells saved, one SDPA call is cheaper
 
 
@@ -98,6 +99,8 @@ def baton_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: t
     Returns:
         attention output `[B, q_len, heads, head_dim]` and None (no attention weights).
     """
+    if kwargs.pop(STATIC_KWARG, False):
+        return _static_decode_attention(query, key, value, attention_mask, kwargs.get("scaling"))
     segments: PackedSegments | None = kwargs.pop(SEGMENTS_KWARG, None)
     if segments is not None:
         return _packed_prefill_attention(module, query, key, value, segments, **kwargs)
@@ -118,6 +121,30 @@ def baton_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: t
         o, _ = sdpa_attention_forward(module, q, k, v, m, **kwargs)
         out.index_copy_(0, rows, o)
     return out, None
+
+
+def _static_decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
+                             scaling: float | None) -> tuple[torch.Tensor, None]:
+    """One SDPA call for a static decode step (`static_step.py`), the same under `torch.compile` as eagerly.
+
+    The query is packed by K/V head (transformers' `pack_gqa`: `[B, heads, 1, D]` -> `[B, kv_heads, n_rep, D]`,
+    exactly what transformers does eagerly for one query token), so K/V are never repeated per query head:
+    under dynamo transformers' own SDPA path skips `pack_gqa` and calls `repeat_kv`, a copy of the whole window
+    per layer per step (7x slower on CPU, `docs/benchmarks.md`).
+
+    Args:
+        query: `[B, heads, 1, head_dim]`.
+        key, value: `[B, kv_heads, T, head_dim]`, the buffers' whole width.
+        mask: `[B, 1, 1, T]` bool (True = attend), at least one True per row.
+        scaling: the softmax scale (None: 1/sqrt(head_dim)).
+    Returns:
+        attention output `[B, 1, heads, head_dim]` and None.
+    """
+    B, H, _, D = query.shape
+    kv_heads = key.shape[1]
+    q = query.reshape(B, kv_heads, H // kv_heads, D)  # [B, KVH, n_rep, D]; the mask broadcasts over n_rep
+    out = torch.nn.functional.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling)
+    return out.reshape(B, H, 1, D).transpose(1, 2).contiguous(), None
 
 
 def _packed_prefill_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

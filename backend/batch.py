@@ -31,6 +31,7 @@ and the columns a longer newcomer adds on the left for the rows already there. C
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,7 @@ _SEQ_SLACK = 128  # extra columns reserved on the right when the window is relai
 _LEFT_SLACK = 32  # extra columns reserved on the left, for longer newcomers (tokens)
 _MIN_MOVE_GAIN = 32  # an in-place move of the window must free at least this many columns (tokens)
 _MAX_MOVE_CHUNKS = 8  # ... and take at most this many non-overlapping chunk copies per buffer
+_ALLOCATIONS = itertools.count(1)  # numbers each allocation (or release) of any batch's buffers
 
 
 @dataclass
@@ -107,12 +109,19 @@ class RunningBatch:
         head_dim: size of one head (elements).
         dtype, device: of the K/V buffers (the model's).
         max_batch_size: most rows (capacity never exceeds it).
+        width_quantum: a reallocation rounds the buffers' columns (`cap_seq`) up to a multiple of this (tokens):
+            the compiled decode modes attend over the whole width, so fewer distinct widths mean fewer graphs
+            (`backend/static_step.py`); 1 (the window path) rounds nothing.
+        zero_fill: allocate zeroed buffers: the static step reads every column of its bucket's rows, padding
+            rows and columns outside the window included, so every cell must be finite from the start (the
+            window path reads only cells it zeroed or wrote, and allocates uninitialised buffers).
     """
 
     def __init__(self, num_layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
-                 device: torch.device, max_batch_size: int):
+                 device: torch.device, max_batch_size: int, width_quantum: int = 1, zero_fill: bool = False):
         self.num_layers, self.kv_heads, self.head_dim = num_layers, kv_heads, head_dim
         self.dtype, self.device, self.max_batch_size = dtype, torch.device(device), max_batch_size
+        self.width_quantum, self.zero_fill = width_quantum, zero_fill
         self.bytes_per_token = 2 * num_layers * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
         self.num_relayouts = 0  # buffer reallocations and in-place window moves so far (copies of the window)
         self._lazy_rows = self.device.type == "cpu"  # all rows at once: untouched pages hold no memory
@@ -123,6 +132,7 @@ class RunningBatch:
     def _release(self) -> None:
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
+        self.allocation = next(_ALLOCATIONS)  # changes whenever the buffers are reallocated or released
         self.cap_batch = 0
         self.cap_seq = 0
         self._rows_written = 0  # rows of the buffers that ever held K/V since they were allocated
@@ -162,17 +172,19 @@ class RunningBatch:
         """
         self.num_relayouts += 1
         new_off = left
-        cap_seq = new_off + self.seq_len + right
+        cap_seq = -(-(new_off + self.seq_len + right) // self.width_quantum) * self.width_quantum
         B, S = self.size, self.seq_len
         shape = (cap_batch, self.kv_heads, cap_seq, self.head_dim)  # [B, H, T, D]
         new_k, new_v = [], []
         for layer in range(self.num_layers):
             for old, new in ((self.k, new_k), (self.v, new_v)):
-                buf = torch.empty(shape, dtype=self.dtype, device=self.device)  # uninitialised: see the module doc
+                alloc = torch.zeros if self.zero_fill else torch.empty  # uninitialised: see the module doc
+                buf = alloc(shape, dtype=self.dtype, device=self.device)
                 if B and S:
                     buf[:B, :, new_off:new_off + S] = old[layer][:B, :, self.off:self.off + S]
                 new.append(buf)
         self.k, self.v = new_k, new_v
+        self.allocation = next(_ALLOCATIONS)
         self.cap_batch, self.cap_seq, self.off, self._rows_written = cap_batch, cap_seq, new_off, B
 
     def _move_window(self, new_off: int) -> None:
@@ -226,6 +238,16 @@ class RunningBatch:
         """
         rows = min(self.size + rows, self.max_batch_size)
         self._ensure(rows, max(0, max_length - self.seq_len))
+
+    def make_room_for_step(self, rows: int) -> None:
+        """Make the buffers hold `rows` rows (>= `size`: a static step's padded row bucket) and the column the
+        next decode step writes (`off + S`)."""
+        self._ensure(max(rows, self.size), 0)
+
+    @property
+    def lengths_tensor(self) -> torch.Tensor:
+        """The live rows' cached tokens, `[B]` long on the batch's device (read-only: the batch owns it)."""
+        return self._lengths_t
 
     def _sync_lengths(self) -> None:
         self._lengths_t = torch.tensor(self.lengths, dtype=torch.long, device=self.device)

@@ -57,7 +57,7 @@ class EngineCore:
         self.config = config
         self._loaded = loaded
         self._on_finished = on_finished
-        self.runner = ModelRunner(loaded.model, loaded.device)
+        self.runner = ModelRunner(loaded.model, loaded.device, compile=config.compile)
         self.batch = self.runner.new_batch(config.max_batch_size)
         self.rows: list[Request] = []
         self._row_params: SamplingTensors | None = None

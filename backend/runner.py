@@ -16,6 +16,7 @@ from transformers import DynamicCache
 
 from .attention import ATTN_IMPLEMENTATION, ROW_GROUPS_KWARG, SEGMENTS_KWARG, PackedSegments, register
 from .batch import RowKV, RunningBatch
+from .decode_compile import WIDTH_QUANTUM, StaticDecoder, resolve_mode
 from .step_abort import AbortSwitch
 
 
@@ -25,9 +26,18 @@ class ModelRunner:
     Args:
         model: a transformers decoder-only causal LM (Llama family) in eval mode.
         device: where its weights are.
+        compile: the decode mode, `EngineConfig.compile` (`auto`, `off`, `inductor`, `cuda-graphs`; tests and
+            benchmarks may also pass `static-eager`, the static step without compiling).
+
+    Attributes:
+        decode_mode: the resolved mode (`off`, `inductor`, `cuda-graphs`, `static-eager`).
+        static: the `StaticDecoder` of a mode other than `off`, else None.
+
+    Raises:
+        ValueError: `compile: ...` for a mode this device or attention cannot run (`decode_compile.resolve_mode`).
     """
 
-    def __init__(self, model: torch.nn.Module, device: torch.device):
+    def __init__(self, model: torch.nn.Module, device: torch.device, compile: str = "off"):
         self.model = model
         self.device = device
         cfg = model.config
@@ -38,21 +48,41 @@ class ModelRunner:
         # SDPA models switch to the `baton` attention: SDPA itself, plus ragged decode attention (attention.py).
         self._original_attn = cfg._attn_implementation
         self.ragged = cfg._attn_implementation in ("sdpa", ATTN_IMPLEMENTATION)
+        resolve_mode(compile, torch.device(device), sdpa=self.ragged)  # refused before the model is touched
         if self.ragged:
             cfg._attn_implementation = register()
         # forwards the core arms stop at the next decoder layer once an interactive request arrives
         self.abort = AbortSwitch()
+        self.static: StaticDecoder | None = None
+        self.decode_mode = "off"
+        self.use_decode_mode(compile)
         self.abort.install(model)
+
+    def use_decode_mode(self, mode: str) -> None:
+        """Switch the decode mode (at construction; tests switch an idle engine's runner to `static-eager`).
+
+        Raises:
+            ValueError: `compile: ...` (see `decode_compile.resolve_mode`).
+        """
+        resolved = resolve_mode(mode, torch.device(self.device), sdpa=self.ragged)
+        if self.static is not None:
+            self.static.close()
+        self.decode_mode = resolved
+        self.static = None if resolved == "off" else StaticDecoder(self.model, resolved, self.abort)
 
     def close(self) -> None:
         """Give the model back as it came (its original attention implementation; the abort hooks stay, inert
         on any thread that arms no switch)."""
+        if self.static is not None:
+            self.static.close()
         if self._original_attn != ATTN_IMPLEMENTATION:
             self.model.config._attn_implementation = self._original_attn
 
     def new_batch(self, max_batch_size: int) -> RunningBatch:
-        """An empty running batch shaped for this model."""
-        return RunningBatch(self.num_layers, self.kv_heads, self.head_dim, self.dtype, self.device, max_batch_size)
+        """An empty running batch shaped for this model (in the static modes its widths are rounded to
+        `WIDTH_QUANTUM` columns, so that fewer bucket keys need a graph)."""
+        return RunningBatch(self.num_layers, self.kv_heads, self.head_dim, self.dtype, self.device, max_batch_size,
+                            width_quantum=1 if self.static is None else WIDTH_QUANTUM, zero_fill=self.static is not None)
 
     @torch.inference_mode()
     def prefill(self, prompt_ids: list[int]) -> tuple[torch.Tensor, RowKV]:
@@ -137,11 +167,18 @@ class ModelRunner:
     def decode(self, batch: RunningBatch, input_ids: torch.Tensor) -> torch.Tensor:
         """One decode step for every row of `batch` (writes their K/V in place, advances the batch).
 
+        In a compile mode the step runs through the static step (`StaticDecoder.decode`) once its bucket is
+        compiled; until then, and with `off`, over the window (below).
+
         Args:
             input_ids: `[B, 1]` the last token of each row, in row order.
         Returns:
             next-token logits `[B, V]`.
         """
+        if self.static is not None:
+            logits = self.static.decode(batch, input_ids)
+            if logits is not None:
+                return logits
         position_ids, mask, cache, groups = batch.step_inputs()
         extra = {ROW_GROUPS_KWARG: groups} if groups is not None and self.ragged else {}
         out = self.model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,

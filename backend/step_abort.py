@@ -44,6 +44,8 @@ _local = threading.local()  # .switch: the AbortSwitch armed on this thread, if 
 def _check(module: torch.nn.Module, args: tuple) -> None:
     """Forward pre-hook of every decoder layer: stop the forward when this thread armed a switch that an
     interactive arrival has set."""
+    if torch.compiler.is_dynamo_compiling():  # traced into a compiled decode step: never stops (`decode_compile.py`)
+        return
     switch = getattr(_local, "switch", None)
     if switch is not None and switch.pending:
         raise StepAborted("an interactive request arrived")

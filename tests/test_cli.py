@@ -567,3 +567,19 @@ def test_a_db_path_in_a_missing_folder_exits_2_naming_it(tmp_path, capsys, argv)
     assert len(err.splitlines()) == 1 and err.startswith("baton: error: "), err
     assert str(db) in err and f"folder {db.parent} does not exist" in err
     assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("argv", [["chat", "hi"], ["tui"], ["batch", "in.jsonl", "-o", "out.jsonl"], ["jobs", "run"]])
+@pytest.mark.parametrize("text, mode", [("inductor", "inductor"), ("off", "off"), ("cuda-graphs", "cuda-graphs"),
+                                        (None, "auto")])
+def test_the_compile_mode_reaches_every_command(argv, text, mode):
+    extra = ["--compile", text] if text is not None else []
+    assert engine_config(build_parser().parse_args([*argv, *extra])).compile == mode
+
+
+def test_a_bad_compile_mode_is_one_usage_line(capsys):
+    assert main(["chat", "hi", *TINY, "--compile", "fast"]) == 2
+    err = capsys.readouterr().err
+    assert "--compile" in err and "invalid choice" in err and "Traceback" not in err
+    assert main(["chat", "hi", *TINY, "--device", "cpu", "--compile", "cuda-graphs"]) == 2
+    assert one_error_line(capsys.readouterr().err).startswith("baton: error: --compile: 'cuda-graphs' needs a CUDA")

@@ -50,9 +50,22 @@ def _chat_ids(engine, q):
     return engine.tokenize([{"role": "user", "content": q}])
 
 
-async def test_greedy_matches_solo_generate_on_tiny_model(make_engine, tiny, attention_mode):
+@pytest.fixture(params=["window", "static"])
+def decode_path(request):
+    """Decode over the window (`compile="off"`) and through the static step that the compiled modes compile or
+    capture, run eagerly (`backend/static_step.py`; `static-eager` is a runner-only mode)."""
+    return request.param
+
+
+def _on_path(engine, decode_path: str):
+    if decode_path == "static":
+        engine._core.runner.use_decode_mode("static-eager")  # the engine is idle: no step in flight
+    return engine
+
+
+async def test_greedy_matches_solo_generate_on_tiny_model(make_engine, tiny, attention_mode, decode_path):
     """Rows join at different steps, leave at different lengths, and the batch (size 3 < 6) forces waits."""
-    engine = make_engine(max_batch_size=3)
+    engine = _on_path(make_engine(max_batch_size=3), decode_path)
     prompts = [_chat_ids(engine, q) for q in QUESTIONS]
     lengths = [40, 12, 33, 7, 25, 18]
     params = [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in lengths]
@@ -64,8 +77,8 @@ async def test_greedy_matches_solo_generate_on_tiny_model(make_engine, tiny, att
     assert counters["num_decode_steps"] < sum(n - 1 for n in lengths)  # rows really shared decode steps
 
 
-def test_generate_batch_greedy_matches_solo_with_many_rows(make_engine, tiny):
-    engine = make_engine(max_batch_size=4)
+def test_generate_batch_greedy_matches_solo_with_many_rows(make_engine, tiny, decode_path):
+    engine = _on_path(make_engine(max_batch_size=4), decode_path)
     prompts = [list(range(3 + i, 3 + i + 5 * (i % 5) + 1)) for i in range(10)]
     params = [SamplingParams(max_tokens=5 + 3 * i, temperature=0, ignore_eos=True) for i in range(10)]
     results = engine.generate_batch(prompts, params)
@@ -115,8 +128,8 @@ def test_packed_prefill_respects_the_prefill_token_budget_and_priority_classes(m
 
 
 @pytest.mark.real_model
-async def test_greedy_matches_solo_generate_on_default_model(make_engine, real, attention_mode):
-    engine = make_engine(loaded=real, max_batch_size=2)
+async def test_greedy_matches_solo_generate_on_default_model(make_engine, real, attention_mode, decode_path):
+    engine = _on_path(make_engine(loaded=real, max_batch_size=2), decode_path)
     prompts = [_chat_ids(engine, q) for q in QUESTIONS[:4]]
     lengths = [24, 10, 20, 14]
     params = [SamplingParams(max_tokens=n, temperature=0) for n in lengths]

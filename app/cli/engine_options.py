@@ -16,7 +16,7 @@ from decimal import Decimal
 
 from typing import TYPE_CHECKING
 
-from backend import DEFAULT_MODEL, EngineConfig
+from backend import COMPILE_MODES, DEFAULT_MODEL, EngineConfig
 
 from .errors import UsageError
 
@@ -49,7 +49,8 @@ class RemoteSpec:
 #: `EngineConfig` field (the first word of its ValueError messages) -> the option that sets it.
 ENGINE_OPTIONS = {"model": "--model", "device": "--device", "dtype": "--dtype", "max_batch_size": "--max-batch-size",
                   "max_prefill_tokens": "--max-prefill-tokens", "kv_budget_bytes": "--kv-budget",
-                  "prefix_cache_bytes": "--prefix-cache", "interactive_tpot_slo": "--interactive-slo"}
+                  "prefix_cache_bytes": "--prefix-cache", "interactive_tpot_slo": "--interactive-slo",
+                  "compile": "--compile"}
 
 _SIZE = re.compile(r"(\d+(?:\.\d*)?)\s*(|b|kb|mb|gb|tb|kib|mib|gib|tib)", re.IGNORECASE)
 MAX_SIZE = 2**63  # bytes: what a signed 64-bit integer holds
@@ -133,6 +134,11 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                        help="while a chat streams, limit background (batch, agent) work so that each of its "
                             "steps takes at most X times what it would take alone; the engine learns its step "
                             "times as it runs; off: background work is not limited (default: %(default)s)")
+    group.add_argument("--compile", choices=COMPILE_MODES, default=EngineConfig.compile,
+                       help="decode steps: off (eager), inductor (torch.compile per batch-size bucket, compiled in "
+                            "the background while eager steps serve), cuda-graphs (captured per bucket, CUDA only); "
+                            "auto: cuda-graphs on CUDA, off on CPU, where compiling measured not worth it "
+                            "(default: %(default)s)")
 
 
 def add_remote_options(parser: argparse.ArgumentParser) -> None:
@@ -178,7 +184,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig | RemoteSpec:
         return EngineConfig(model=args.model, device=args.device, dtype=args.dtype,
                             max_batch_size=args.max_batch_size, max_prefill_tokens=args.max_prefill_tokens,
                             kv_budget_bytes=args.kv_budget, prefix_cache_bytes=args.prefix_cache,
-                            interactive_tpot_slo=args.interactive_slo)
+                            interactive_tpot_slo=args.interactive_slo, compile=args.compile)
     except ValueError as exc:
         raise UsageError(option_message(exc)) from exc
 
@@ -192,7 +198,8 @@ def start_engine(config: EngineConfig | RemoteSpec) -> ChatEngine:
     Returns:
         A started engine (call `shutdown()` when done).
     Raises:
-        UsageError: the model cannot be loaded (unknown spec, missing package or file, no GPU), or the server
+        UsageError: the model cannot be loaded (unknown spec, missing package or file, no GPU), the engine
+            cannot run its configuration on that device (`--compile cuda-graphs` without CUDA), or the server
             cannot be used (unreachable, key refused, model not served).
     """
     if isinstance(config, RemoteSpec):
@@ -208,3 +215,5 @@ def start_engine(config: EngineConfig | RemoteSpec) -> ChatEngine:
         return Engine(config).start()
     except ModelLoadError as exc:
         raise UsageError(str(exc)) from exc
+    except ValueError as exc:  # a field the loaded device cannot run, named by its option
+        raise UsageError(option_message(exc)) from exc
