@@ -125,6 +125,15 @@ async def queued(engine: Engine, n: int = 1) -> None:
     await until(lambda: engine._inbox.qsize() >= n, what=f"{n} commands in the engine's inbox")
 
 
+def use_static_step(engine: Engine) -> Engine:
+    """Switch an idle engine to the static decode step run eagerly (`static-eager`, the runner-only mode the
+    compiled modes compile or capture), with a batch made for it (zero-filled buffers, rounded widths)."""
+    core = engine._core
+    core.runner.use_decode_mode("static-eager")
+    core.batch = core.runner.new_batch(core.config.max_batch_size)  # idle: the old batch holds nothing
+    return engine
+
+
 def spy_prompts(engine) -> list[list[dict]]:
     """Record the chat messages of every request sent to the engine from now on."""
     prompts, real = [], engine.generate

@@ -17,13 +17,12 @@ import torch
 from backend import Engine, EngineConfig, Priority, SamplingParams
 from backend.decode_compile import STATIC_EAGER, StaticDecoder, resolve_mode
 from backend.static_step import row_bucket
-from conftest import solo_greedy
+from conftest import solo_greedy, use_static_step
 
 
 def _static(engine: Engine) -> Engine:
-    """Switch an idle engine's runner to the static step run eagerly (no compile)."""
-    engine._core.runner.use_decode_mode(STATIC_EAGER)
-    return engine
+    """Switch an idle engine to the static step run eagerly (no compile)."""
+    return use_static_step(engine)
 
 
 def _spy_steps(engine: Engine) -> list[tuple[int, int, int, int]]:

@@ -9,7 +9,7 @@ import pytest
 
 from backend import Priority, SamplingParams
 from backend.engine import AddRequests
-from conftest import queued, solo_greedy
+from conftest import queued, solo_greedy, use_static_step
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -59,7 +59,7 @@ def decode_path(request):
 
 def _on_path(engine, decode_path: str):
     if decode_path == "static":
-        engine._core.runner.use_decode_mode("static-eager")  # the engine is idle: no step in flight
+        use_static_step(engine)  # the engine is idle: no step in flight
     return engine
 
 

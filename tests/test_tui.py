@@ -393,11 +393,15 @@ async def test_escape_says_stopping_at_once_and_the_answer_ends_within_one_engin
         view = screen.query_one(ChatView)
         other = await new_chat(pilot)
         await store.update_chat_settings(other, None, LONG)
+        first = decode_gate(engine, lambda batch: batch.size == 1, skip=2)
         await send(pilot, "keep talking", press=True)
+        await first.parked()  # the first chat streams no further until the second is in the engine's inbox
         chat_id = await new_chat(pilot)
         await store.update_chat_settings(chat_id, None, LONG)
         both = decode_gate(engine, lambda batch: batch.size == 2, skip=10)
         await send(pilot, "you too", press=True)
+        await queued(engine)
+        first.release()
         await both.parked()  # both chats' rows are in a decode step, with some text each
         await wait_for(pilot, lambda: (g := screen.sessions.live(chat_id)) and g.message_id and view.answer,
                        what="the answer's first token stored and shown")
