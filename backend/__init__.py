@@ -1,6 +1,8 @@
 """Baton's in-process BATON inference engine (imports nothing from `app` or `storage`).
 
-Public API (everything the app uses comes from here, never from a submodule): `Engine`, `EngineConfig`,
+Public API (everything the app uses comes from here, never from a submodule): `Engine`, `EngineProcess` (the
+same API with the engine core in a child process), `ModelInfo` (its `model`), `make_engine` (the
+one of the two a configuration asks for), `EngineConfig`,
 `SamplingParams`, `Priority`, `TokenOutput`, `CompletionResult`, `RequestStatus`, `EngineStats`, `RowStats`,
 `DeviceMemory`, `read_device_memory`, `load_model`, `LoadedModel`, `ModelLoadError`, `DEFAULT_MODEL`,
 `PRESETS`, `COMPILE_MODES` (the values of `EngineConfig.compile`), `text_problem` (why a string is not valid UTF-8 text, the check every prompt goes through),
@@ -19,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 # public name -> the submodule that defines it
 _EXPORTS: dict[str, str] = {
     "COMPILE_MODES": "config", "DEFAULT_MODEL": "config", "EngineConfig": "config", "Priority": "config", "SamplingParams": "config",
-    "CompletionResult": "engine", "Engine": "engine",
+    "CompletionResult": "engine", "Engine": "engine", "EngineProcess": "engine_proc", "ModelInfo": "engine_proc",
+    "make_engine": "engine_proc",
     "PRESETS": "models", "LoadedModel": "models", "ModelLoadError": "models", "load_model": "models",
     "RequestStatus": "request", "TokenOutput": "request",
     "EngineStats": "stats", "RowStats": "stats",
@@ -47,6 +50,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from .config import COMPILE_MODES, DEFAULT_MODEL, EngineConfig, Priority, SamplingParams
     from .engine import CompletionResult, Engine
+    from .engine_proc import EngineProcess, ModelInfo, make_engine
     from .intake import ContextLengthError, text_problem
     from .memory import DeviceMemory, read_device_memory
     from .models import PRESETS, LoadedModel, ModelLoadError, load_model

@@ -148,6 +148,12 @@ class EngineConfig:
             model: inductor 1.44x faster per step at batch 1, 0.94-0.96x at batch 8-32, 100-114 s of compile
             per bucket; `docs/benchmarks.md`). The compiled modes need `attn_implementation="sdpa"`, and their
             steps cannot be stopped for an interactive arrival.
+        threads: torch's intra-op threads for the engine's forwards on a CPU (`torch.set_num_threads`, which
+            is process-wide). None: torch's default (one per core) in an in-process `Engine`; in an
+            `EngineProcess`, one per core but one, left to the front end (measured on the 2-core CPU: a chat
+            in the TUI decoded at 115 ms a token with 2 engine threads, 75 ms with 1; `docs/benchmarks.md`).
+        process: run the engine core in a child process (`EngineProcess`; `make_engine` picks the class), so a
+            front end's Python (a TUI, an HTTP server) never holds the GIL the engine's forwards need.
 
     Raises:
         ValueError: for any invalid field, with the field name first in the message.
@@ -171,6 +177,8 @@ class EngineConfig:
     prefix_block_size: int = 16
     interactive_tpot_slo: float | None = None
     compile: str = "auto"
+    threads: int | None = None
+    process: bool = False
 
     def __post_init__(self) -> None:
         _check(isinstance(self.model, str) and self.model.strip() != "", "model", "must be a non-empty string")
@@ -209,6 +217,10 @@ class EngineConfig:
                    and value >= 1, "interactive_tpot_slo",
                    f"must be a number >= 1 (a multiple of the interactive rows' own step time, e.g. 1.5) "
                    f"or None, got {value!r}")
+        if self.threads is not None:
+            _check(isinstance(self.threads, int) and not isinstance(self.threads, bool) and self.threads >= 1,
+                   "threads", f"must be an integer >= 1 or None, got {self.threads!r}")
+        _check(isinstance(self.process, bool), "process", f"must be True or False, got {self.process!r}")
         _check(self.attn_implementation in ("sdpa", "eager"),
                "attn_implementation", f"must be 'sdpa' or 'eager', got {self.attn_implementation!r}")
         _check(self.compile in COMPILE_MODES, "compile",

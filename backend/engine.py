@@ -26,6 +26,7 @@ from .config import EngineConfig, Priority, SamplingParams
 from .core import EngineCore
 from .detokenizer import IncrementalDetokenizer
 from .intake import ContextLengthError, max_token_chars, text_problem
+from .memory import DeviceMemory, read_device_memory
 from .models import LoadedModel, load_model
 from .request import Request, TokenOutput
 from .stats import EngineStats
@@ -98,8 +99,14 @@ class Engine:
         KeyError (`cancel`): a request id the engine has never seen.
     """
 
+    RUNS_CORE_HERE = True
+    """False for `EngineProcess`, whose core runs in a child process."""
+
     def __init__(self, config: EngineConfig | None = None, loaded: LoadedModel | None = None):
         self.config = config or EngineConfig()
+        if self.config.process and self.RUNS_CORE_HERE:
+            raise ValueError("process: an Engine runs its core in this process; use EngineProcess (or "
+                             "make_engine) for config.process=True")
         self._loaded = loaded
         self._inbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -130,6 +137,8 @@ class Engine:
         if self.started:
             return self
         cfg = self.config
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
         if self._loaded is None:
             self._loaded = load_model(cfg.model, cfg.device, cfg.dtype, cfg.seed, cfg.attn_implementation)
         lm = self._loaded
@@ -202,7 +211,7 @@ class Engine:
                 yield out
         finally:
             if not finished:
-                self._inbox.put(Cancel(req.request_id))
+                self._send_cancel(req.request_id)
 
     def generate_batch(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams] | None = None,
                        priority: Priority = Priority.BATCH,
@@ -263,12 +272,17 @@ class Engine:
             KeyError: the engine has never seen this id.
         """
         with self._lock:
-            if request_id in self._live:
-                self._inbox.put(Cancel(request_id))
-                return True
-            if request_id in self._finished_ids:
-                return False
+            live, finished = request_id in self._live, request_id in self._finished_ids
+        if live:
+            self._send_cancel(request_id)
+            return True
+        if finished:
+            return False
         raise KeyError(f"unknown request id {request_id!r}")
+
+    def memory(self) -> DeviceMemory | None:
+        """A reading of the engine's device memory now (on a CPU, this process's RSS): `read_device_memory`."""
+        return read_device_memory(self.model.device)
 
     def stats(self) -> EngineStats:
         """The latest snapshot of the engine (published by the engine thread after every step)."""
@@ -307,7 +321,7 @@ class Engine:
             self._check_fits(text, "the prompt with its chat template")  # what is tokenized: the rendered text
             with self._lock:
                 return tok(text, add_special_tokens=False).input_ids
-        vocab = self.model.model.config.vocab_size
+        vocab = self.model.vocab_size
         if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in prompt):
             raise ValueError(f"prompt: token ids must be integers in [0, {vocab})")
         return prompt
@@ -328,6 +342,29 @@ class Engine:
 
     def _make_request(self, prompt: Prompt, params: SamplingParams | None, priority: Priority,
                       request_id: str | None, emit: Callable[[TokenOutput], None]) -> Request:
+        """Validate and tokenize a request and make it live (`_admit`, then `_build_request`).
+
+        Raises:
+            RuntimeError: the engine is not running.
+            ValueError: as `generate` describes.
+        """
+        rid, ids, params, priority = self._admit(prompt, params, priority, request_id)
+        req = self._build_request(rid, ids, params, priority, emit)
+        with self._lock:
+            if rid in self._live:
+                raise ValueError(f"request_id: {rid!r} is already running")
+            self._live[rid] = req
+        return req
+
+    def _admit(self, prompt: Prompt, params: SamplingParams | None, priority: Priority,
+               request_id: str | None) -> tuple[str, list[int], SamplingParams, Priority]:
+        """Check a request and tokenize its prompt. Returns `(request id, prompt token ids, params, priority)`.
+
+        Raises:
+            RuntimeError: the engine is not running.
+            ValueError: invalid params or priority; a prompt that is invalid, longer than the context
+                (`ContextLengthError`) or whose K/V could never fit in a fixed KV budget.
+        """
         if not self.started:
             raise RuntimeError("engine is not running: call start() first")
         params = params or SamplingParams()
@@ -341,21 +378,24 @@ class Engine:
         if len(ids) >= self.max_model_len:
             raise ContextLengthError(f"prompt: {len(ids)} tokens leave no room in the context of "
                                      f"{self.max_model_len} tokens (max_model_len)")
-        budget = self._core.fixed_kv_budget()
-        need = (len(ids) + params.max_tokens + 1) * self._core.bytes_per_token
+        budget, bytes_per_token = self._kv_facts()
+        need = (len(ids) + params.max_tokens + 1) * bytes_per_token
         if budget is not None and need > budget:
             raise ValueError(f"prompt: {len(ids)} prompt tokens + max_tokens {params.max_tokens} need "
                              f"{need} bytes of KV cache, more than the KV budget of {budget} bytes "
                              "(kv_budget_bytes); it could never run")
-        rid = request_id or uuid.uuid4().hex
+        return request_id or uuid.uuid4().hex, ids, params, priority
+
+    def _kv_facts(self) -> tuple[int | None, int]:
+        """`(fixed KV budget in bytes or None, K/V bytes per token)` of the running core."""
+        return self._core.fixed_kv_budget(), self._core.bytes_per_token
+
+    def _build_request(self, rid: str, ids: list[int], params: SamplingParams, priority: Priority,
+                       emit: Callable[[TokenOutput], None]) -> Request:
+        """The core's `Request` for an admitted prompt: its detokenizer and (seeded) generator."""
         gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
-        req = Request(rid, ids, params, priority, emit, IncrementalDetokenizer(self.model.tokenizer, params.stop),
-                      self.max_model_len, generator=gen)
-        with self._lock:
-            if rid in self._live:
-                raise ValueError(f"request_id: {rid!r} is already running")
-            self._live[rid] = req
-        return req
+        return Request(rid, ids, params, priority, emit, IncrementalDetokenizer(self.model.tokenizer, params.stop),
+                       self.max_model_len, generator=gen)
 
     # ------------------------------------------------------------------------------ the loop
     def _run(self) -> None:
@@ -384,6 +424,10 @@ class Engine:
         core = self._core
         if core is not None and any(r.priority == Priority.INTERACTIVE for r in reqs):
             core.runner.abort.interactive_arrived()
+
+    def _send_cancel(self, request_id: str) -> None:
+        """Ask the engine thread to cancel a request (a finished one is left alone)."""
+        self._inbox.put(Cancel(request_id))
 
     def _drain_inbox(self, block: bool) -> bool:
         """Apply queued commands to the core. Returns False on stop.

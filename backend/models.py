@@ -86,6 +86,11 @@ class LoadedModel:
     source: str
 
     @property
+    def vocab_size(self) -> int:
+        """Size of the model's output vocabulary (token ids run from 0 to `vocab_size - 1`)."""
+        return self.model.config.vocab_size
+
+    @property
     def weight_bytes(self) -> int:
         """Bytes of the model's parameters (tied weights counted once)."""
         seen, total = set(), 0

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from backend import Engine, EngineConfig, load_model
+from backend import Engine, EngineConfig, EngineProcess, load_model
 
 from .core import RESULTS, machine
 from .docs_section import replace_section
@@ -88,8 +88,8 @@ async def _scenario(loaded, slo: float | None, with_job: bool, args) -> dict:
     if with_job:
         async with await Store.open(db) as store:
             await submit_job(store, _job_file(folder / "job.jsonl", args, loaded))
-    engine = Engine(EngineConfig(model=loaded.name, max_batch_size=args.max_batch_size, interactive_tpot_slo=slo),
-                    loaded=loaded).start()
+    config = EngineConfig(model=loaded.name, max_batch_size=args.max_batch_size, interactive_tpot_slo=slo)
+    engine = (EngineProcess(config) if args.engine_process else Engine(config, loaded=loaded)).start()
     await asyncio.to_thread(_warm_up, engine)  # the step cost model's row counts, as benchmarks.priority does
     arrivals: dict[str, list[float]] = {}
     original = Sessions._take
@@ -176,10 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument("--" + key.replace("_", "-"), type=type(value) if key != "model" else str, default=None,
                         help=f"default {value}")
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
+    ap.add_argument("--engine-process", choices=("on", "off"), default="on",
+                    help="the engine core in a child process (`EngineProcess`, as `baton` runs it; default) or in "
+                         "the app's process (`Engine`)")
     ap.add_argument("--smoke", action="store_true", help="random:tiny, an 8-line job, 2 chat turns (seconds)")
     ap.add_argument("--update-docs", action="store_true", help=f"replace the '{DOCS_SECTION}' section of "
                     "docs/benchmarks.md with this run's table")
     args = ap.parse_args(argv)
+    args.engine_process = args.engine_process == "on"
     for key, value in (SMOKE if args.smoke else DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -79,10 +79,26 @@ def test_no_arguments_opens_the_tui(monkeypatch):
     assert main(["tui", "--model", "random:tiny", "--db", "x.db", "--theme", "nord", "--max-batch-size", "4"]) == 0
     assert main(["--model", "random:tiny", "--device", "cpu", "--theme", "baton-dark"]) == 0
     (default, none, no_theme), (tiny, db, theme), (cpu, _, dark) = calls
-    # the engine's defaults, but with the interactive latency target every command runs with (issue #13)
-    assert default == EngineConfig(interactive_tpot_slo=1.5) and none is None and no_theme is None
+    # the engine's defaults, but with the interactive latency target every command runs with (issue #13), and
+    # the engine core in a child process (the TUI's drawing must not hold the GIL its steps need)
+    assert default == EngineConfig(interactive_tpot_slo=1.5, process=True) and none is None and no_theme is None
     assert (tiny.model, tiny.max_batch_size, db, theme) == ("random:tiny", 4, "x.db", "nord")
     assert (cpu.model, cpu.device, dark) == ("random:tiny", "cpu", "baton-dark")
+
+
+def test_engine_process_defaults_on_for_the_tui_and_serve_only(monkeypatch):
+    from app.cli.main import build_parser
+    from app.cli.engine_options import engine_config
+
+    def process(*argv: str) -> bool:
+        return engine_config(build_parser().parse_args(list(argv))).process
+
+    assert process() and process("tui") and process("serve")
+    assert not process("chat", "hi") and not process("batch", "in.jsonl", "-o", "out.jsonl")
+    assert not process("jobs", "run")
+    assert not process("--engine-process", "off") and process("chat", "hi", "--engine-process", "on")
+    assert engine_config(build_parser().parse_args(["--threads", "3"])).threads == 3
+    assert main(["--threads", "0"]) == 2
 
 
 def test_help_lists_the_commands(capsys):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from backend import EngineStats, Priority, SamplingParams, TokenOutput
+    from backend import DeviceMemory, EngineStats, Priority, SamplingParams, TokenOutput
 
 #: The `token_id` of an output that carries a token whose id is not known (a remote engine's).
 REMOTE_TOKEN_ID = -1
@@ -83,6 +83,11 @@ class ChatEngine(Protocol):
 
     def stats(self) -> EngineStats:
         """The latest snapshot (never blocks on the network: a remote engine returns its last poll)."""
+        ...
+
+    def memory(self) -> DeviceMemory | None:
+        """The engine's device memory now (on a CPU, the RSS of the process that holds the model), or None
+        when there is none to read here (a remote engine). Never blocks for long: for the live panel."""
         ...
 
 

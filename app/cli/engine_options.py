@@ -50,7 +50,7 @@ class RemoteSpec:
 ENGINE_OPTIONS = {"model": "--model", "device": "--device", "dtype": "--dtype", "max_batch_size": "--max-batch-size",
                   "max_prefill_tokens": "--max-prefill-tokens", "kv_budget_bytes": "--kv-budget",
                   "prefix_cache_bytes": "--prefix-cache", "interactive_tpot_slo": "--interactive-slo",
-                  "compile": "--compile"}
+                  "compile": "--compile", "threads": "--threads", "process": "--engine-process"}
 
 _SIZE = re.compile(r"(\d+(?:\.\d*)?)\s*(|b|kb|mb|gb|tb|kib|mib|gib|tib)", re.IGNORECASE)
 MAX_SIZE = 2**63  # bytes: what a signed 64-bit integer holds
@@ -139,6 +139,18 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                             "the background while eager steps serve), cuda-graphs (captured per bucket, CUDA only); "
                             "auto: cuda-graphs on CUDA, off on CPU, where compiling measured not worth it "
                             "(default: %(default)s)")
+    group.add_argument("--threads", type=int, default=None, metavar="N",
+                       help="torch threads for the model's steps on a CPU (default: one per core, or one per core "
+                            "but one with --engine-process on, leaving a core to the app)")
+    group.add_argument("--engine-process", choices=("on", "off"), default=None,
+                       help="run the model in a child process, so the app's own work (the TUI's drawing, the "
+                            "server's requests) never slows its steps: on a 2-core CPU a chat in the TUI "
+                            "decoded 1.5x faster (default: on for the TUI and serve, off for the "
+                            "single-purpose commands chat, batch and jobs run)")
+
+
+#: the commands whose engine runs in a child process unless told `--engine-process off` (None: the TUI)
+PROCESS_COMMANDS = (None, "tui", "serve")
 
 
 def add_remote_options(parser: argparse.ArgumentParser) -> None:
@@ -180,11 +192,14 @@ def engine_config(args: argparse.Namespace) -> EngineConfig | RemoteSpec:
         return RemoteSpec(backend, key or os.environ.get(API_KEY_ENV) or None, model)
     if key is not None:
         raise UsageError("--api-key: only with --backend URL")
+    choice = getattr(args, "engine_process", None)
+    process = choice == "on" if choice is not None else getattr(args, "command", None) in PROCESS_COMMANDS
     try:
         return EngineConfig(model=args.model, device=args.device, dtype=args.dtype,
                             max_batch_size=args.max_batch_size, max_prefill_tokens=args.max_prefill_tokens,
                             kv_budget_bytes=args.kv_budget, prefix_cache_bytes=args.prefix_cache,
-                            interactive_tpot_slo=args.interactive_slo, compile=args.compile)
+                            interactive_tpot_slo=args.interactive_slo, compile=args.compile, threads=args.threads,
+                            process=process)
     except ValueError as exc:
         raise UsageError(option_message(exc)) from exc
 
@@ -209,10 +224,10 @@ def start_engine(config: EngineConfig | RemoteSpec) -> ChatEngine:
             return config.make().start()
         except RemoteUnavailable as exc:
             raise UsageError(str(exc)) from exc
-    from backend import Engine, ModelLoadError
+    from backend import ModelLoadError, make_engine
 
     try:
-        return Engine(config).start()
+        return make_engine(config).start()
     except ModelLoadError as exc:
         raise UsageError(str(exc)) from exc
     except ValueError as exc:  # a field the loaded device cannot run, named by its option

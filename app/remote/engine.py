@@ -225,6 +225,10 @@ class RemoteEngine:
             return self._rates.snapshot(self._label(), self._model.name if self._model else "")
         return self._stats
 
+    def memory(self) -> None:
+        """None: the server's device memory is not readable from here."""
+        return None
+
     # -------------------------------------------------------------------------------- internals
     @contextlib.asynccontextmanager
     async def _client(self) -> AsyncIterator[openai.AsyncOpenAI]:

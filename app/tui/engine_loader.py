@@ -38,12 +38,12 @@ def load_engine(source: Engine | EngineConfig, post: Callable[[Any], object], ca
     """
     start = time.perf_counter()
     try:
-        from backend import Engine, ModelLoadError  # torch and transformers are imported here, in this thread
+        from backend import ModelLoadError, make_engine  # torch and transformers are imported here, in this thread
     except Exception as exc:  # a broken install: reported as a model that cannot be loaded
         post(ModelLoadFailed(f"cannot import the engine: {type(exc).__name__}: {exc}"))
         raise
     try:
-        engine = Engine(source) if isinstance(source, EngineConfig) else source
+        engine = make_engine(source) if isinstance(source, EngineConfig) else source
         engine.start()
     except Exception as exc:  # ModelLoadError, or e.g. out of memory: shown, then reported by the worker
         post(ModelLoadFailed(str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"))

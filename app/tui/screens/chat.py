@@ -21,7 +21,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from backend import EngineConfig, read_device_memory
+from backend import EngineConfig
 from storage import Chat, SearchHit, Store
 
 from ...chat.settings import ChatSettings
@@ -233,7 +233,7 @@ class ChatScreen(Screen):
         sessions = self.sessions
         self.query_one("#body").mount(LivePanel(
             stats=lambda: sessions.engine.stats() if sessions.engine else None,
-            memory=lambda: read_device_memory(sessions.engine.model.device) if sessions.engine else None,
+            memory=lambda: sessions.engine.memory() if sessions.engine else None,
             describe=self._describe, interval=self._panel_interval,
             max_batch_size=self._config.max_batch_size, id="live-panel"))
 
