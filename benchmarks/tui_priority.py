@@ -176,14 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument("--" + key.replace("_", "-"), type=type(value) if key != "model" else str, default=None,
                         help=f"default {value}")
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
-    ap.add_argument("--engine-process", choices=("on", "off"), default="on",
-                    help="the engine core in a child process (`EngineProcess`, as `baton` runs it; default) or in "
-                         "the app's process (`Engine`)")
+    ap.add_argument("--engine-process", choices=("on", "off", "both"), default="both",
+                    help="the engine core in a child process (`EngineProcess`, as `baton` runs it), in the app's "
+                         "process (`Engine`), or each scenario both ways (default)")
     ap.add_argument("--smoke", action="store_true", help="random:tiny, an 8-line job, 2 chat turns (seconds)")
     ap.add_argument("--update-docs", action="store_true", help=f"replace the '{DOCS_SECTION}' section of "
                     "docs/benchmarks.md with this run's table")
     args = ap.parse_args(argv)
-    args.engine_process = args.engine_process == "on"
+    modes = {"on": [True], "off": [False], "both": [False, True]}[args.engine_process]
     for key, value in (SMOKE if args.smoke else DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -192,13 +192,16 @@ def main(argv: list[str] | None = None) -> int:
               "device": "cuda" if loaded.device.type == "cuda" else "cpu", "torch_threads": torch.get_num_threads(),
               "command": "python -m benchmarks.tui_priority " + " ".join(argv if argv is not None else sys.argv[1:]),
               "args": {k: getattr(args, k) for k in DEFAULTS}, "scenarios": {}}
-    for name, slo, job in (("idle", None, False), ("job, target off", None, True),
-                           (f"job, target {args.slo:g}", args.slo, True)):
+    for name, slo, job, process in [(f"{name}, {'child process' if process else 'in-process'}", slo, job, process)
+                                    for process in modes
+                                    for name, slo, job in (("idle", None, False), ("job, target off", None, True),
+                                                           (f"job, target {args.slo:g}", args.slo, True))]:
+        args.engine_process = process
         t = time.perf_counter()
         row = asyncio.run(_scenario(loaded, slo, job, args))
         row["wall_s"] = time.perf_counter() - t
         result["scenarios"][name] = row
-        print(f"{name:18s} TTFT {_ms(row['ttft_ms']['median'])} / {_ms(row['ttft_ms']['max'])} ms  "
+        print(f"{name:32s} TTFT {_ms(row['ttft_ms']['median'])} / {_ms(row['ttft_ms']['max'])} ms  "
               f"TPOT {_ms(row['tpot_ms_median'])} ms  ITL p99 {_ms(row['itl_ms_p99'])} max {_ms(row['itl_ms_max'])} ms"
               f"  job rows {row['job_rows_during_chats']}  tok/s {row['output_tok_s_during_chats']:.1f}"
               f"  ({row['wall_s']:.0f} s)" + ("  INVALID: the job ended before the chats" if

@@ -90,8 +90,8 @@ def parse_cache_size(text: str) -> int:
 
 
 #: the interactive latency target every command runs with unless told `--interactive-slo off`: measured on the
-#: 2-core CPU (docs/benchmarks.md), a chat typed into the TUI beside a running 32-line job streams at 339 ms a
-#: token against 644 ms without it, and a job with no chat running keeps its throughput
+#: 2-core CPU (docs/benchmarks.md), a chat typed into the TUI beside a running 32-line job streams at 102 ms a
+#: token against 490 ms without it (89 ms with no job), and a job with no chat running keeps its throughput
 DEFAULT_INTERACTIVE_SLO = 1.5
 
 
