@@ -28,10 +28,12 @@ engine reports not started.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import os
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -90,8 +92,14 @@ class EngineProcess(Engine):
 
     RUNS_CORE_HERE = False
 
-    def __init__(self, config: EngineConfig | None = None):
+    def __init__(self, config: EngineConfig | None = None, log_file: str | os.PathLike | None = None):
+        """Args:
+            config: the engine's configuration (`process` may be either: the child runs it in-process).
+            log_file: where the child's standard output and error go (appended: warnings, progress bars, a
+                crash's traceback), e.g. so that they do not draw over a TUI; None: this process's own.
+        """
         super().__init__(config)
+        self.log_file = None if log_file is None else os.fspath(log_file)
         self._proc = None
         self._conn = None
         self._send_lock = threading.Lock()
@@ -119,8 +127,10 @@ class EngineProcess(Engine):
 
         ctx = multiprocessing.get_context("spawn")
         parent_end, child_end = ctx.Pipe()
-        proc = ctx.Process(target=_child_main, args=(child_end, self.config), name="baton-engine-core", daemon=True)
-        proc.start()
+        proc = ctx.Process(target=_child_main, args=(child_end, self.config, self.log_file), name="baton-engine-core",
+                           daemon=True)
+        with _real_stderr():
+            proc.start()
         child_end.close()
         try:
             msg = parent_end.recv()
@@ -251,8 +261,13 @@ class _Pending:
 
 
 # --------------------------------------------------------------------------------------- the child
-def _child_main(conn, config: EngineConfig) -> None:
+def _child_main(conn, config: EngineConfig, log_file: str | None = None) -> None:
     """The child process: start an `Engine`, then relay commands in and outputs and stats out."""
+    if log_file is not None:  # before torch and transformers are imported: they write to stderr
+        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
     config = dataclasses.replace(config, process=False)  # the child's engine runs its core in-process
     if config.threads is None:  # a core for the front end: see `EngineConfig.threads`
         config = dataclasses.replace(config, threads=max(1, _cores() - 1))
@@ -349,9 +364,35 @@ def _relay(engine: Engine, outputs: "queue.SimpleQueue[TokenOutput | None]", sen
             return
 
 
-def make_engine(config: EngineConfig) -> Engine:
-    """An unstarted engine for `config`: `EngineProcess` when `config.process`, else `Engine`."""
-    return EngineProcess(config) if config.process else Engine(config)
+def make_engine(config: EngineConfig, log_file: str | os.PathLike | None = None) -> Engine:
+    """An unstarted engine for `config`: `EngineProcess` when `config.process` (its child's output going to
+    `log_file`, see `EngineProcess`), else `Engine`."""
+    return EngineProcess(config, log_file) if config.process else Engine(config)
+
+
+@contextlib.contextmanager
+def _real_stderr():
+    """Spawn with a real `sys.stderr`: multiprocessing's resource tracker passes `sys.stderr.fileno()` to the
+    process it starts, and a front end that captures stderr (Textual's print capture answers -1) makes every
+    spawn fail with `ValueError: bad value(s) in fds_to_keep`."""
+    try:
+        usable = sys.stderr is not None and sys.stderr.fileno() >= 0
+    except (AttributeError, OSError, ValueError):
+        usable = False
+    if usable:
+        yield
+        return
+    saved, devnull = sys.stderr, None
+    if sys.__stderr__ is not None:
+        sys.stderr = sys.__stderr__
+    else:
+        sys.stderr = devnull = open(os.devnull, "w")
+    try:
+        yield
+    finally:
+        sys.stderr = saved
+        if devnull is not None:
+            devnull.close()
 
 
 def _cores() -> int:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import signal
+import sys
 import time
 
 import pytest
@@ -163,3 +165,24 @@ def test_make_engine_picks_the_class():
         Engine(EngineConfig(model="random:tiny", process=True))
     with pytest.raises(ValueError, match="threads"):
         EngineConfig(threads=0)
+
+
+class _CapturedStderr(io.StringIO):
+    """What a TUI puts in `sys.stderr` while it runs (Textual's print capture: no file descriptor)."""
+
+    def fileno(self) -> int:
+        return -1
+
+
+def test_starts_under_a_captured_stderr_and_writes_its_output_to_the_log(tmp_path, monkeypatch):
+    """`baton`'s TUI makes its engine while Textual captures stderr: spawning used to fail there with
+    "bad value(s) in fds_to_keep" (multiprocessing passes `sys.stderr.fileno()` on)."""
+    log = tmp_path / "engine.log"
+    monkeypatch.setattr(sys, "stderr", _CapturedStderr())
+    engine = EngineProcess(EngineConfig(model="random:tiny", device="cpu", max_batch_size=2), log_file=log).start()
+    try:
+        assert engine.generate_batch(["hi"], SamplingParams(max_tokens=3, temperature=0,
+                                                            ignore_eos=True))[0].completion_tokens == 3
+        assert log.exists()  # the child's stdout and stderr, not the terminal the TUI draws on
+    finally:
+        engine.shutdown()

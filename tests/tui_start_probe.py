@@ -61,7 +61,8 @@ async def pause_until(pilot, condition, what: str) -> None:
 
 async def main(db: str) -> dict:
     report: dict = {"torch_after_import": "torch" in sys.modules}
-    app = BatonApp(config=EngineConfig(model="random:tiny", device="cpu"), db_path=db)
+    # the engine core in a child process, as `baton` runs it (`--engine-process`, on for the TUI)
+    app = BatonApp(config=EngineConfig(model="random:tiny", device="cpu", process=True), db_path=db)
     report["torch_after_app"] = "torch" in sys.modules
     report["engine_after_app"] = app.engine is not None
     async with app.run_test(size=(80, 24)) as pilot:

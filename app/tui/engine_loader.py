@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+import platformdirs
 
 from backend import EngineConfig
 
@@ -43,7 +46,7 @@ def load_engine(source: Engine | EngineConfig, post: Callable[[Any], object], ca
         post(ModelLoadFailed(f"cannot import the engine: {type(exc).__name__}: {exc}"))
         raise
     try:
-        engine = make_engine(source) if isinstance(source, EngineConfig) else source
+        engine = make_engine(source, engine_log_path()) if isinstance(source, EngineConfig) else source
         engine.start()
     except Exception as exc:  # ModelLoadError, or e.g. out of memory: shown, then reported by the worker
         post(ModelLoadFailed(str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"))
@@ -52,6 +55,15 @@ def load_engine(source: Engine | EngineConfig, post: Callable[[Any], object], ca
         engine.shutdown()
         return
     post(ModelLoaded(engine, time.perf_counter() - start))
+
+
+def engine_log_path() -> Path:
+    """`<platformdirs user log dir of baton>/engine.log` (the folder created): where the TUI's engine process
+    writes its standard output and error (warnings, the model's conversion progress, a crash's traceback), which
+    would otherwise draw over the screen."""
+    folder = Path(platformdirs.user_log_dir("baton", appauthor=False))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / "engine.log"
 
 
 async def in_daemon_thread(work: Callable[[], T], name: str = "baton-model-load") -> T:
