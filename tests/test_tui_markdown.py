@@ -48,8 +48,11 @@ async def test_a_two_line_poem_shows_as_two_lines(make_engine, tmp_path, size):
             await choose_chat(pilot, chat.id)
             view = screen.query_one(ChatView)
             await wait_for(pilot, lambda: len(view.messages()) == 2, what="the conversation")
-            await pilot.pause()
             body = view.messages()[1]
+            # the Markdown mounts its blocks, then they are laid out: wait for the poem to have a size (on a busy
+            # machine one `pause` was not always enough, and it rendered no lines at all)
+            await wait_for(pilot, lambda: body.query("MarkdownParagraph") and
+                           body.query("MarkdownParagraph").first().size.height > 0, what="the poem laid out")
             poem = body.query("MarkdownParagraph").first()
             assert rendered_lines(poem)[:2] == ["Roses are red,", "violets are blue."]
             assert poem.size.height == 2
