@@ -29,7 +29,7 @@ from .runner import ModelRunner
 from .sampler import SamplingTensors, draw_uniforms, sample
 from .sched_output import ADMISSIONS, DropPrefill, Preempt, PrefillChunk, PrefillGroup, SchedulerOutput, Step, SwapIn
 from .scheduler import BatchSnapshot, Scheduler
-from .stats import EngineStats, RowStats, StatsWindow
+from .stats import RowStats, StatsWindow
 from .step_abort import StepAborted, truncate_cache
 from .step_cost import StepCostModel
 from .swap_space import SwapSpace
@@ -72,7 +72,8 @@ class EngineCore:
         self.prefix = PrefixReuse(config, self.runner, self.window)
         self._generator = torch.Generator().manual_seed(config.seed)
         self._final_outputs: list[tuple[Request, TokenOutput]] = []
-        self.stats = EngineStats.empty()
+        self._budget = self._kv_budget()
+        self._publish_stats()  # the truth from the start (the model, the KV budget, the prefix cache's bound)
 
     # ----------------------------------------------------------------------------- front end
     @property

@@ -190,6 +190,15 @@ async def test_stop_string_ends_the_request_and_is_not_emitted(make_engine):
     assert stopped == text[:text.index(stop)]
 
 
+def test_stats_tell_the_truth_before_the_first_request(make_engine):
+    """The live panel reads stats from the start: an engine that has served nothing yet must not say that its
+    prefix cache is off or that it has no KV budget (it published an empty snapshot until its first step)."""
+    stats = make_engine(max_batch_size=2, prefix_cache_bytes=2**20, kv_budget_bytes=2**24).stats()
+    assert (stats.model, stats.device) == ("random:tiny", "cpu")
+    assert stats.prefix_cache_capacity_bytes == 2**20 and stats.kv_budget_bytes == 2**24
+    assert stats.batch_size == 0 and stats.queue_depth == 0 and stats.output_tokens_per_s == 0
+
+
 async def test_stats_report_rows_priorities_and_kv_bytes(make_engine, decode_gate):
     engine = make_engine(max_batch_size=2)
     # the engine parks once `c` has waited through one iteration, whose stats are then published
