@@ -86,14 +86,14 @@ def test_no_arguments_opens_the_tui(monkeypatch):
     assert (cpu.model, cpu.device, dark) == ("random:tiny", "cpu", "baton-dark")
 
 
-def test_engine_process_defaults_on_for_the_tui_and_serve_only(monkeypatch):
+def test_engine_process_defaults_on_for_the_tui_only(monkeypatch):
     from app.cli.main import build_parser
     from app.cli.engine_options import engine_config
 
     def process(*argv: str) -> bool:
         return engine_config(build_parser().parse_args(list(argv))).process
 
-    assert process() and process("tui") and process("serve")
+    assert process() and process("tui") and not process("serve")
     assert not process("chat", "hi") and not process("batch", "in.jsonl", "-o", "out.jsonl")
     assert not process("jobs", "run")
     assert not process("--engine-process", "off") and process("chat", "hi", "--engine-process", "on")

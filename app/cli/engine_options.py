@@ -143,14 +143,15 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                        help="torch threads for the model's steps on a CPU (default: one per core, or one per core "
                             "but one with --engine-process on, leaving a core to the app)")
     group.add_argument("--engine-process", choices=("on", "off"), default=None,
-                       help="run the model in a child process, so the app's own work (the TUI's drawing, the "
-                            "server's requests) never slows its steps: on a 2-core CPU a chat in the TUI "
-                            "decoded 1.5x faster (default: on for the TUI and serve, off for the "
-                            "single-purpose commands chat, batch and jobs run)")
+                       help="run the model in a child process, so the app's own work (the TUI's drawing) never "
+                            "holds the GIL its steps need: on a 2-core CPU a chat in the TUI decoded 1.4x faster "
+                            "(default: on for the TUI; off for serve, chat, batch and jobs run: `baton serve` "
+                            "measured 0.74x the throughput with it on that CPU, its child having one torch thread)")
 
 
-#: the commands whose engine runs in a child process unless told `--engine-process off` (None: the TUI)
-PROCESS_COMMANDS = (None, "tui", "serve")
+#: the commands whose engine runs in a child process unless told `--engine-process off` (None and "tui": the TUI;
+#: `baton serve` measured slower with it on the 2-core CPU, docs/benchmarks.md)
+PROCESS_COMMANDS = (None, "tui")
 
 
 def add_remote_options(parser: argparse.ArgumentParser) -> None:
