@@ -281,7 +281,12 @@ class Engine:
         raise KeyError(f"unknown request id {request_id!r}")
 
     def memory(self) -> DeviceMemory | None:
-        """A reading of the engine's device memory now (on a CPU, this process's RSS): `read_device_memory`."""
+        """A reading of the engine's device memory now (bytes; on a CPU, this process's RSS):
+        `read_device_memory` of the model's device.
+
+        Raises:
+            RuntimeError: not started (no model yet), or a CUDA device whose memory cannot be read.
+        """
         return read_device_memory(self.model.device)
 
     def stats(self) -> EngineStats:
@@ -349,11 +354,18 @@ class Engine:
             ValueError: as `generate` describes.
         """
         rid, ids, params, priority = self._admit(prompt, params, priority, request_id)
-        req = self._build_request(rid, ids, params, priority, emit)
+        return self._register(self._build_request(rid, ids, params, priority, emit))
+
+    def _register(self, req: Request) -> Request:
+        """Make a request live (cancellable by id until it finishes). Returns it.
+
+        Raises:
+            ValueError: `request_id: ...` when a live request has its id.
+        """
         with self._lock:
-            if rid in self._live:
-                raise ValueError(f"request_id: {rid!r} is already running")
-            self._live[rid] = req
+            if req.request_id in self._live:
+                raise ValueError(f"request_id: {req.request_id!r} is already running")
+            self._live[req.request_id] = req
         return req
 
     def _admit(self, prompt: Prompt, params: SamplingParams | None, priority: Priority,

@@ -4,7 +4,8 @@ Why: the engine thread and a front end in one process share one GIL, and every t
 While the front end runs Python (a Textual screen's layout and rendering, an HTTP server's JSON), each op of the
 engine's forward waits for the GIL again (up to `sys.getswitchinterval()`, 5 ms, per op). Measured on the 2-core
 CPU (`python -m benchmarks.tui_priority`, 2026-12-03): a chat alone in the TUI decoded at 119 ms a step against
-~47 ms for the same engine with no app around it; a thread spinning in pure Python made a one-row step 6.5 s.
+47 ms for the same engine with no app around it (`benchmarks.priority`'s idle chat, 1 thread, that day) and 69-86
+ms for a one-row engine alone in the same hour; a thread spinning in pure Python made a one-row step 6.5 s.
 vLLM V1 separates its engine core from the API server the same way (`AsyncLLM` and `EngineCoreProc`, over ZMQ).
 
 The parent (this class) keeps what the front end calls: validation and tokenization (`Engine.tokenize`, on the
@@ -118,7 +119,9 @@ class EngineProcess(Engine):
         """Spawn the child, which loads the model and starts its engine; returns once it is ready.
 
         Raises:
-            ModelLoadError: the model cannot be loaded (the child's error message).
+            ModelLoadError: the model cannot be loaded (the child's error message), or the child failed to start
+                otherwise (its exception's name and message).
+            ValueError: a configuration the loaded device cannot run (as `Engine.start`).
             RuntimeError: the child exited before saying it was ready.
         """
         if self._alive:
@@ -171,7 +174,8 @@ class EngineProcess(Engine):
         return self._latest_stats
 
     def memory(self) -> DeviceMemory | None:
-        """The child's latest reading of its device's memory (its own RSS on a CPU), or None before the first."""
+        """The child's latest reading of its device's memory (bytes; its own RSS on a CPU, read every
+        `MEMORY_INTERVAL_S`), or None before the first. Never raises: a reading that failed is left out."""
         return self._latest_memory
 
     # -------------------------------------------------------------------- Engine's hooks
@@ -182,7 +186,7 @@ class EngineProcess(Engine):
                        emit: Callable[[TokenOutput], None]) -> "_Pending":
         return _Pending(rid, ids, params, priority, emit)
 
-    def _submit(self, reqs: tuple) -> None:
+    def _submit(self, reqs: tuple[_Pending, ...]) -> None:
         with self._lock:
             for r in reqs:
                 self._emits[r.request_id] = r.emit
@@ -305,13 +309,9 @@ def _child_main(conn, config: EngineConfig, log_file: str | None = None) -> None
             msg = ("stop",)
         kind = msg[0]
         if kind == "add":
-            reqs = []
-            for rid, ids, params, priority in msg[1]:
-                req = engine._build_request(rid, ids, params, priority, outputs.put)
-                with engine._lock:
-                    engine._live[rid] = req
-                reqs.append(req)
-            engine._submit(tuple(reqs))
+            reqs = tuple(engine._register(engine._build_request(rid, ids, params, priority, outputs.put))
+                         for rid, ids, params, priority in msg[1])  # ids the parent checked: unique
+            engine._submit(reqs)
         elif kind == "cancel":
             engine._send_cancel(msg[1])
         elif kind == "stop":
@@ -327,36 +327,27 @@ def _child_main(conn, config: EngineConfig, log_file: str | None = None) -> None
 def _relay(engine: Engine, outputs: "queue.SimpleQueue[TokenOutput | None]", send: Callable[[tuple], None]) -> None:
     """The child's sender thread: outputs in batches (all that queued since the last send), stats when they
     change (at most every `STATS_INTERVAL_S`), memory every `MEMORY_INTERVAL_S`. Ends at a None output."""
-    last_stats, last_sent, last_memory, memory = None, 0.0, 0.0, None
+    last_stats, last_sent, last_memory = None, 0.0, 0.0
     while True:
+        batch, done = [], False
         try:
-            first = outputs.get(timeout=STATS_INTERVAL_S)
-        except queue.Empty:
-            first = ()
-        batch, done = [], first is None
-        if first not in ((), None):
-            batch.append(first)
-        while not done:
-            try:
-                item = outputs.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                done = True
-            else:
+            item = outputs.get(timeout=STATS_INTERVAL_S)  # wait for the first, then take what else has queued
+            while item is not None:
                 batch.append(item)
+                item = outputs.get_nowait()
+            done = True
+        except queue.Empty:
+            pass
         if batch:
             send(("out", batch))
         now = time.monotonic()
-        stats = engine.stats()
+        stats, memory = engine.stats(), None
         if now - last_memory >= MEMORY_INTERVAL_S:
+            last_memory = now
             try:
                 memory = read_device_memory(engine.model.device)
             except Exception:  # a reading that fails is left out (the panel shows none)
-                memory = None
-            last_memory = now
-        else:
-            memory = None
+                pass
         if (stats is not last_stats and now - last_sent >= STATS_INTERVAL_S) or memory is not None:
             send(("stats", stats, memory))
             last_stats, last_sent = stats, now

@@ -53,9 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=1, help="in-process / HTTP pairs, alternating (default 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
-    ap.add_argument("--engine-process", choices=("on", "off"), default="on",
-                    help="`baton serve --engine-process` (default on, as `baton serve` runs: the engine core in a "
-                         "child process)")
+    ap.add_argument("--engine-process", choices=("on", "off"), default=None,
+                    help="`baton serve --engine-process`: the engine core in a child process or in the server's "
+                         "(default: not given, as `baton serve` runs by default: in the server's process)")
     ap.add_argument("--smoke", action="store_true", help="tiny random model, few prompts and tokens")
     args = ap.parse_args(argv)
     for key, value in (SMOKE if args.smoke else DEFAULTS).items():
@@ -103,7 +103,8 @@ def start_server(args: argparse.Namespace, db: Path, log: Path) -> tuple[subproc
     """A `baton serve` subprocess on a free loopback port; returns it and its URL once it answers."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--model", args.model, "--device", args.device, "--port", "0",
-         "--db", str(db), "--max-batch-size", str(args.batch_size), "--engine-process", args.engine_process],
+         "--db", str(db), "--max-batch-size", str(args.batch_size),
+         *(["--engine-process", args.engine_process] if args.engine_process else [])],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=log.open("w"))
     deadline = time.monotonic() + 600
     while (m := re.search(r"on (http://\S+) ", log.read_text())) is None:

@@ -1,5 +1,6 @@
 """A `baton serve` subprocess for tests that drive it over HTTP (`tests/test_server.py`,
-`tests/test_remote.py`): `ServerProcess` on a free loopback port, and `request`, a raw HTTP request."""
+`tests/test_remote.py`): `ServerProcess` on a free loopback port, and `request`, a raw HTTP request; `wait_for`,
+a bounded wait for what another process does (also `tests/test_engine_process.py`)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,16 @@ MAX_BODY = 64 * 1024
 START_TIMEOUT_S = 240  # a loaded 2-core machine takes a while to import torch and transformers
 WAIT_S = 120
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name three colors."}]
+
+
+def wait_for(condition, what: str, timeout: float = WAIT_S):
+    """Poll `condition()` until it is truthy and return its value; AssertionError after `timeout` s (a bound for
+    something stuck, not a speed target)."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+    return value
 
 
 class ServerProcess:

@@ -523,11 +523,20 @@ def test_engine_options_reach_the_engine_config_of_every_command(argv):
     assert engine_config(build_parser().parse_args(argv)).kv_budget_bytes is None  # the default: from memory
 
 
-@pytest.mark.parametrize("argv", [["chat", "hi"], ["tui"], ["batch", "in.jsonl", "-o", "out.jsonl"], ["jobs", "run"]])
-@pytest.mark.parametrize("text, size", [("1GiB", 2**30), ("0", 0), ("off", 0), (None, None)])
-def test_the_prefix_cache_size_reaches_every_command(argv, text, size):
-    extra = ["--prefix-cache", text] if text is not None else []
-    assert engine_config(build_parser().parse_args([*argv, *extra])).prefix_cache_bytes == size
+ENGINE_COMMANDS = [["chat", "hi"], ["tui"], ["batch", "in.jsonl", "-o", "out.jsonl"], ["jobs", "run"]]
+
+
+@pytest.mark.parametrize("argv", ENGINE_COMMANDS)
+@pytest.mark.parametrize("option, field, text, value", [
+    *(("--prefix-cache", "prefix_cache_bytes", text, size)
+      for text, size in [("1GiB", 2**30), ("0", 0), ("off", 0), (None, None)]),
+    *(("--compile", "compile", text, mode)
+      for text, mode in [("inductor", "inductor"), ("off", "off"), ("cuda-graphs", "cuda-graphs"), (None, "auto")]),
+])
+def test_an_engine_option_reaches_every_command(argv, option, field, text, value):
+    """`--prefix-cache` and `--compile` (and their defaults, when not given) reach each command's engine."""
+    extra = [option, text] if text is not None else []
+    assert getattr(engine_config(build_parser().parse_args([*argv, *extra])), field) == value
 
 
 def test_a_bad_prefix_cache_size_is_one_usage_line(capsys):
@@ -583,14 +592,6 @@ def test_a_db_path_in_a_missing_folder_exits_2_naming_it(tmp_path, capsys, argv)
     assert len(err.splitlines()) == 1 and err.startswith("baton: error: "), err
     assert str(db) in err and f"folder {db.parent} does not exist" in err
     assert not (tmp_path / "no").exists()
-
-
-@pytest.mark.parametrize("argv", [["chat", "hi"], ["tui"], ["batch", "in.jsonl", "-o", "out.jsonl"], ["jobs", "run"]])
-@pytest.mark.parametrize("text, mode", [("inductor", "inductor"), ("off", "off"), ("cuda-graphs", "cuda-graphs"),
-                                        (None, "auto")])
-def test_the_compile_mode_reaches_every_command(argv, text, mode):
-    extra = ["--compile", text] if text is not None else []
-    assert engine_config(build_parser().parse_args([*argv, *extra])).compile == mode
 
 
 def test_a_bad_compile_mode_is_one_usage_line(capsys):

@@ -12,23 +12,18 @@ import io
 import os
 import signal
 import sys
-import time
 
 import pytest
 
 from backend import (ContextLengthError, Engine, EngineConfig, EngineProcess, ModelInfo, ModelLoadError, Priority,
                      SamplingParams, make_engine)
+from serve_support import wait_for
 
 PROMPTS = ["hello there", "a b c d e f", "xyz", [{"role": "user", "content": "hi, how are you?"}]]
 
 
-def _wait_for(condition, what: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-    return value
+def _wait_for(condition, what: str):
+    return wait_for(condition, what, timeout=60.0)
 
 
 @pytest.fixture(scope="module")

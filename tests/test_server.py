@@ -13,7 +13,6 @@ import http.client
 import json
 import signal
 import sqlite3
-import time
 import urllib.parse
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backend import Priority, SamplingParams
 
-from serve_support import KEY, MAX_BODY, MESSAGES, MODEL, WAIT_S, ServerProcess, request
+from serve_support import KEY, MAX_BODY, MESSAGES, MODEL, WAIT_S, ServerProcess, request, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +45,6 @@ def greedy(engine, prompt, max_tokens: int) -> str:
     result, = engine.generate_batch([prompt], SamplingParams(max_tokens=max_tokens, temperature=0),
                                     priority=Priority.INTERACTIVE)
     return result.text
-
-
-def wait_for(condition, what: str):
-    deadline = time.monotonic() + WAIT_S
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-    return value
 
 
 # ------------------------------------------------------------------------------------------- chat completions

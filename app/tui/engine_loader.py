@@ -60,7 +60,11 @@ def load_engine(source: Engine | EngineConfig, post: Callable[[Any], object], ca
 def engine_log_path() -> Path:
     """`<platformdirs user log dir of baton>/engine.log` (the folder created): where the TUI's engine process
     writes its standard output and error (warnings, the model's conversion progress, a crash's traceback), which
-    would otherwise draw over the screen."""
+    would otherwise draw over the screen.
+
+    Raises:
+        OSError: the folder cannot be created (e.g. no permission).
+    """
     folder = Path(platformdirs.user_log_dir("baton", appauthor=False))
     folder.mkdir(parents=True, exist_ok=True)
     return folder / "engine.log"
