@@ -32,40 +32,20 @@ and the columns a longer newcomer adds on the left for the rows already there. C
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from .attention import RowGroups, plan_row_groups
 from .kv_budget import grown_row_capacity
+from .row_kv import RowKV
+from .row_parking import ParkedRow, RowParking
 
 _SEQ_SLACK = 128  # extra columns reserved on the right when the window is relaid out (tokens)
 _LEFT_SLACK = 32  # extra columns reserved on the left, for longer newcomers (tokens)
 _MIN_MOVE_GAIN = 32  # an in-place move of the window must free at least this many columns (tokens)
 _MAX_MOVE_CHUNKS = 8  # ... and take at most this many non-overlapping chunk copies per buffer
 _ALLOCATIONS = itertools.count(1)  # numbers each allocation (or release) of any batch's buffers
-
-
-@dataclass
-class RowKV:
-    """The K/V of one request outside the batch: a fresh prefill or a swapped-out row.
-
-    Attributes:
-        keys, values: one tensor per layer, each `[1, kv_heads, length, head_dim]`.
-        length: cached tokens (int).
-        storage: the flat swap-space buffer the tensors are views of (`swap_space.SwapSpace`), or None.
-    """
-
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-    length: int
-    storage: torch.Tensor | None = None
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the K/V tensors."""
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
 
 class _WindowLayer(CacheLayerMixin):
@@ -97,7 +77,7 @@ class _WindowLayer(CacheLayerMixin):
         return -1
 
 
-class RunningBatch:
+class RunningBatch(RowParking):
     """Per-layer K/V of all decoding rows, with insert (vector shaping + KV embedding), remove and trim.
 
     Only the engine thread touches an instance. Row indices are dense (`0..size-1`); `remove` moves the last
@@ -124,6 +104,7 @@ class RunningBatch:
         self.width_quantum, self.zero_fill = width_quantum, zero_fill
         self.bytes_per_token = 2 * num_layers * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
         self.num_relayouts = 0  # buffer reallocations and in-place window moves so far (copies of the window)
+        self.num_spills = 0  # parked rows copied out of the buffers to free their buffer row (`row_parking.py`)
         self._lazy_rows = self.device.type == "cpu"  # all rows at once: untouched pages hold no memory
         self._release()
         self._cache = Cache(layers=[_WindowLayer(self, i) for i in range(num_layers)])
@@ -140,6 +121,7 @@ class RunningBatch:
         self.seq_len = 0  # S: window length (columns), == max(lengths) after trim
         self.lengths: list[int] = []  # cached tokens per live row
         self._lengths_t = torch.zeros(0, dtype=torch.long, device=self.device)
+        self.parked: list[ParkedRow] = []  # rows paused in place, in buffer rows >= size (`row_parking.py`)
 
     @property
     def size(self) -> int:
@@ -173,7 +155,7 @@ class RunningBatch:
         self.num_relayouts += 1
         new_off = left
         cap_seq = -(-(new_off + self.seq_len + right) // self.width_quantum) * self.width_quantum
-        B, S = self.size, self.seq_len
+        B, S = self._rows_in_use(), self.seq_len  # live rows and the buffer rows of parked ones
         shape = (cap_batch, self.kv_heads, cap_seq, self.head_dim)  # [B, H, T, D]
         new_k, new_v = [], []
         for layer in range(self.num_layers):
@@ -193,7 +175,7 @@ class RunningBatch:
         The shift is done in chunks no wider than the shift distance, ordered so that no chunk's source and
         destination overlap (columns left behind keep stale, finite K/V: they are padding).
         """
-        d, B, S = new_off - self.off, self.size, self.seq_len
+        d, B, S = new_off - self.off, self._rows_in_use(), self.seq_len
         if d == 0 or not B or not S:
             self.off = new_off
             return
@@ -278,6 +260,7 @@ class RunningBatch:
         self.off -= grow_left
         self.seq_len += grow_left
         row, end = self.size, self.off + self.seq_len
+        self._vacate(row)  # a row parked in that buffer row moves to a free one
         for bufs, src in ((self.k, row_kv.keys), (self.v, row_kv.values)):
             for buf, part in zip(bufs, src):
                 buf[:row, :, self.off:self.off + grow_left].zero_()  # padding entering the window on the left
@@ -286,6 +269,7 @@ class RunningBatch:
         self._rows_written = max(self._rows_written, row + 1)
         self.lengths.append(L)
         self._sync_lengths()
+        self.trim()  # a parked row spilled to free this buffer row may have held the widest columns
         return row
 
     # ------------------------------------------------------------------------------------ remove
@@ -319,32 +303,53 @@ class RunningBatch:
         Raises:
             IndexError: for a row that is not live.
         """
-        gone = set(rows)
+        return self.remove_and_park(rows, (), keep_buffers)[0]
+
+    def remove_and_park(self, rows: list[int], park: list[int], keep_buffers: bool = False
+                        ) -> tuple[dict[int, int], dict[int, "ParkedRow"]]:
+        """Drop `rows` and pause `park` in place (`row_parking.py`), in one compaction: the surviving rows above
+        the new size fill the holes below it; a parked row in such a hole first moves to a free buffer row (or
+        trades places with the survivor), so parking copies at most one row per survivor that moves (tokens of
+        that row, all layers), never the parked rows' K/V as a swap-out to host memory does.
+
+        Args:
+            rows: live row indices to drop; park: live row indices to pause (distinct from `rows`).
+            keep_buffers: as in `remove` (the buffers are always kept while rows are parked).
+        Returns:
+            `{old index: new index}` of the surviving rows that moved, and `{old index: ParkedRow}` of the
+            parked rows.
+        Raises:
+            IndexError: for a row that is not live.
+            RuntimeError: parking on a batch that cannot park (`can_park`).
+        """
+        gone = set(rows) | set(park)
         for row in gone:
             if not 0 <= row < self.size:
                 raise IndexError(f"row {row} is not live (batch size {self.size})")
+        if park and not self.can_park:
+            raise RuntimeError("this batch cannot park rows (a static decode step writes every buffer row)")
         size = self.size - len(gone)
         holes = sorted(r for r in gone if r < size)
         movers = [r for r in range(size, self.size) if r not in gone]
         end, moved = self.off + self.seq_len, {}
+        handles = {r: ParkedRow(self.lengths[r], r, nbytes=self.lengths[r] * self.bytes_per_token) for r in park}
+        self.parked.extend(handles.values())
         for hole, mover in zip(holes, movers):
             n = self.lengths[mover]
-            for layer in range(self.num_layers):
-                self.k[layer][hole, :, end - n:end] = self.k[layer][mover, :, end - n:end]
-                self.v[layer][hole, :, end - n:end] = self.v[layer][mover, :, end - n:end]
+            parked = handles.get(hole)  # keep its K/V: in a free buffer row, or in the mover's row after it moves
+            saved = self._set_aside(parked, end) if parked is not None else None
+            self._copy_row(mover, hole, n, end, end)
+            if saved is not None:
+                self._put_back(parked, saved, mover, end)
             self.lengths[hole] = n
             moved[mover] = hole
         del self.lengths[size:]
-        if not self.lengths:
-            if keep_buffers:
-                self.seq_len, self.off = 0, self.off + self.seq_len
-                self._sync_lengths()
-            else:
-                self._release()
-            return moved
+        if not self.lengths and not self.parked and not keep_buffers:
+            self._release()
+            return moved, handles
         self._sync_lengths()
         self.trim()
-        return moved
+        return moved, handles
 
     def release(self) -> None:
         """Free the buffers of an empty batch (kept by `remove(keep_buffers=True)`).
@@ -352,13 +357,14 @@ class RunningBatch:
         Raises:
             RuntimeError: the batch still has rows.
         """
-        if self.lengths:
-            raise RuntimeError(f"the batch still has {self.size} rows")
+        if self.lengths or self.parked:
+            raise RuntimeError(f"the batch still has {self.size} rows and {len(self.parked)} parked")
         self._release()
 
     def trim(self) -> int:
-        """Drop leading columns that are padding in every row. Returns the number of columns dropped."""
-        drop = self.seq_len - max(self.lengths, default=0)
+        """Drop leading columns that are padding in every row (and hold no parked row's K/V). Returns the number
+        of columns dropped."""
+        drop = self.seq_len - max(self.lengths + [p.lag + p.length for p in self.parked], default=0)
         self.off += drop
         self.seq_len -= drop
         return drop
@@ -387,7 +393,11 @@ class RunningBatch:
         """
         if not 0 <= row < self.size:
             raise IndexError(f"row {row} is not live (batch size {self.size})")
-        n, end = self.lengths[row], self.off + self.seq_len
+        return self._copy_out(row, self.lengths[row], self.off + self.seq_len, device, pin_memory, into)
+
+    def _copy_out(self, row: int, n: int, end: int, device: torch.device | str = "cpu", pin_memory: bool = False,
+                  into: torch.Tensor | None = None) -> RowKV:
+        """Copy the `n` tokens of buffer row `row` that end at column `end` out of the batch (see `extract`)."""
         per = self.kv_heads * n * self.head_dim
         if into is not None and into.numel() < 2 * self.num_layers * per:
             raise ValueError(f"into: {into.numel()} elements cannot hold {self.row_numel(n)}")
@@ -445,3 +455,5 @@ class RunningBatch:
         self.seq_len += 1
         self.lengths = [n + 1 for n in self.lengths]
         self._lengths_t += 1
+        for p in self.parked:  # a parked row's K/V now end one more column left of the window's end
+            p.lag += 1

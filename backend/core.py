@@ -21,6 +21,7 @@ import torch
 
 from .config import EngineConfig, Priority
 from .kv_budget import kv_window_bytes
+from .row_parking import ParkedRow
 from .memory import read_device_memory
 from .models import LoadedModel
 from .prefix_reuse import MIN_SHARED_TOKENS, PrefixReuse
@@ -161,10 +162,18 @@ class EngineCore:
 
     # ------------------------------------------------------------------------------ the loop
     def fail_rows(self, error: str) -> None:
-        """Fail every running row and start from an empty batch (queued requests are kept); used when a
-        step fails in a way that leaves the batch in doubt."""
+        """Fail every running row and start from an empty batch (queued requests are kept: rows parked in the
+        old batch are spilled to host memory first, or fail when that fails); used when a step fails in a way
+        that leaves the batch in doubt."""
         for req in self.rows:
             self._finish(req, RequestStatus.FINISHED_ERROR, error=error)
+        try:
+            self.batch.spill_all()
+        except Exception as exc:
+            for req in self.scheduler.waiting():
+                if isinstance(req.swapped, ParkedRow) and req.swapped.spilled is None:
+                    self.scheduler.remove(req.request_id)
+                    self._finish(req, RequestStatus.FINISHED_ERROR, error=f"{error}; its parked K/V: {exc!r}")
         self.rows = []
         self._row_params = None
         self.batch = self.runner.new_batch(self.config.max_batch_size)
@@ -172,6 +181,8 @@ class EngineCore:
     def cancel(self, request_id: str) -> None:
         """Cancel a queued or running request (it ends `cancelled`); a finished one is left alone."""
         req = self.scheduler.remove(request_id)
+        if req is not None and isinstance(req.swapped, ParkedRow):
+            self.batch.drop_parked(req.swapped)  # its buffer row is free again
         if req is None:
             row = next((i for i, r in enumerate(self.rows) if r.request_id == request_id), None)
             if row is None:
@@ -239,37 +250,51 @@ class EngineCore:
 
     def _swap_out_many(self, victims: list[tuple[Request, bool]]) -> None:
         """Preempt rows: copy each one's K/V to host memory (swap space, pinned on CUDA), requeue it, then free
-        all their rows at once (`RunningBatch.remove_many`: one copy per surviving row that moves). A swap-out
-        for the interactive target (`slo`) is not counted toward `max_preemptions` (`sched_slo.py`). A victim no
-        longer in the batch (it finished earlier in this plan) is skipped."""
+        all their rows at once (`RunningBatch.remove_and_park`: one copy per surviving row that moves). A swap-out
+        for the interactive target (`slo`) is not counted toward `max_preemptions` (`sched_slo.py`), and where the
+        batch can park rows (a CPU: host memory is the batch's own RAM) it copies nothing: the row is paused in
+        place (`row_parking.py`) and resumed from there. A victim no longer in the batch (it finished earlier in
+        this plan) is skipped."""
         on_cuda, b = self.runner.device.type == "cuda", self.batch
         index = {id(r): i for i, r in enumerate(self.rows)}
-        rows = []
+        rows, park, out = [], [], []
         for req, slo in victims:
             row = index.get(id(req))
             if row is None:
                 continue
-            t0 = time.perf_counter()
-            into = self.swap_space.take(b.row_numel(b.lengths[row]), b.row_numel(1))
-            req.swapped = b.extract(row, device="cpu", pin_memory=on_cuda, into=into)
-            if not on_cuda:  # on CUDA the copy into pinned memory is asynchronous: its time is not known here
-                self.step_cost.observe_copy(req.swapped.nbytes, (time.perf_counter() - t0) * 1000)
+            out.append(req)
+            if slo and b.can_park:
+                park.append((row, req))
+            else:
+                t0 = time.perf_counter()
+                into = self.swap_space.take(b.row_numel(b.lengths[row]), b.row_numel(1))
+                req.swapped = b.extract(row, device="cpu", pin_memory=on_cuda, into=into)
+                if not on_cuda:  # on CUDA the copy into pinned memory is asynchronous: its time is not known here
+                    self.step_cost.observe_copy(req.swapped.nbytes, (time.perf_counter() - t0) * 1000)
+                self.window.count("num_swapped_out_bytes", req.swapped.nbytes)
+                rows.append(row)
             req.status = RequestStatus.PREEMPTED
             if slo:
                 self.window.count("num_slo_swap_outs")
             else:
                 req.num_preemptions += 1
                 self.window.count("num_preemptions")
-            self.scheduler.requeue(req)
             self.window.count("num_swap_outs")
-            self.window.count("num_swapped_out_bytes", req.swapped.nbytes)
-            rows.append(row)
-        self._remove_rows(rows)
+        handles = self._remove_rows(rows, park=[row for row, _ in park])
+        for row, req in park:
+            req.swapped = handles[row]
+            self.window.count("num_parks")
+        for req in out:  # queued once `swapped` is set: swapped work goes before new work of its class
+            self.scheduler.requeue(req)
 
     def _swap_in(self, req: Request) -> None:
-        """Bring a preempted row back: its K/V bytes return unchanged, decoding resumes where it stopped."""
+        """Bring a preempted row back: its K/V bytes return unchanged (from host memory, or from where it was
+        parked), decoding resumes where it stopped."""
         t0, relayouts = time.perf_counter(), self.batch.num_relayouts
-        self.batch.insert(req.swapped)
+        if isinstance(req.swapped, ParkedRow):
+            self.batch.unpark(req.swapped)
+        else:
+            self.batch.insert(req.swapped)
         if self.batch.num_relayouts == relayouts:
             self.step_cost.observe_copy(req.swapped.nbytes, (time.perf_counter() - t0) * 1000)
         self.window.count("num_swap_ins")
@@ -463,18 +488,21 @@ class EngineCore:
     def _remove_row(self, row: int) -> None:
         self._remove_rows([row])
 
-    def _remove_rows(self, rows: list[int]) -> None:
-        """Take rows out of the batch (finished, cancelled or swapped out); the batch keeps its buffers while
-        work is queued (it is about to grow again) and frees them when nothing is."""
-        if not rows:
-            return
-        moved = self.batch.remove_many(rows, keep_buffers=bool(len(self.scheduler)))
+    def _remove_rows(self, rows: list[int], park: Sequence[int] = ()) -> dict[int, ParkedRow]:
+        """Take rows out of the batch (finished, cancelled or swapped out) and pause `park` in place; the batch
+        keeps its buffers while work is queued (it is about to grow again) and frees them when nothing is.
+        Returns the parked rows by their old index."""
+        if not rows and not park:
+            return {}
+        moved, handles = self.batch.remove_and_park(rows, list(park),
+                                                    keep_buffers=bool(len(self.scheduler)) or bool(park))
         kept = list(self.rows)
         for old, new in moved.items():
             kept[new] = self.rows[old]
         self.rows = kept[:self.batch.size]
         self._row_params = None
-        self.window.count("num_removes", len(rows))
+        self.window.count("num_removes", len(rows) + len(park))
+        return handles
 
     def _release_if_idle(self) -> None:
         """An empty batch with nothing queued frees the buffers it kept (`_remove_rows`)."""

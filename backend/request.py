@@ -18,7 +18,7 @@ from .detokenizer import IncrementalDetokenizer
 if TYPE_CHECKING:  # annotations only: this module imports no torch, so the scheduler is testable without it
     import torch
 
-    from .batch import RowKV
+    from .row_kv import RowKV
 
 
 class RequestStatus(enum.Enum):

@@ -21,7 +21,7 @@ def _solo_logits(model, ids: list[int]) -> torch.Tensor:
 
 
 ops = st.lists(st.tuples(st.sampled_from(["insert", "insert_packed", "step", "step", "remove", "remove_many",
-                                          "swap"]),
+                                          "swap", "park", "unpark", "unpark", "spill"]),
                          st.integers(0, 10_000)),
                min_size=4, max_size=24)
 
@@ -55,6 +55,7 @@ def test_random_schedules_match_solo_forwards(tiny, attention_mode, buffers, sch
     batch = runner.new_batch(max_batch_size=5)
     vocab = tiny.model.config.vocab_size
     rows: list[list[int]] = []  # row i's tokens (prompt + fed tokens), mirrors the batch's row order
+    parked: list[tuple[object, list[int]]] = []  # parked rows (`row_parking.py`) and their tokens
     with torch.inference_mode():
         for op, n in schedule:
             rng = random.Random(n)
@@ -108,9 +109,30 @@ def test_random_schedules_match_solo_forwards(tiny, attention_mode, buffers, sch
                 rows.append(tokens)
                 again = batch.extract(len(rows) - 1)
                 assert all(torch.equal(a, b) for a, b in zip(again.keys + again.values, host.keys + host.values))
-            # invariants: lengths mirror the rows, the window is trimmed to the longest row
+            elif op == "park" and batch.size:  # pause rows in place: they leave the decode step, K/V untouched
+                park = sorted(rng.sample(range(batch.size), 1 + n % batch.size))
+                drop = [r for r in range(batch.size) if r not in park and rng.random() < 0.2]
+                moved, handles = batch.remove_and_park(drop, park, keep_buffers=bool(n % 2))
+                parked += [(handles[r], rows[r]) for r in park]
+                kept = list(rows)
+                for old, new in moved.items():
+                    kept[new] = rows[old]
+                rows = kept[:batch.size]
+            elif op == "unpark" and parked and batch.size < 5:  # resume: the same bytes, right-aligned again
+                handle, tokens = parked.pop(n % len(parked))
+                assert batch.unpark(handle) == len(rows)
+                rows.append(tokens)
+            elif op == "spill" and parked:  # a parked row's K/V copied out to host tensors
+                handle, _ = parked[n % len(parked)]
+                if handle.spilled is None:
+                    batch.spill(handle)
+            # invariants: lengths mirror the rows, the window is trimmed to the longest row or parked K/V
             assert batch.lengths == [len(t) for t in rows]
-            assert batch.seq_len == max(batch.lengths, default=0)
+            in_place = [h for h, _ in parked if h.spilled is None]
+            assert batch.parked == in_place
+            assert batch.seq_len == max(batch.lengths + [h.lag + h.length for h in in_place], default=0)
+            assert len({h.index for h in in_place}) == len(in_place)
+            assert all(batch.size <= h.index < batch.cap_batch for h in in_place)
 
 
 def test_insert_longer_newcomer_left_pads_the_batch(tiny):

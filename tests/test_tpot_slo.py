@@ -18,6 +18,7 @@ import pytest
 
 from backend import Priority, SamplingParams
 from backend.request import Request, RequestStatus
+from backend.row_parking import ParkedRow
 from backend.sched_output import Preempt, PrefillChunk, PrefillGroup, SwapIn
 from backend.sched_slo import ADMIT_MARGIN, SloAccount
 from backend.scheduler import BatchSnapshot, Scheduler
@@ -324,6 +325,9 @@ async def test_background_rows_never_exceed_the_cap_while_a_chat_decodes_and_res
     counters = engine.stats().counters
     assert counters["num_slo_swap_outs"] == 6 - cap and counters.get("num_preemptions", 0) == 0
     assert counters["num_swap_ins"] == counters["num_swap_outs"]
+    # on a CPU they were parked in place (`row_parking.py`): no K/V copied out to host memory
+    assert counters["num_parks"] == 6 - cap and counters.get("num_swapped_out_bytes", 0) == 0
+    assert engine._core.batch.parked == [] and engine._core.swap_space.peak_in_use_bytes == 0
     for prompt, out in zip(prompts, outs):
         assert out[-1].finish_reason == "length"
         assert [o.token_id for o in out if o.token_id is not None] == solo_greedy(tiny, engine.tokenize(prompt), 40)
@@ -379,3 +383,84 @@ async def test_the_engine_learns_its_step_cost_from_its_own_steps(make_engine):
     model = engine._core.step_cost
     assert model.ready and all(c >= 0 for c in model.coefficients)  # values are the machine's; not asserted
     assert engine.stats().step_cost_coefficients == model.coefficients
+
+
+def _parked_requests(engine) -> list[Request]:
+    return [r for r in engine._core.scheduler.waiting() if isinstance(r.swapped, ParkedRow)]
+
+
+async def _background_then_chat(engine, n_rows: int, watch_rows: int):
+    """`n_rows` background requests (agent and batch, 40 greedy tokens), then a chat once `watch_rows` decode."""
+    watch = StepWatch(engine, park_at=watch_rows)
+    prompts = [f"background job {i}" + "." * i for i in range(n_rows)]
+    bg = [asyncio.create_task(_run(engine, p, 40, B if i % 2 else A)) for i, p in enumerate(prompts)]
+    assert await asyncio.to_thread(watch.parked.wait, 60)
+    chat = asyncio.create_task(_run(engine, "a person asks", 12, I))
+    await queued(engine)
+    watch.released.set()
+    return prompts, bg, chat
+
+
+async def test_a_row_needing_a_parked_rows_buffer_row_spills_it_and_every_row_resumes_exactly(
+        make_engine, tiny, decode_gate):
+    """A full buffer (8 rows: 7 background + a chat, 5 of them parked) and a second chat: the row it needs holds a
+    parked row, which is copied out (spilled) and later inserted back; every output equals its solo run."""
+    engine = make_engine(max_batch_size=8, interactive_tpot_slo=2.0)
+    engine._core.step_cost = FixedCost()
+    gate = decode_gate(engine, lambda batch: bool(batch.parked))
+    prompts, bg, chat = await _background_then_chat(engine, 7, 7)
+    await gate.parked()
+    assert engine._core.batch.size + len(engine._core.batch.parked) == 8  # no free buffer row
+    second = asyncio.create_task(_run(engine, "another person", 10, I))
+    await queued(engine)
+    gate.release()
+    outs = await asyncio.gather(*bg, chat, second)
+    assert engine._core.batch.num_spills >= 1
+    for prompt, n, out in zip(prompts + ["a person asks", "another person"], [40] * 7 + [12, 10], outs):
+        assert [o.token_id for o in out if o.token_id is not None] == solo_greedy(tiny, engine.tokenize(prompt), n)
+
+
+async def test_a_parked_request_cancelled_frees_its_buffer_row(make_engine, tiny, decode_gate):
+    engine = make_engine(max_batch_size=8, interactive_tpot_slo=2.0)
+    engine._core.step_cost = FixedCost()
+    gate = decode_gate(engine, lambda batch: bool(batch.parked))
+    prompts, bg, chat = await _background_then_chat(engine, 6, 6)
+    await gate.parked()
+    victim = _parked_requests(engine)[0]
+    engine.cancel(victim.request_id)
+    await queued(engine)
+    gate.release()
+    outs = await asyncio.gather(*bg, chat)
+    assert engine._core.batch.parked == []
+    for prompt, out in zip(prompts, outs):
+        if out[-1].request_id == victim.request_id:
+            assert out[-1].finish_reason == "cancelled"
+        else:
+            assert [o.token_id for o in out if o.token_id is not None] == solo_greedy(
+                tiny, engine.tokenize(prompt), 40)
+
+
+async def test_a_failed_decode_step_fails_its_rows_and_the_parked_rows_resume_exactly(make_engine, tiny):
+    """A decode fault fails the rows of that step (the chat and the background rows decoding beside it); the
+    rows parked outside it are spilled to host memory before the batch is rebuilt, and finish exactly."""
+    engine = make_engine(max_batch_size=8, interactive_tpot_slo=2.0)
+    core = engine._core
+    core.step_cost = FixedCost()
+    real, parked_ids = core.runner.decode, []
+
+    def decode(batch, input_ids):
+        if batch.parked and not parked_ids:
+            parked_ids.extend(r.request_id for r in _parked_requests(engine))
+            raise RuntimeError("injected decode fault")
+        return real(batch, input_ids)
+
+    core.runner.decode = decode
+    prompts, bg, chat = await _background_then_chat(engine, 6, 6)
+    outs = await asyncio.gather(*bg, chat)
+    assert outs[-1][-1].finish_reason == "error" and len(parked_ids) == 6 - allowed(2.0, 1)
+    for prompt, out in zip(prompts, outs):
+        if out[-1].request_id in parked_ids:
+            assert [o.token_id for o in out if o.token_id is not None] == solo_greedy(
+                tiny, engine.tokenize(prompt), 40)
+        else:
+            assert out[-1].finish_reason == "error"
