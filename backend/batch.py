@@ -155,7 +155,8 @@ class RunningBatch(RowParking):
         self.num_relayouts += 1
         new_off = left
         cap_seq = -(-(new_off + self.seq_len + right) // self.width_quantum) * self.width_quantum
-        B, S = self._rows_in_use(), self.seq_len  # live rows and the buffer rows of parked ones
+        cap_seq = max(cap_seq, *(p.length for p in self.parked), 0)  # parked rows move with the buffers
+        B, S = self.size, self.seq_len
         shape = (cap_batch, self.kv_heads, cap_seq, self.head_dim)  # [B, H, T, D]
         new_k, new_v = [], []
         for layer in range(self.num_layers):
@@ -164,10 +165,14 @@ class RunningBatch(RowParking):
                 buf = alloc(shape, dtype=self.dtype, device=self.device)
                 if B and S:
                     buf[:B, :, new_off:new_off + S] = old[layer][:B, :, self.off:self.off + S]
+                for p in self.parked:  # each at the start of its buffer row
+                    buf[p.index, :, :p.length] = old[layer][p.index, :, p.start:p.start + p.length]
                 new.append(buf)
         self.k, self.v = new_k, new_v
         self.allocation = next(_ALLOCATIONS)
-        self.cap_batch, self.cap_seq, self.off, self._rows_written = cap_batch, cap_seq, new_off, B
+        self.cap_batch, self.cap_seq, self.off, self._rows_written = cap_batch, cap_seq, new_off, self._rows_in_use()
+        for p in self.parked:
+            p.start = 0
 
     def _move_window(self, new_off: int) -> None:
         """Move the live window `[B, kv_heads, S, head_dim]` to start at column `new_off` of the same buffers.
@@ -175,7 +180,7 @@ class RunningBatch(RowParking):
         The shift is done in chunks no wider than the shift distance, ordered so that no chunk's source and
         destination overlap (columns left behind keep stale, finite K/V: they are padding).
         """
-        d, B, S = new_off - self.off, self._rows_in_use(), self.seq_len
+        d, B, S = new_off - self.off, self.size, self.seq_len
         if d == 0 or not B or not S:
             self.off = new_off
             return
@@ -255,21 +260,34 @@ class RunningBatch(RowParking):
         if L < 1 or len(row_kv.keys) != self.num_layers or tuple(k0.shape) != (1, self.kv_heads, L, self.head_dim):
             raise ValueError(f"row K/V must be {self.num_layers} x [1, {self.kv_heads}, L>=1, {self.head_dim}], "
                              f"got {len(row_kv.keys)} x {tuple(k0.shape)}")
+        row, end = self._open_row(L)
+        for bufs, src in ((self.k, row_kv.keys), (self.v, row_kv.values)):
+            for buf, part in zip(bufs, src):
+                buf[row, :, self.off:end - L].zero_()  # the new row's padding
+                buf[row, :, end - L:end] = part[0]
+        return self._close_row(row, L)
+
+    def _open_row(self, L: int, keep: ParkedRow | None = None) -> tuple[int, int]:
+        """Make room for a new row of `L` tokens: the window widened on the left when `L > S` (those columns
+        zeroed in the rows already there: padding entering the window), buffer row `size` freed of any parked
+        row but `keep`. Returns (the new row's index, the window's end column); its columns are the caller's to
+        fill."""
         grow_left = max(0, L - self.seq_len)  # columns the window must gain on the left
         self._ensure(self.size + 1, grow_left)
         self.off -= grow_left
         self.seq_len += grow_left
         row, end = self.size, self.off + self.seq_len
-        self._vacate(row)  # a row parked in that buffer row moves to a free one
-        for bufs, src in ((self.k, row_kv.keys), (self.v, row_kv.values)):
-            for buf, part in zip(bufs, src):
-                buf[:row, :, self.off:self.off + grow_left].zero_()  # padding entering the window on the left
-                buf[row, :, self.off:end - L].zero_()  # the new row's padding
-                buf[row, :, end - L:end] = part[0]
+        if grow_left and row:
+            for buf in (*self.k, *self.v):
+                buf[:row, :, self.off:self.off + grow_left].zero_()
+        self._vacate(row, keep)  # a row parked in that buffer row moves to a free one
+        return row, end
+
+    def _close_row(self, row: int, L: int) -> int:
+        """Count the row `_open_row` opened, now filled with `L` tokens; returns its index."""
         self._rows_written = max(self._rows_written, row + 1)
         self.lengths.append(L)
         self._sync_lengths()
-        self.trim()  # a parked row spilled to free this buffer row may have held the widest columns
         return row
 
     # ------------------------------------------------------------------------------------ remove
@@ -332,15 +350,16 @@ class RunningBatch(RowParking):
         holes = sorted(r for r in gone if r < size)
         movers = [r for r in range(size, self.size) if r not in gone]
         end, moved = self.off + self.seq_len, {}
-        handles = {r: ParkedRow(self.lengths[r], r, nbytes=self.lengths[r] * self.bytes_per_token) for r in park}
+        handles = {r: ParkedRow(self.lengths[r], r, end - self.lengths[r], self.lengths[r] * self.bytes_per_token)
+                   for r in park}
         self.parked.extend(handles.values())
         for hole, mover in zip(holes, movers):
             n = self.lengths[mover]
             parked = handles.get(hole)  # keep its K/V: in a free buffer row, or in the mover's row after it moves
-            saved = self._set_aside(parked, end) if parked is not None else None
+            saved = self._set_aside(parked) if parked is not None else None
             self._copy_row(mover, hole, n, end, end)
             if saved is not None:
-                self._put_back(parked, saved, mover, end)
+                self._put_back(parked, saved, mover)
             self.lengths[hole] = n
             moved[mover] = hole
         del self.lengths[size:]
@@ -362,9 +381,8 @@ class RunningBatch(RowParking):
         self._release()
 
     def trim(self) -> int:
-        """Drop leading columns that are padding in every row (and hold no parked row's K/V). Returns the number
-        of columns dropped."""
-        drop = self.seq_len - max(self.lengths + [p.lag + p.length for p in self.parked], default=0)
+        """Drop leading columns that are padding in every row. Returns the number of columns dropped."""
+        drop = self.seq_len - max(self.lengths, default=0)
         self.off += drop
         self.seq_len -= drop
         return drop
@@ -455,5 +473,3 @@ class RunningBatch(RowParking):
         self.seq_len += 1
         self.lengths = [n + 1 for n in self.lengths]
         self._lengths_t += 1
-        for p in self.parked:  # a parked row's K/V now end one more column left of the window's end
-            p.lag += 1

@@ -10,12 +10,13 @@ live row that must move below the new size (the chat's row, a few hundred tokens
 rows' K/V. Resuming one (`unpark`) copies its K/V once, into the next live row, right-aligned again: the same
 bytes a swap-in copies, and nothing is recomputed (exact, like BATON §4.3's swap).
 
-Layout: a parked row keeps the columns it had when it was parked, `[end - lag - length, end - lag)` of its
-buffer row, where `end = off + S` is the window's end and `lag` the decode steps run since (the window grows one
-column on the right at each). The window always covers parked rows (`trim` keeps them), so a window move or a
-reallocation carries them like live rows. A row that needs a parked row's buffer row (an insert, an unpark)
-moves the parked row to a free buffer row; when none is free, the parked row is *spilled*: copied out to host
-tensors (`RowKV`), as a swap-out would have done, and comes back through `insert`.
+Layout: a parked row keeps the columns it had when it was parked, `[start, start + length)` of its buffer row.
+The live window moves on without it (a window move copies the live rows only, so parking never makes a move
+copy more), and the window is trimmed to the live rows; only a reallocation of the buffers (rare on a CPU,
+where the buffers hold every row from the start) copies parked rows, to the start of their buffer rows. A row
+that needs a parked row's buffer row (an insert, an unpark) moves the parked row to a free buffer row; when none
+is free, the parked row is *spilled*: copied out to host tensors (`RowKV`), as a swap-out would have done, and
+comes back through `insert`.
 
 Only where host and device memory are the same (a CPU, `can_park`), so a parked row never holds memory that a
 swap-out would have freed, and only on the window path: a static decode step (`static_step.py`) writes padding
@@ -40,15 +41,15 @@ class ParkedRow:
     Attributes:
         length: cached tokens.
         index: the buffer row holding its K/V; None once spilled or resumed.
+        start: the first buffer column of its K/V (columns `start .. start + length - 1`).
         nbytes: bytes of its K/V (all layers, keys and values).
-        lag: decode steps run since it was parked (its K/V end `lag` columns left of the window's end).
         spilled: its K/V copied out (`[1, kv_heads, length, head_dim]` per layer) when its buffer row was needed.
     """
 
     length: int
     index: int | None
-    nbytes: int = 0
-    lag: int = 0
+    start: int
+    nbytes: int
     spilled: "RowKV | None" = None
 
     @property
@@ -89,15 +90,16 @@ class RowParking:
         return sum(p.nbytes for p in self.parked)
 
     def _rows_in_use(self) -> int:
-        """Buffer rows a copy of the window must carry: the live rows and every parked row's buffer row."""
+        """Buffer rows holding K/V: the live rows and every parked row's buffer row."""
         return max([len(self.lengths), *(p.index + 1 for p in self.parked)])
 
     def _copy_row(self, src: int, dst: int, n: int, src_end: int, dst_end: int) -> None:
         """Copy the `n` tokens of buffer row `src` ending at column `src_end` to row `dst`, ending at `dst_end`
-        (every layer, keys and values). Source and destination must not overlap."""
-        for bufs in (self.k, self.v):
-            for buf in bufs:
-                buf[dst, :, dst_end - n:dst_end] = buf[src, :, src_end - n:src_end]
+        (every layer, keys and values); through a temporary copy when the two ranges overlap."""
+        overlap = src == dst and src_end - n < dst_end and dst_end - n < src_end
+        for buf in (*self.k, *self.v):
+            part = buf[src, :, src_end - n:src_end]
+            buf[dst, :, dst_end - n:dst_end] = part.clone() if overlap else part
         self._rows_written = max(self._rows_written, dst + 1)
 
     def _free_row(self, start: int) -> int | None:
@@ -105,38 +107,40 @@ class RowParking:
         taken = {p.index for p in self.parked}
         return next((i for i in range(max(start, len(self.lengths)), self.cap_batch) if i not in taken), None)
 
-    def _set_aside(self, handle: ParkedRow, end: int) -> list[torch.Tensor] | None:
+    def _move_parked(self, handle: ParkedRow, row: int) -> None:
+        """Copy a parked row's K/V to buffer row `row` (the same columns) and follow it there."""
+        end = handle.start + handle.length
+        self._copy_row(handle.index, row, handle.length, end, end)
+        handle.index = row
+
+    def _set_aside(self, handle: ParkedRow) -> list[torch.Tensor] | None:
         """Before a live row is copied over `handle`'s buffer row: move its K/V to a free buffer row (None), or,
         when none is free, return a copy of them (per layer, keys then values) for `_put_back`."""
-        src_end = end - handle.lag
         free = self._free_row(len(self.lengths))
         if free is not None:
-            self._copy_row(handle.index, free, handle.length, src_end, src_end)
-            handle.index = free
+            self._move_parked(handle, free)
             return None
-        return [buf[handle.index, :, src_end - handle.length:src_end].clone() for bufs in (self.k, self.v)
-                for buf in bufs]
+        cols = slice(handle.start, handle.start + handle.length)
+        return [buf[handle.index, :, cols].clone() for buf in (*self.k, *self.v)]
 
-    def _put_back(self, handle: ParkedRow, saved: list[torch.Tensor], row: int, end: int) -> None:
+    def _put_back(self, handle: ParkedRow, saved: list[torch.Tensor], row: int) -> None:
         """Write `_set_aside`'s copy of `handle`'s K/V into buffer row `row` (now free), where it lives on."""
-        src_end = end - handle.lag
         for buf, part in zip((*self.k, *self.v), saved):
-            buf[row, :, src_end - handle.length:src_end] = part
+            buf[row, :, handle.start:handle.start + handle.length] = part
         handle.index = row
+        self._rows_written = max(self._rows_written, row + 1)
 
     def _vacate(self, row: int, keep: ParkedRow | None = None) -> None:
         """Make buffer row `row` free for a live row: a parked row there (other than `keep`) moves to a free
-        buffer row, or is spilled when none is free. Does not trim (the caller is mid-insert)."""
+        buffer row, or is spilled when none is free."""
         here = next((p for p in self.parked if p.index == row and p is not keep), None)
         if here is None:
             return
         free = self._free_row(row + 1)
         if free is None:
-            self._spill(here)
-            return
-        end = self.off + self.seq_len - here.lag
-        self._copy_row(row, free, here.length, end, end)
-        here.index = free
+            self.spill(here)
+        else:
+            self._move_parked(here, free)
 
     def spill(self, handle: ParkedRow) -> None:
         """Copy a parked row's K/V out of the buffers into new host tensors (`handle.spilled`) and free its
@@ -147,32 +151,25 @@ class RowParking:
         """
         if handle not in self.parked:
             raise ValueError("not a row parked in this batch")
-        self._spill(handle)
-        self.trim()
-
-    def _spill(self, handle: ParkedRow) -> None:
         self.num_spills += 1
-        handle.spilled = self._copy_out(handle.index, handle.length, self.off + self.seq_len - handle.lag)
-        self.parked.remove(handle)
-        handle.index = None
+        handle.spilled = self._copy_out(handle.index, handle.length, handle.start + handle.length)
+        self.drop_parked(handle)
 
     def spill_all(self) -> None:
         """Spill every parked row (before the batch is discarded: they live on as host tensors)."""
         for handle in list(self.parked):
-            self._spill(handle)
-        self.trim()
+            self.spill(handle)
 
     def drop_parked(self, handle: ParkedRow) -> None:
-        """Forget a parked row (its request was cancelled); its buffer row is free again. A handle that is not
-        parked here is ignored."""
+        """Forget a parked row (its request was cancelled, or it was spilled); its buffer row is free again. A
+        handle that is not parked here is ignored."""
         if handle in self.parked:
             self.parked.remove(handle)
             handle.index = None
-            self.trim()
 
     def unpark(self, handle: ParkedRow) -> int:
         """Resume a parked row as the next live row: its K/V copied once into buffer row `size`, right-aligned
-        again (columns left of them zeroed: padding entering the window). Exact: the bytes are the ones parked.
+        in the window (its padding zeroed). Exact: the bytes are the ones parked.
 
         Args:
             handle: a row parked in this batch (or spilled from it: then it is inserted from host tensors).
@@ -189,30 +186,20 @@ class RowParking:
             raise ValueError("not a row parked in this batch")
         if len(self.lengths) >= self.max_batch_size:
             raise RuntimeError(f"batch is full ({self.max_batch_size} rows)")
-        self._ensure(len(self.lengths) + 1, 0)
-        row, end, n = len(self.lengths), self.off + self.seq_len, handle.length
-        src_end = end - handle.lag
-        if handle.index != row:
-            self._vacate(row, keep=handle)
-            self._copy_row(handle.index, row, n, src_end, end)
-        elif handle.lag:  # in its own buffer row: shift right by `lag` (through a copy when the ranges overlap)
-            for buf in (*self.k, *self.v):
-                part = buf[row, :, src_end - n:src_end]
-                buf[row, :, end - n:end] = part.clone() if handle.lag < n else part
+        n = handle.length
+        row, end = self._open_row(n, keep=handle)  # a relayout in there carries it; it never moves or spills
+        self.parked.remove(handle)
+        self._copy_row(handle.index, row, n, handle.start + n, end)
         for buf in (*self.k, *self.v):
             buf[row, :, self.off:end - n].zero_()  # its padding
-        self.parked.remove(handle)
         handle.index = None
-        self._rows_written = max(self._rows_written, row + 1)
-        self.lengths.append(n)
-        self._sync_lengths()
-        self.trim()
-        return row
+        return self._close_row(row, n)
 
     # provided by RunningBatch
     def _ensure(self, rows: int, left: int, right: int = 1) -> None: ...
     def _copy_out(self, row: int, n: int, end: int, device: torch.device | str = "cpu", pin_memory: bool = False,
                   into: torch.Tensor | None = None) -> RowKV: ...
-    def _sync_lengths(self) -> None: ...
+    def _open_row(self, L: int, keep: ParkedRow | None = None) -> tuple[int, int]: ...
+    def _close_row(self, row: int, L: int) -> int: ...
     def insert(self, row_kv: RowKV) -> int: ...
     def trim(self) -> int: ...

@@ -34,7 +34,7 @@ class EngineStats:
         kv_used_bytes: bytes of K/V holding live tokens (bytes).
         kv_window_bytes: bytes of the padded `[B, S]` window a decode step reads (bytes).
         kv_budget_bytes: the budget the window is kept under (bytes; see `EngineConfig.kv_budget_bytes`).
-        swapped_bytes: K/V of preempted requests held in host memory (bytes).
+        swapped_bytes: K/V of preempted requests held in host memory, or parked in place in the batch (bytes).
         prefill_cache_bytes: K/V held on the device by long prompts between prefill chunks (bytes).
         padding_fraction: share of the batch's `[B, S]` cache window that is padding.
         seq_len: the batch's cache window length S (tokens).
@@ -55,7 +55,8 @@ class EngineStats:
             cache), `num_prefix_cache_hit_requests`, `num_prefix_cache_evictions` (blocks dropped),
             `num_prefix_cache_offloads` (blocks moved from the device to host memory).
             Interactive target (`EngineConfig.interactive_tpot_slo`): `num_slo_swap_outs` (background rows
-            swapped out to keep it; also in `num_swap_outs`, not in `num_preemptions`), `num_slo_held_back`
+            swapped out to keep it; also in `num_swap_outs`, not in `num_preemptions`), `num_parks` (of those, the ones
+            parked in place on a CPU: no K/V copied out, `backend.row_parking`), `num_slo_held_back`
             (iterations in which it held background work back: a newcomer, a swap-in, prompt tokens).
             `num_aborted_forwards`: background forwards (decode steps, prefills) stopped between two decoder
             layers because an interactive request arrived (`backend.step_abort`; their work is redone).

@@ -149,7 +149,8 @@ async def _scenario(loaded, slo: float | None, with_job: bool, args) -> dict:
             "itl_ms_p99": _pct(itl, 99), "itl_ms_max": max(itl, default=None),
             "job_rows_during_chats": {"median": _pct(samples, 50), "min": min(samples, default=None)},
             "job_ended_before_the_chats": with_job and not any(samples),
-            "output_tok_s_during_chats": (job_tokens_after - job_tokens_before) / max(1e-9, t_end - t_start)}
+            "output_tok_s_during_chats": (job_tokens_after - job_tokens_before) / max(1e-9, t_end - t_start),
+            "token_ms": [[round((x - t["sent"]) * 1000, 1) for x in t["times"]] for t in turns]}
 
 
 def _ms(x) -> str:
@@ -179,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine-process", choices=("on", "off", "both"), default="both",
                     help="the engine core in a child process (`EngineProcess`, as `baton` runs it), in the app's "
                          "process (`Engine`), or each scenario both ways (default)")
+    ap.add_argument("--scenarios", default=None,
+                    help="semicolon-separated scenario names to run, without the process suffix (default: all), "
+                         "e.g. 'idle;job, target 1.5'")
+    ap.add_argument("--tag", default="", help="results file suffix (a reduced or experimental run)")
     ap.add_argument("--smoke", action="store_true", help="random:tiny, an 8-line job, 2 chat turns (seconds)")
     ap.add_argument("--update-docs", action="store_true", help=f"replace the '{DOCS_SECTION}' section of "
                     "docs/benchmarks.md with this run's table")
@@ -192,10 +197,12 @@ def main(argv: list[str] | None = None) -> int:
               "device": "cuda" if loaded.device.type == "cuda" else "cpu", "torch_threads": torch.get_num_threads(),
               "command": "python -m benchmarks.tui_priority " + " ".join(argv if argv is not None else sys.argv[1:]),
               "args": {k: getattr(args, k) for k in DEFAULTS}, "scenarios": {}}
+    wanted = None if args.scenarios is None else {n.strip() for n in args.scenarios.split(";")}
     for name, slo, job, process in [(f"{name}, {'child process' if process else 'in-process'}", slo, job, process)
                                     for process in modes
                                     for name, slo, job in (("idle", None, False), ("job, target off", None, True),
-                                                           (f"job, target {args.slo:g}", args.slo, True))]:
+                                                           (f"job, target {args.slo:g}", args.slo, True))
+                                    if wanted is None or name in wanted]:
         args.engine_process = process
         t = time.perf_counter()
         row = asyncio.run(_scenario(loaded, slo, job, args))
@@ -207,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
               f"  ({row['wall_s']:.0f} s)" + ("  INVALID: the job ended before the chats" if
                                               row["job_ended_before_the_chats"] else ""), flush=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    path = args.out_dir / f"{result['date']}-{result['device']}-tui-priority{'-smoke' if args.smoke else ''}.json"
+    path = args.out_dir / f"{result['date']}-{result['device']}-tui-priority{'-smoke' if args.smoke else ''}{'-' + args.tag if args.tag else ''}.json"
     path.write_text(json.dumps(result, indent=2))
     print(f"wrote {path}")
     if args.update_docs:

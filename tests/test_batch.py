@@ -126,13 +126,15 @@ def test_random_schedules_match_solo_forwards(tiny, attention_mode, buffers, sch
                 handle, _ = parked[n % len(parked)]
                 if handle.spilled is None:
                     batch.spill(handle)
-            # invariants: lengths mirror the rows, the window is trimmed to the longest row or parked K/V
+            # invariants: lengths mirror the rows, the window is trimmed to the longest row, parked rows hold
+            # their own buffer rows past the live ones
             assert batch.lengths == [len(t) for t in rows]
+            assert batch.seq_len == max(batch.lengths, default=0)
             in_place = [h for h, _ in parked if h.spilled is None]
             assert batch.parked == in_place
-            assert batch.seq_len == max(batch.lengths + [h.lag + h.length for h in in_place], default=0)
             assert len({h.index for h in in_place}) == len(in_place)
-            assert all(batch.size <= h.index < batch.cap_batch for h in in_place)
+            assert all(batch.size <= h.index < batch.cap_batch and h.start + h.length <= batch.cap_seq
+                       for h in in_place)
 
 
 def test_insert_longer_newcomer_left_pads_the_batch(tiny):
@@ -263,3 +265,27 @@ def test_an_emptied_batch_keeps_its_buffers_when_asked_and_frees_them_on_release
         batch.remove(0, keep_buffers=True)
         batch.release()
     assert batch.cap_seq == 0 and batch.capacity_bytes == 0
+
+
+def test_a_parked_row_stays_in_place_while_the_window_moves_on(tiny):
+    """A parked row keeps its columns; the window is trimmed to the live rows and moves within the buffers
+    without copying the parked row; it resumes right-aligned, with exactly the bytes it had."""
+    runner = ModelRunner(tiny.model, tiny.device)
+    batch = runner.new_batch(max_batch_size=4)
+    long_prompt, short_prompt = list(range(3, 203)), list(range(3, 13))
+    for prompt in (long_prompt, short_prompt):
+        batch.insert(runner.prefill(prompt)[1])
+    before = batch.extract(0)
+    _, handles = batch.remove_and_park([], [0])
+    assert batch.lengths == [10] and batch.seq_len == 10  # the window no longer spans the parked row
+    fed, relayouts, allocation = list(short_prompt), batch.num_relayouts, batch.allocation
+    with torch.inference_mode():
+        while batch.num_relayouts == relayouts:  # decode until the window reaches the buffers' right edge
+            logits = runner.decode(batch, torch.tensor([[5]]))
+            fed.append(5)
+            assert len(fed) < 5_000
+        assert (logits[0] - _solo_logits(tiny.model, fed)).abs().max() < 1e-4
+    assert batch.allocation == allocation  # the window moved within the buffers, the parked row stayed
+    assert batch.unpark(handles[0]) == 1 and batch.lengths == [len(fed), 200]
+    again = batch.extract(1)
+    assert all(torch.equal(a, b) for a, b in zip(again.keys + again.values, before.keys + before.values))
