@@ -17,8 +17,9 @@ whole cache), trimming all-padding columns is `off += S - max(length)`, left-pad
 newcomer is `off -= L - S` while there is room, and removing a row moves the last row into its slot.
 Capacity grows geometrically; the window is copied only when it hits an edge of the buffer, and then, when
 the buffer is wide enough, moved within it (no new memory). On a CPU the buffers are allocated for all
-`max_batch_size` rows at once, so rows joining never reallocate them: the memory is only address space until
-a row is written (the kernel backs a page on its first write), so unused rows cost nothing.
+`max_batch_size` rows at once (and as many again for parked rows, `row_parking.py`), so rows joining never
+reallocate them: the memory is only address space until a row is written (the kernel backs a page on its first
+write), so unused rows cost nothing.
 
 Buffers are allocated uninitialised (zeroing is not needed, and on a 2-core CPU it was most of a relayout:
 5.1 of 7.8 s to grow 16 rows of 1,100 tokens of SmolLM2-135M's fp32 K/V to 32 rows x 1,682 columns,
@@ -211,8 +212,10 @@ class RunningBatch(RowParking):
             if abs(new_off - self.off) * _MAX_MOVE_CHUNKS >= S:
                 self._move_window(new_off)
                 return
-        cap_batch = self.max_batch_size if self._lazy_rows else grown_row_capacity(self.cap_batch, rows,
-                                                                                    self.max_batch_size)
+        if self._lazy_rows:  # every row at once; where rows can be parked, as many again for them
+            cap_batch = self.max_batch_size * (2 if self.can_park else 1)
+        else:
+            cap_batch = grown_row_capacity(self.cap_batch, rows, self.max_batch_size)
         self._relayout(cap_batch, left + _LEFT_SLACK, max(right, _SEQ_SLACK, (S + left) // 2))
 
     def reserve(self, rows: int, max_length: int) -> None:

@@ -14,8 +14,9 @@ Layout: a parked row keeps the columns it had when it was parked, `[start, start
 The live window moves on without it (a window move copies the live rows only, so parking never makes a move
 copy more), and the window is trimmed to the live rows; only a reallocation of the buffers (rare on a CPU,
 where the buffers hold every row from the start) copies parked rows, to the start of their buffer rows. A row
-that needs a parked row's buffer row (an insert, an unpark) moves the parked row to a free buffer row; when none
-is free, the parked row is *spilled*: copied out to host tensors (`RowKV`), as a swap-out would have done, and
+that needs a parked row's buffer row (an insert, an unpark) moves the parked row to a free buffer row (the buffers hold `2 x max_batch_size` rows where rows
+can be park: address space until written, like every unused row on a CPU); when none is free, the parked row is
+*spilled*: copied out to host tensors (`RowKV`), as a swap-out would have done, and
 comes back through `insert`.
 
 Only where host and device memory are the same (a CPU, `can_park`), so a parked row never holds memory that a

@@ -289,3 +289,29 @@ def test_a_parked_row_stays_in_place_while_the_window_moves_on(tiny):
     assert batch.unpark(handles[0]) == 1 and batch.lengths == [len(fed), 200]
     again = batch.extract(1)
     assert all(torch.equal(a, b) for a, b in zip(again.keys + again.values, before.keys + before.values))
+
+
+def test_parked_rows_move_to_spare_buffer_rows_and_spill_only_when_every_buffer_row_is_taken(tiny):
+    """The buffers hold twice `max_batch_size` rows where rows can be parked: a newcomer that needs a parked row's
+    buffer row moves it to a spare one; with every buffer row taken, the parked row is copied out (spilled) and
+    comes back from host tensors. Every row resumes with exactly its bytes."""
+    runner = ModelRunner(tiny.model, tiny.device)
+    batch = runner.new_batch(max_batch_size=2)
+    kvs = [runner.prefill(list(range(3, 3 + n)))[1] for n in (7, 30, 12, 50, 5)]
+    handles = []
+    for pair in (kvs[0:2], kvs[2:4]):
+        for kv in pair:
+            batch.insert(kv)
+        handles += batch.remove_and_park([], [0, 1])[1].values()  # both rows parked; the batch decodes none
+        assert batch.size == 0
+    assert batch.cap_batch == 4 and sorted(h.index for h in handles) == [0, 1, 2, 3] and batch.num_spills == 0
+    batch.insert(kvs[4])  # every buffer row is taken: the parked row in row 0 is copied out
+    assert batch.num_spills == 1 and sum(h.spilled is not None for h in handles) == 1
+    batch.remove(0)
+    for handle, kv in zip(handles, kvs):
+        row = batch.unpark(handle)
+        again = batch.extract(row)
+        assert again.length == kv.length
+        assert all(torch.equal(a, b) for a, b in zip(again.keys + again.values, kv.keys + kv.values))
+        batch.remove(row)
+    assert batch.parked == []
