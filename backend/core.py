@@ -225,6 +225,8 @@ class EngineCore:
         """Run one step of a plan; the requests it admits are taken from the queue first."""
         match step:
             case SwapIn(req):
+                if self.runner.abort.pending and self._may_abort([req]):  # a chat arrived: it goes first
+                    raise StepAborted("an interactive request arrived")
                 if req.swapped is not None and self.scheduler.take(req):
                     self._swap_in(req)
             case PrefillGroup(reqs):

@@ -16,10 +16,11 @@ most `multiple` times what a decode step of the interactive rows alone would cos
   background work planned so far in this iteration (prefill forwards, swap-in copies, and a reallocation of
   the KV buffers when a new row passes their row capacity), stays within the same target. A long
   background prompt is then chunked to the tokens that fit (Sarathi-Serve's budget, Agrawal et al. 2024).
-- **Catch-up.** When the chat ends, what the target held back (rows swapped out, newcomers, prompt tokens)
-  does not all come back in one iteration: until a plan without a chat holds nothing back, each iteration
-  takes on at most the last chat's target of background work (ms of prefill and swap-in copies; its first
-  piece always goes, at least `min_chunk_tokens` of a prompt), with no row cap. A chat arriving meanwhile
+- **Catch-up.** When the chat ends, the rows it swapped out come back at once (a swap-in is one row copy, and
+  the core stops between swap-ins when a chat arrives), but the prompts it held back do not all run in one
+  iteration: until a plan without a chat holds nothing back, each iteration takes on at most the last chat's
+  target of background prefill work (ms; its first piece always goes, at least `min_chunk_tokens` of a prompt),
+  with no row cap. A chat arriving meanwhile
   waits for one paced iteration instead of the whole backlog (`benchmarks/slo_trace.py on`, 2026-12-03, load
   ~4: second chat's TTFT 6,723 ms before, 516 ms after; docs/benchmarks.md). The scheduler keeps the state
   (`Scheduler.catch_up`).
@@ -249,7 +250,9 @@ class SloPlanning:
         total_rows = len(self.rows) + len(self.group) + int(joins)
         nbytes = (length * self.batch.bytes_per_token if swap_in else 0) + self.slo.relayout_bytes(total_rows, seq_len)
         work = self.slo.work_ms(take, new_forward, nbytes)
-        if chat is None:  # catching up: the work alone within the pace, and always some work
+        if chat is None:  # catching up: a swap-in at once (the core stops between swap-ins for an arriving chat,
+            if swap_in:   # `EngineCore._run_step`); prefill work within the pace, and always some work
+                return ()
             return (take, new_forward, nbytes, total_rows) if work <= pace or self._first_work() else None
         decode = self.slo.cost.decode_ms(max(1, chat[0]) + rows, seq_len) or 0.0
         if decode + work > target:

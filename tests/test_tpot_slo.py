@@ -142,30 +142,40 @@ def test_background_newcomers_and_swap_ins_wait_while_the_cap_is_full_and_come_b
     assert plan.steps == (SwapIn(old), PrefillGroup((new,))) and plan.background_cap == 4
 
 
-def test_after_the_chat_the_held_back_work_comes_back_paced_by_its_target_then_unpaced():
-    """The backlog the target held back (swapped rows, newcomers) does not all come back in one iteration when
-    the chat ends: each iteration takes on at most the last chat's target of background work (the first piece
-    always goes), so a chat arriving meanwhile waits for one paced iteration (`slo_trace.py`: 6.7 s TTFT
-    before, 0.5 s after); once a plan holds nothing back the pace ends and plans are those without a target."""
+def test_after_the_chat_its_swapped_rows_come_back_at_once_and_held_back_prompts_paced_then_unpaced():
+    """When the chat ends, the rows its target swapped out come back in the first iteration (each is one row
+    copy, and the core stops between swap-ins for an arriving chat), but the prompts it held back do not all run
+    in one iteration: each iteration prefills at most the last chat's target of background work (the first
+    piece always goes), so a chat arriving meanwhile waits for one paced forward, which it can stop
+    (`slo_trace.py`: 6.7 s TTFT before pacing, 0.5 s after); once a plan holds nothing back the pace ends."""
     chat, running = _req("chat", I), _req("run", B)
     olds = [_swapped(_req(f"old{i}", B), 300, start_seq=5 + i) for i in range(3)]
-    sched, cost = Scheduler(3), FixedCost(per_byte=0.01)  # target 2 x 2 = 4 ms; a swap-in copies 300 B: 3 ms
+    new = [_req(f"new{i}", B, 300) for i in range(3)]
+    sched = Scheduler(3)
+    cost = FixedCost(per_byte=0.01, per_token=0.01)  # target 2 x 2 = 4 ms; a swap-in 3 ms, a prompt 3 ms
     for n, old in enumerate(olds):
         old.seq = 90 + n
         sched.requeue(old)
-    plan = sched.schedule(_batch((running, 20), (chat, 12), cost=cost))
-    assert plan.steps == () and plan.slo_held_back
-    for old in olds:  # the chat has finished: one swap-in an iteration (two would cost 6 ms > 4 ms)
-        plan = sched.schedule(_batch((running, 20), cost=cost))
-        assert plan.steps == (SwapIn(old),)
-        assert plan.pace_ms == 4.0 and plan.background_cap is None
-        assert plan.slo_held_back == (old is not olds[-1])
-        assert sched.take(old)
-    assert sched.schedule(_batch((running, 20), cost=cost)).pace_ms is None and sched.catch_up is None  # nothing held back: no pace any more
-    new = [_req(f"new{i}", B) for i in range(3)]
     for req in new:
         sched.add(req)
-    assert sched.schedule(_batch((running, 20), cost=cost)).steps == (PrefillGroup(tuple(new)),)
+    plan = sched.schedule(_batch((running, 20), (chat, 12), cost=cost))
+    assert plan.steps == () and plan.slo_held_back
+    plan = sched.schedule(_batch((running, 20), cost=cost))  # the chat has finished
+    assert plan.steps == (*map(SwapIn, olds), PrefillGroup((new[0],)))  # two prompts would cost 6 ms > 4 ms
+    assert plan.pace_ms == 4.0 and plan.background_cap is None and plan.slo_held_back
+    for old in olds:
+        assert sched.take(old)
+    assert sched.take(new[0])
+    for req in new[1:]:
+        plan = sched.schedule(_batch((running, 20), *((r, 300) for r in olds), cost=cost))
+        assert plan.steps == (PrefillGroup((req,)),) and plan.pace_ms == 4.0
+        assert plan.slo_held_back == (req is not new[-1])
+        assert sched.take(req)
+    assert sched.schedule(_batch((running, 20), cost=cost)).pace_ms is None and sched.catch_up is None  # nothing held back: no pace any more
+    more = [_req(f"more{i}", B, 300) for i in range(3)]
+    for req in more:
+        sched.add(req)
+    assert sched.schedule(_batch((running, 20), cost=cost)).steps == (PrefillGroup(tuple(more)),)
 
 
 def test_a_paced_prefill_takes_what_the_pace_leaves_and_at_least_a_chunk():
@@ -465,3 +475,33 @@ async def test_a_failed_decode_step_fails_its_rows_and_the_parked_rows_resume_ex
                 tiny, engine.tokenize(prompt), 40)
         else:
             assert out[-1].finish_reason == "error"
+
+
+async def test_a_chat_arriving_between_swap_ins_goes_first(make_engine, tiny):
+    """Swap-ins are not paced after a chat (each is one row copy): the core checks between them whether an
+    interactive request arrived, and if one did the iteration ends there (the rest stay queued, nothing lost)."""
+    engine = make_engine(max_batch_size=8, interactive_tpot_slo=2.0)
+    core = engine._core
+    core.step_cost = FixedCost()
+    iteration, swap_ins = [0], []
+    real_step, real_swap_in = core.step, core._swap_in
+
+    def step():
+        iteration[0] += 1
+        real_step()
+
+    def swap_in(req):
+        real_swap_in(req)
+        swap_ins.append(iteration[0])
+        if len(swap_ins) == 1:  # as if a chat had been put in the inbox now
+            core.runner.abort.interactive_arrived()
+
+    core.step, core._swap_in = step, swap_in
+    prompts, bg, chat = await _background_then_chat(engine, 6, 6)
+    outs = await asyncio.gather(*bg, chat)
+    parked = 6 - allowed(2.0, 1)
+    assert len(swap_ins) == parked and swap_ins.count(swap_ins[0]) == 1  # stopped after the first
+    assert len(set(swap_ins[1:])) == 1 and swap_ins[1] > swap_ins[0]  # the others in one later iteration
+    assert engine.stats().counters["num_aborted_forwards"] >= 1
+    for prompt, out in zip(prompts, outs):
+        assert [o.token_id for o in out if o.token_id is not None] == solo_greedy(tiny, engine.tokenize(prompt), 40)
