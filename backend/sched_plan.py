@@ -38,7 +38,6 @@ class SchedulerState(Protocol):
     order_key: Callable[..., tuple[int, int, int]]
     drop_key: Callable[[Request], tuple[int, int]]
     catch_up: tuple[int, int] | None
-    catch_up_rounds: int
 
     def prefilled_tokens(self) -> int: ...
 
@@ -183,7 +182,6 @@ class Planner(SloPlanning):
         self.cap: int | None = None  # background rows the target allows (rows; None: no cap)
         self.target_ms: float | None = None
         self.catch_up = scheduler.catch_up  # the last chat, while the work its target held back catches up
-        self.catch_up_rounds = scheduler.catch_up_rounds
 
     def plan(self) -> SchedulerOutput:
         """The plan (`SchedulerOutput`); its invariants are checked."""

@@ -20,10 +20,7 @@ most `multiple` times what a decode step of the interactive rows alone would cos
   the core stops between swap-ins when a chat arrives), but the prompts it held back do not all run in one
   iteration: until a plan without a chat holds nothing back, each iteration takes on at most the last chat's
   target of background prefill work (ms; its first piece always goes, at least `min_chunk_tokens` of a prompt),
-  doubling with every paced iteration (`PACE_GROWTH`), with no row cap. The pace grows because a job whose
-  requests keep arriving would otherwise stay paced for good (a batch refilled at one prompt an iteration:
-  no-chat throughput 0.67x the target off in `benchmarks.priority`'s joining scenario), and it can: a
-  background forward stops at the next decoder layer when a chat arrives (`step_abort.py`). A chat arriving meanwhile
+  with no row cap. A chat arriving meanwhile
   waits for one paced iteration instead of the whole backlog (`benchmarks/slo_trace.py on`, 2026-12-03, load
   ~4: second chat's TTFT 6,723 ms before, 516 ms after; docs/benchmarks.md). The scheduler keeps the state
   (`Scheduler.catch_up`).
@@ -55,7 +52,6 @@ if TYPE_CHECKING:
     from .step_cost import StepCost
 
 ADMIT_MARGIN = 0.1  # admission leaves this share of the target's allowance unused (hysteresis)
-PACE_GROWTH = 2.0  # each paced catch-up iteration may take on this many times more than the one before
 
 
 class SloAccount:
@@ -161,7 +157,6 @@ class SloPlanning:
     cap: int | None
     target_ms: float | None
     catch_up: tuple[int, int] | None
-    catch_up_rounds: int
 
     def _preempt(self, index: int, for_request: Request | None, slo: bool = False) -> None: ...
 
@@ -208,11 +203,10 @@ class SloPlanning:
     def _pace_ms(self) -> float | None:
         """While no chat decodes but the work the target held back is catching up (`catch_up`: the last chat's
         interactive rows and length), the most background work one iteration may take on (ms): the last
-        chat's target, `PACE_GROWTH` times more for each paced iteration before. None: no pacing."""
+        chat's target. None: no pacing."""
         if self.catch_up is None or not self.slo.enabled or self._interactive() is not None:
             return None
-        base = self.slo.target_ms(*self.catch_up)
-        return None if base is None else base * PACE_GROWTH ** min(self.catch_up_rounds, 30)
+        return self.slo.target_ms(*self.catch_up)
 
     def _first_work(self) -> bool:
         """No background work is planned yet in this iteration (a paced iteration always takes some)."""

@@ -51,7 +51,6 @@ class Scheduler:
         self._counter = itertools.count()
         self._waiting: dict[str, Request] = {}
         self.catch_up: tuple[int, int] | None = None  # the last chat while what its target held back catches up
-        self.catch_up_rounds = 0  # paced plans since that chat ended (the pace grows with each: `sched_slo.py`)
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -80,17 +79,13 @@ class Scheduler:
     def _follow_target(self, plan: SchedulerOutput) -> None:
         """Catch-up (`sched_slo.py`): from a plan in which the interactive target swapped rows out or held
         work back, until a plan without a chat holds nothing back, background work is paced by the last chat's
-        target, growing `PACE_GROWTH`-fold with each paced plan, so a chat arriving meanwhile waits for one
-        paced iteration, not for the whole backlog, and a job whose requests keep arriving is not throttled for
-        good."""
+        target, so a chat arriving meanwhile waits for one paced iteration, not for the whole backlog."""
         capped = plan.slo_held_back or any(isinstance(s, Preempt) and s.slo for s in plan.steps)
         if plan.step_target_ms is not None and plan.chat is not None:
             if capped or self.catch_up is not None:
-                self.catch_up, self.catch_up_rounds = plan.chat, 0
+                self.catch_up = plan.chat
         elif not plan.slo_held_back:
-            self.catch_up, self.catch_up_rounds = None, 0
-        elif plan.pace_ms is not None:
-            self.catch_up_rounds += 1
+            self.catch_up = None
 
     def memory_view(self, batch: BatchSnapshot, admitting: Request | None = None) -> MemoryView:
         """The batch's KV memory as admission sees it now: the window, and under a fixed budget the K/V that
