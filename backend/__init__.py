@@ -6,7 +6,8 @@ one of the two a configuration asks for), `EngineConfig`,
 `SamplingParams`, `Priority`, `TokenOutput`, `CompletionResult`, `RequestStatus`, `EngineStats`, `RowStats`,
 `DeviceMemory`, `read_device_memory`, `load_model`, `LoadedModel`, `ModelLoadError`, `DEFAULT_MODEL`,
 `PRESETS`, `COMPILE_MODES` (the values of `EngineConfig.compile`), `text_problem` (why a string is not valid UTF-8 text, the check every prompt goes through),
-`ContextLengthError` (the `ValueError` for a prompt longer than the context).
+`ContextLengthError` (the `ValueError` for a prompt longer than the context), `freeze_startup_objects` /
+`unfreeze_startup_objects` (a long-running process's start-up objects out of the garbage collector's scans).
 
 The names are resolved lazily (PEP 562 module `__getattr__`): `from backend import SamplingParams` imports
 only the torch-free `backend.config`, so a command line that validates options or prints `--help` never pays
@@ -28,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "EngineStats": "stats", "RowStats": "stats",
     "DeviceMemory": "memory", "read_device_memory": "memory",
     "text_problem": "intake", "ContextLengthError": "intake",
+    "freeze_startup_objects": "process_gc", "unfreeze_startup_objects": "process_gc",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -54,5 +56,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .intake import ContextLengthError, text_problem
     from .memory import DeviceMemory, read_device_memory
     from .models import PRESETS, LoadedModel, ModelLoadError, load_model
+    from .process_gc import freeze_startup_objects, unfreeze_startup_objects
     from .request import RequestStatus, TokenOutput
     from .stats import EngineStats, RowStats

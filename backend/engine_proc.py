@@ -43,6 +43,7 @@ from typing import Callable
 from .config import EngineConfig, Priority, SamplingParams
 from .engine import Engine
 from .memory import DeviceMemory, read_device_memory
+from .process_gc import freeze_startup_objects
 from .request import TokenOutput
 from .stats import EngineStats
 
@@ -284,6 +285,7 @@ def _child_main(conn, config: EngineConfig, log_file: str | None = None) -> None
         conn.send(("failed", kind, str(exc) if kind != "other" else f"{type(exc).__name__}: {exc}"))
         conn.close()
         return
+    freeze_startup_objects()  # full collections would scan torch's and transformers' objects: `process_gc.py`
     lm = engine.model
     info = ModelInfo(lm.name, lm.tokenizer, str(lm.device), str(lm.dtype).removeprefix("torch."),
                      lm.eos_token_ids, lm.max_model_len, lm.vocab_size, lm.load_seconds, lm.source, lm.weight_bytes,

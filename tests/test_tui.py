@@ -991,3 +991,17 @@ def chat_text(app) -> str:
     """The words the chat pane shows on screen, in reading order (lines wrapped by the view joined again)."""
     lines = [line.split("▌", 1)[1] for line in screen_lines(app) if "▌" in line]
     return " ".join(" ".join(lines).split())
+
+
+# ----------------------------------------------------------------------------------- the collector
+async def test_start_up_objects_leave_the_collectors_scans_once_the_model_is_loaded(engine, store):
+    """Full garbage collections while a chat streamed were its longest gaps (200-360 ms each): once the model is
+    loaded the app freezes what it holds (`backend/process_gc.py`), and hands it back when it closes."""
+    import gc
+
+    gc.unfreeze()
+    app = BatonApp(engine=engine, store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert gc.get_freeze_count() > 10_000  # Textual's, the app's and the engine's objects
+    assert gc.get_freeze_count() == 0

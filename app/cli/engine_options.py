@@ -225,11 +225,13 @@ def start_engine(config: EngineConfig | RemoteSpec) -> ChatEngine:
             return config.make().start()
         except RemoteUnavailable as exc:
             raise UsageError(str(exc)) from exc
-    from backend import ModelLoadError, make_engine
+    from backend import ModelLoadError, freeze_startup_objects, make_engine
 
     try:
-        return make_engine(config).start()
+        engine = make_engine(config).start()
     except ModelLoadError as exc:
         raise UsageError(str(exc)) from exc
     except ValueError as exc:  # a field the loaded device cannot run, named by its option
         raise UsageError(option_message(exc)) from exc
+    freeze_startup_objects()  # a command runs until it exits: torch's objects out of the collector's scans
+    return engine

@@ -24,7 +24,7 @@ from textual import on
 from textual.app import App, ScreenStackError
 from textual.worker import Worker, WorkerState
 
-from backend import EngineConfig
+from backend import EngineConfig, freeze_startup_objects, unfreeze_startup_objects
 from storage import StorageError, Store
 from themes import register_themes
 
@@ -70,6 +70,7 @@ class BatonApp(App[None]):
         self._owns_engine = engine is None or not engine.started
         self.store = store
         self._owns_store = store is None
+        self._frozen_gc = False  # start-up objects frozen out of the collector's scans (`_freeze_startup_objects`)
         self.db_path = db_path
         with warnings.catch_warnings(record=True) as caught:  # shown as notifications, not under the TUI
             warnings.simplefilter("always", PreferencesWarning)
@@ -132,6 +133,14 @@ class BatonApp(App[None]):
     def _panel_toggled(self, event: PanelToggled) -> None:
         if event.shown != self.preferences.show_panel:
             self.save_preferences(show_panel=event.shown)
+
+    @on(ModelLoaded)
+    def _freeze_startup_objects(self, event: ModelLoaded) -> None:
+        """Everything loaded so far (Textual, the tokenizer, the app) leaves the garbage collector's scans: full
+        collections while a chat streamed took 200-360 ms each, the chat's longest gaps (`backend/process_gc.py`).
+        Undone when the app unmounts."""
+        self._frozen_gc = True
+        freeze_startup_objects()
 
     @on(ModelLoaded)
     def _start_jobs(self, event: ModelLoaded) -> None:
@@ -208,6 +217,8 @@ class BatonApp(App[None]):
             self.engine.shutdown(timeout=0)
         if self._owns_store and self.store is not None:
             await self.store.close()
+        if self._frozen_gc:
+            unfreeze_startup_objects()
 
 
 def run_tui(config: EngineConfig | None, db_path: str | os.PathLike[str] | None = None, theme: str | None = None,
