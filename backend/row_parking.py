@@ -5,19 +5,20 @@ them back when it pauses. On a CPU "host memory" is the same RAM as the batch's 
 only copies bytes from one place in RAM to another: for 31 job rows of up to ~1,300 tokens of SmolLM2-135M
 (~1.4 GB) that copy was the chat's longest inter-token gap in the TUI (ITL p99 3.1x its idle TPOT, issue #13).
 A parked row instead stays where it is, in a buffer row past the decoded ones: the decode step runs over the
-live rows `0..size-1` only (`[size, 1]` inputs, `k[:size]` views), so parking costs at most one row copy per
-live row that must move below the new size (the chat's row, a few hundred tokens), and nothing for the parked
-rows' K/V. Resuming one (`unpark`) copies its K/V once, into the next live row, right-aligned again: the same
-bytes a swap-in copies, and nothing is recomputed (exact, like BATON §4.3's swap).
+live rows `0..size-1` only (`[size, 1]` inputs, `k[:size]` views), so parking costs at most two row copies per
+live row that must move below the new size (the survivor itself, the chat's row, a few hundred tokens; and the
+parked row in the hole it fills, set aside into a free buffer row), never a copy of every parked row's K/V.
+Resuming one (`unpark`) copies its K/V once, into the next live row, right-aligned again: the same bytes a
+swap-in copies, and nothing is recomputed (exact, like BATON §4.3's swap).
 
 Layout: a parked row keeps the columns it had when it was parked, `[start, start + length)` of its buffer row.
 The live window moves on without it (a window move copies the live rows only, so parking never makes a move
 copy more), and the window is trimmed to the live rows; only a reallocation of the buffers (rare on a CPU,
 where the buffers hold every row from the start) copies parked rows, to the start of their buffer rows. A row
-that needs a parked row's buffer row (an insert, an unpark) moves the parked row to a free buffer row (the buffers hold `2 x max_batch_size` rows where rows
-can be park: address space until written, like every unused row on a CPU); when none is free, the parked row is
-*spilled*: copied out to host tensors (`RowKV`), as a swap-out would have done, and
-comes back through `insert`.
+that needs a parked row's buffer row (an insert, an unpark) moves the parked row to a free buffer row: the
+buffers hold `2 x max_batch_size` rows where rows can be parked (address space until written, like every unused
+row on a CPU). When none is free, the parked row is *spilled*: copied out to host tensors (`RowKV`), as a
+swap-out would have done, and comes back through `insert`.
 
 Only where host and device memory are the same (a CPU, `can_park`), so a parked row never holds memory that a
 swap-out would have freed, and only on the window path: a static decode step (`static_step.py`) writes padding
