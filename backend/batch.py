@@ -330,8 +330,9 @@ class RunningBatch(RowParking):
                         ) -> tuple[dict[int, int], dict[int, "ParkedRow"]]:
         """Drop `rows` and pause `park` in place (`row_parking.py`), in one compaction: the surviving rows above
         the new size fill the holes below it; a parked row in such a hole first moves to a free buffer row (or
-        trades places with the survivor), so parking copies at most one row per survivor that moves (tokens of
-        that row, all layers), never the parked rows' K/V as a swap-out to host memory does.
+        trades places with the survivor), so parking copies at most two rows per survivor that moves (that row,
+        and the parked row it displaces; all layers), never every parked row's K/V as a swap-out to host memory
+        does.
 
         Args:
             rows: live row indices to drop; park: live row indices to pause (distinct from `rows`).

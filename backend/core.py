@@ -21,11 +21,11 @@ import torch
 
 from .config import EngineConfig, Priority
 from .kv_budget import kv_window_bytes
-from .row_parking import ParkedRow
 from .memory import read_device_memory
 from .models import LoadedModel
 from .prefix_reuse import MIN_SHARED_TOKENS, PrefixReuse
 from .request import Request, RequestStatus, TokenOutput
+from .row_parking import ParkedRow
 from .runner import ModelRunner
 from .sampler import SamplingTensors, draw_uniforms, sample
 from .sched_output import ADMISSIONS, DropPrefill, Preempt, PrefillChunk, PrefillGroup, SchedulerOutput, Step, SwapIn
@@ -496,8 +496,7 @@ class EngineCore:
         Returns the parked rows by their old index."""
         if not rows and not park:
             return {}
-        moved, handles = self.batch.remove_and_park(rows, list(park),
-                                                    keep_buffers=bool(len(self.scheduler)) or bool(park))
+        moved, handles = self.batch.remove_and_park(rows, list(park), keep_buffers=bool(len(self.scheduler)))
         kept = list(self.rows)
         for old, new in moved.items():
             kept[new] = self.rows[old]

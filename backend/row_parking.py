@@ -56,22 +56,20 @@ class ParkedRow:
 
     @property
     def storage(self) -> torch.Tensor | None:
-        """A spilled row's swap-space buffer (never one: spills allocate their own tensors)."""
+        """Always None: a parked row holds no swap-space buffer (a spill allocates its own tensors)."""
         return None
 
 
 class RowParking:
     """`RunningBatch`'s parked rows: `park` (through `remove_and_park`), `unpark`, `spill`, `drop_parked`.
 
-    Reads the batch's `k`, `v` (per layer `[cap_batch, kv_heads, cap_seq, head_dim]`), `off`, `seq_len`,
-    `lengths`, `size`, `cap_batch`, `parked`, `_rows_written`, and calls its `_ensure`, `_copy_out`,
-    `_sync_lengths`, `insert`, `trim`.
+    Reads the batch's `k`, `v` (per layer `[cap_batch, kv_heads, cap_seq, head_dim]`), `off`, `lengths`,
+    `cap_batch`, `parked`, `_rows_written`, and calls its `_open_row`, `_close_row`, `_copy_out` and `insert`.
     """
 
     k: list[torch.Tensor]
     v: list[torch.Tensor]
     off: int
-    seq_len: int
     lengths: list[int]
     cap_batch: int
     parked: list[ParkedRow]
@@ -85,11 +83,6 @@ class RowParking:
     def can_park(self) -> bool:
         """Rows may be parked: the buffers are in host memory (a CPU) and the decode step is the window path."""
         return self._lazy_rows and not self.zero_fill
-
-    @property
-    def parked_bytes(self) -> int:
-        """Bytes of parked rows' K/V held in the buffers (bytes)."""
-        return sum(p.nbytes for p in self.parked)
 
     def _rows_in_use(self) -> int:
         """Buffer rows holding K/V: the live rows and every parked row's buffer row."""
@@ -118,7 +111,7 @@ class RowParking:
     def _set_aside(self, handle: ParkedRow) -> list[torch.Tensor] | None:
         """Before a live row is copied over `handle`'s buffer row: move its K/V to a free buffer row (None), or,
         when none is free, return a copy of them (per layer, keys then values) for `_put_back`."""
-        free = self._free_row(len(self.lengths))
+        free = self._free_row(0)
         if free is not None:
             self._move_parked(handle, free)
             return None
@@ -198,10 +191,8 @@ class RowParking:
         return self._close_row(row, n)
 
     # provided by RunningBatch
-    def _ensure(self, rows: int, left: int, right: int = 1) -> None: ...
     def _copy_out(self, row: int, n: int, end: int, device: torch.device | str = "cpu", pin_memory: bool = False,
                   into: torch.Tensor | None = None) -> RowKV: ...
     def _open_row(self, L: int, keep: ParkedRow | None = None) -> tuple[int, int]: ...
     def _close_row(self, row: int, L: int) -> int: ...
     def insert(self, row_kv: RowKV) -> int: ...
-    def trim(self) -> int: ...

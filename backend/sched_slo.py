@@ -250,8 +250,8 @@ class SloPlanning:
         total_rows = len(self.rows) + len(self.group) + int(joins)
         nbytes = (length * self.batch.bytes_per_token if swap_in else 0) + self.slo.relayout_bytes(total_rows, seq_len)
         work = self.slo.work_ms(take, new_forward, nbytes)
-        if chat is None:  # catching up: a swap-in at once (the core stops between swap-ins for an arriving chat,
-            if swap_in:   # `EngineCore._run_step`); prefill work within the pace, and always some work
+        if chat is None:  # catching up: prefill work within the pace, and always some work; a swap-in at once
+            if swap_in:  # (the core stops between swap-ins for an arriving chat: `EngineCore._run_step`)
                 return ()
             return (take, new_forward, nbytes, total_rows) if work <= pace or self._first_work() else None
         decode = self.slo.cost.decode_ms(max(1, chat[0]) + rows, seq_len) or 0.0
