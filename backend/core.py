@@ -134,7 +134,8 @@ class EngineCore:
                              rows=tuple(self.rows), row_lengths=tuple(b.lengths), seq_len=b.seq_len,
                              budget_is_fixed=self.fixed_kv_budget() is not None,
                              next_start_seq=self._next_start_seq, interactive_tpot_slo=cfg.interactive_tpot_slo,
-                             step_cost=self.step_cost, row_capacity=b.cap_batch)
+                             step_cost=self.step_cost, row_capacity=b.cap_batch,
+                             abort_layers=self.runner.abort_layers)
 
     def recover(self, exc: Exception) -> None:
         """After an unexpected fault in `step`: fail the running rows and go on from an empty batch."""
@@ -224,9 +225,10 @@ class EngineCore:
     def _run_step(self, step: Step) -> None:
         """Run one step of a plan; the requests it admits are taken from the queue first."""
         match step:
+            case SwapIn() | PrefillGroup() | PrefillChunk() if self.runner.abort.pending and \
+                    self._may_abort(step.requests):  # a chat arrived: it goes before the rest of the plan
+                raise StepAborted("an interactive request arrived")
             case SwapIn(req):
-                if self.runner.abort.pending and self._may_abort([req]):  # a chat arrived: it goes first
-                    raise StepAborted("an interactive request arrived")
                 if req.swapped is not None and self.scheduler.take(req):
                     self._swap_in(req)
             case PrefillGroup(reqs):
@@ -600,9 +602,10 @@ class EngineCore:
 
     def _slo_stats_fields(self) -> dict:
         """The interactive target as the live panel shows it: the last plan's background cap, step target and
-        catch-up pace, and the cost model's prediction for the batch as it is (ms; None where there is none)."""
+        bound on a background prefill forward between chats, and the cost model's prediction for the batch as
+        it is (ms; None where there is none)."""
         plan, b = self._last_plan, self.batch
         return dict(slo_background_cap=plan.background_cap, slo_target_step_ms=plan.step_target_ms,
-                    slo_pace_ms=plan.pace_ms,
+                    slo_forward_ms=plan.forward_ms,
                     predicted_step_ms=self.step_cost.decode_ms(b.size, b.seq_len) if b.size else None,
                     step_cost_coefficients=self.step_cost.coefficients)

@@ -56,7 +56,8 @@ class ModelRunner:
         self.static: StaticDecoder | None = None
         self.decode_mode = "off"
         self.use_decode_mode(compile)
-        self.abort.install(model)
+        # layers a background forward may stop at (0: not a model the hooks fit)
+        self.abort_layers = len(model.model.layers) if self.abort.install(model) else 0
 
     def use_decode_mode(self, mode: str) -> None:
         """Switch the decode mode (at construction; tests switch an idle engine's runner to `static-eager`).

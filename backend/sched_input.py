@@ -45,6 +45,8 @@ class BatchSnapshot:
             step, a prefill, a copy); the engine passes its learned `StepCostModel`, a test a fixed one.
         row_capacity: rows the batch's KV buffers hold before they are reallocated (rows; None: not
             known, no reallocation is charged to background work).
+        abort_layers: decoder layers at which a background forward stops for an arriving chat
+            (`step_abort.py`; 0: its forwards cannot be stopped).
 
     Raises:
         ValueError: `rows` and `row_lengths` differ in length.
@@ -66,6 +68,7 @@ class BatchSnapshot:
     interactive_tpot_slo: float | None = None
     step_cost: StepCost | None = None
     row_capacity: int | None = None
+    abort_layers: int = 0
 
     def __post_init__(self) -> None:
         if len(self.rows) != len(self.row_lengths):

@@ -123,11 +123,10 @@ class SchedulerOutput:
         background_cap: the most background rows the interactive target lets the batch carry after the
             plan (rows); None: no cap (no target, no interactive request, or the cost model not ready).
         step_target_ms: the target an iteration keeps while an interactive request decodes (ms; None: none).
-        slo_held_back: background work (a newcomer, a swap-in, prompt tokens) waits because of the target
-            (or of its pace while catching up).
-        pace_ms: while no chat decodes but the background work the target held back catches up, the most
-            background work (prefill, swap-in copies) the plan took on (ms; the first piece always goes);
-            None: not catching up (`sched_slo.py`).
+        slo_held_back: background work (a newcomer, a swap-in, prompt tokens) waits because of the target.
+        forward_ms: while the target is set and no chat decodes, the most one background prefill forward of
+            the plan is predicted to take (ms; a chat arriving stops it at a decoder layer); None: no bound
+            (`sched_slo.py`).
         chat: (interactive rows, their longest; rows, tokens) the plan saw decoding or about to; None: none.
     """
 
@@ -139,7 +138,7 @@ class SchedulerOutput:
     background_cap: int | None = None
     step_target_ms: float | None = None
     slo_held_back: bool = False
-    pace_ms: float | None = None
+    forward_ms: float | None = None
     chat: tuple[int, int] | None = None
 
     @property

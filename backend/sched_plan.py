@@ -37,7 +37,7 @@ class SchedulerState(Protocol):
     _waiting: dict[str, Request]
     order_key: Callable[..., tuple[int, int, int]]
     drop_key: Callable[[Request], tuple[int, int]]
-    catch_up: tuple[int, int] | None
+    last_chat: tuple[int, int] | None
 
     def prefilled_tokens(self) -> int: ...
 
@@ -181,7 +181,7 @@ class Planner(SloPlanning):
         self.slo = SloAccount(batch)  # the interactive step target (`sched_slo.py`)
         self.cap: int | None = None  # background rows the target allows (rows; None: no cap)
         self.target_ms: float | None = None
-        self.catch_up = scheduler.catch_up  # the last chat, while the work its target held back catches up
+        self.last_chat = scheduler.last_chat  # (rows, longest) of the last chat a plan saw decoding
 
     def plan(self) -> SchedulerOutput:
         """The plan (`SchedulerOutput`); its invariants are checked."""
@@ -189,7 +189,7 @@ class Planner(SloPlanning):
         self.keep_slo_target()  # after admission: a chat's first token does not wait for these swap-outs
         self.relieve_memory_pressure()
         out = SchedulerOutput(tuple(self.steps), self.spent, len(self.rows), self.seq_len, self.queue.held_tokens,
-                              self.cap, self.target_ms, self.slo.held_back, self._pace_ms(), self._interactive())
+                              self.cap, self.target_ms, self.slo.held_back, self._forward_ms(), self._interactive())
         out.assert_invariants(self.batch.max_batch_size, self.batch.max_prefill_tokens)
         assert self.cap is None or sum(r.priority != Priority.INTERACTIVE for r in self.rows) <= self.cap, \
             "more background rows than the interactive target allows"
@@ -222,10 +222,14 @@ class Planner(SloPlanning):
                 if queued.swapped_length is not None:
                     self._swap_in(queued)
                 elif take == length:  # a whole prompt: prefilled with the group, in one packed forward
+                    if self._new_forward(take):  # between chats a forward stays within its bound (`sched_slo.py`)
+                        self._close_group()
                     self.group.append(req)
                 else:  # a chunk of a long prompt, alone (it attends to its own earlier chunks)
                     self._close_group()
                     self._chunk(queued, take)
+                    if take < length - queued.num_prefilled:
+                        break  # a chunk that is not its prompt's last ends the iteration's admissions
                 continue
             self._close_group()  # the room may have been the group's: its prompts run before a victim is chosen
             victim, slo = self._slo_victim(req), True  # a row the target would swap out anyway: not counted
@@ -236,28 +240,29 @@ class Planner(SloPlanning):
             self._preempt(victim, for_request=req, slo=slo)
         self._close_group()
 
-    def _prefill_budget(self, req: Request) -> int:
+    def _prefill_budget(self, req: Request, remaining: int) -> int:
         """Prompt tokens this iteration may prefill up to and including `req` (tokens; see `EngineConfig`):
         for background prompts while a chat decodes, `max_background_prefill_tokens` and what the interactive
-        target leaves (`sched_slo.py`)."""
+        target leaves (`sched_slo.py`). `remaining`: its prompt tokens not prefilled yet (tokens)."""
         budget, background = self.batch.max_prefill_tokens, self.batch.max_background_prefill_tokens
         if req.priority == Priority.INTERACTIVE:
             return budget
         chatting = any(r.priority == Priority.INTERACTIVE for r in itertools.chain(self.rows, self.group))
         if chatting and background is not None:
             budget = min(budget, background)
-        slo = self._slo_tokens(req)
+        slo = self._slo_tokens(req, remaining)
         if slo is not None and self.spent + slo < budget:
-            if self.spent + slo < min(budget, self.spent + req.num_prompt_tokens - req.num_prefilled):
-                self.slo.held_back = True
+            if self.spent + slo < min(budget, self.spent + remaining) and self._forward_ms() is None:
+                self.slo.held_back = True  # (between chats a long prompt is chunked, not held back)
             budget = self.spent + slo
         return budget
 
     def _prefill_take(self, queued: Queued) -> int:
         """Prompt tokens of `queued` to prefill now: all that is left, or a chunk of what is left of the budget
         (at least `min_chunk_tokens`, unless it is the first prefill of the iteration); 0: it waits."""
-        budget = self._prefill_budget(queued.request)
-        remaining, left = queued.request.num_prompt_tokens - queued.num_prefilled, budget - self.spent
+        remaining = queued.request.num_prompt_tokens - queued.num_prefilled
+        budget = self._prefill_budget(queued.request, remaining)
+        left = budget - self.spent
         min_chunk = min(self.batch.min_chunk_tokens, budget)
         return remaining if remaining <= left else (left if left >= min_chunk or not self.spent else 0)
 

@@ -16,14 +16,16 @@ most `multiple` times what a decode step of the interactive rows alone would cos
   background work planned so far in this iteration (prefill forwards, swap-in copies, and a reallocation of
   the KV buffers when a new row passes their row capacity), stays within the same target. A long
   background prompt is then chunked to the tokens that fit (Sarathi-Serve's budget, Agrawal et al. 2024).
-- **Catch-up.** When the chat ends, the rows it swapped out come back at once (a swap-in is one row copy, and
-  the core stops between swap-ins when a chat arrives), but the prompts it held back do not all run in one
-  iteration: until a plan without a chat holds nothing back, each iteration takes on at most the last chat's
-  target of background prefill work (ms; its first piece always goes, at least `min_chunk_tokens` of a prompt),
-  with no row cap. A chat arriving meanwhile
-  waits for one paced iteration instead of the whole backlog (`benchmarks/slo_trace.py on`, 2026-12-03, load
-  ~4: second chat's TTFT 6,723 ms before, 516 ms after; docs/benchmarks.md). The scheduler keeps the state
-  (`Scheduler.catch_up`).
+- **Between chats.** While no chat decodes, background work runs at full speed (the whole
+  `max_prefill_tokens`, swap-ins at once, no row cap), but no background prefill forward is predicted to
+  take longer than `layers x allowance` (ms), the allowance being what the target lets a step of the last chat
+  exceed its chat-alone cost (`(multiple - 1) x decode_ms`): a chat that arrives stops the forward in flight at
+  its next decoder layer (`step_abort.py`), so it waits at most about one allowance, and the work it throws away
+  is at most one forward. Longer prompts are chunked, further prompts go in further forwards of the same
+  iteration (the core stops between them for a chat). Without abortable layers the bound is one allowance.
+  This replaced a per-iteration pace after each chat (the last chat's target of background prefill per
+  iteration, until nothing was held back): against a job that always has prompts queued the pace never
+  ended, and held the job's prefill to about a quarter of its speed between chats (`docs/benchmarks.md`).
 - **Hysteresis.** Admission uses a slightly stricter cap (`multiple` lowered by `ADMIT_MARGIN` of its
   allowance) than the swap-out (the full `multiple`), so noise in the learned costs does not swap the same
   row out and in step after step.
@@ -132,6 +134,18 @@ class SloAccount:
                 hi = mid - 1
         return lo
 
+    def forward_tokens(self, bound_ms: float, held: int, limit: int) -> int:
+        """Most prompt tokens (up to `limit`) one prefill forward already holding `held` tokens may add within
+        `bound_ms` (ms; binary search, the cost grows with tokens; what the model cannot predict counts 0)."""
+        lo, hi = 0, limit
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if (self.cost.prefill_ms(held + mid, 1) or 0.0) <= bound_ms:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
     def charge(self, tokens: int, new_forward: bool, nbytes: int, rows: int) -> None:
         """Count admitted background work: prompt tokens, a new prefill forward, bytes copied, and the batch
         grown to `rows` rows (its buffers reallocated when that passes their row capacity)."""
@@ -156,7 +170,7 @@ class SloPlanning:
     slo: SloAccount
     cap: int | None
     target_ms: float | None
-    catch_up: tuple[int, int] | None
+    last_chat: tuple[int, int] | None
 
     def _preempt(self, index: int, for_request: Request | None, slo: bool = False) -> None: ...
 
@@ -200,28 +214,40 @@ class SloPlanning:
         rows = sum(r.priority != Priority.INTERACTIVE for r in itertools.chain(self.rows, self.group))
         return rows, max([self.seq_len, length, *(r.num_prompt_tokens for r in self.group)])
 
-    def _pace_ms(self) -> float | None:
-        """While no chat decodes but the work the target held back is catching up (`catch_up`: the last chat's
-        interactive rows and length), the most background work one iteration may take on (ms): the last
-        chat's target. None: no pacing."""
-        if self.catch_up is None or not self.slo.enabled or self._interactive() is not None:
+    def _forward_ms(self) -> float | None:
+        """While the target is set and no chat decodes, the most one background prefill forward may be
+        predicted to take (ms): `abort_layers` (at least 1) times the allowance of the last chat (1 row of no
+        context before the first). None: no bound (no target, a chat decoding, or no cost model yet)."""
+        if not self.slo.enabled or self._interactive() is not None:
             return None
-        return self.slo.target_ms(*self.catch_up)
+        b_i, s_i = self.last_chat or (1, 0)
+        base = self.slo.cost.decode_ms(max(1, b_i), s_i)
+        if base is None:
+            return None
+        return max(1, self.batch.abort_layers) * (self.slo.multiple - 1) * base
 
-    def _first_work(self) -> bool:
-        """No background work is planned yet in this iteration (a paced iteration always takes some)."""
-        return not (self.slo.prefill_tokens or self.slo.copy_bytes)
+    def _open_forward_tokens(self) -> int:
+        """Prompt tokens of the open group: the forward a whole prompt admitted now joins (tokens)."""
+        return sum(r.num_prompt_tokens for r in self.group)
 
-    def _slo_tokens(self, req: Request) -> int | None:
+    def _new_forward(self, take: int) -> bool:
+        """Does a whole prompt of `take` tokens admitted now start a new forward (the open group closed
+        first) because the group with it would pass the forward bound between chats?"""
+        bound = self._forward_ms()
+        if bound is None or not self.group:
+            return False
+        return (self.slo.cost.prefill_ms(self._open_forward_tokens() + take, 1) or 0.0) > bound
+
+    def _slo_tokens(self, req: Request, remaining: int) -> int | None:
         """Prompt tokens of background `req` that fit this iteration beside a decoding chat: its decode step
-        with one more row plus the background work so far stays within the target (tokens); while catching
-        up, the background work alone within the pace (at least `min_chunk_tokens` as the iteration's first
-        work). None: no bound."""
-        remaining = req.num_prompt_tokens - req.num_prefilled
-        pace = self._pace_ms()
-        if pace is not None:
-            tokens = self.slo.tokens_left(0.0, pace, remaining)
-            return max(tokens, min(self.batch.min_chunk_tokens, remaining)) if self._first_work() else tokens
+        with one more row plus the background work so far stays within the target (tokens). Between chats:
+        what fits one forward within the bound (`_forward_ms`; the open group's forward, else a new one of at
+        least `min_chunk_tokens`). `remaining`: its prompt tokens not prefilled yet (tokens). None: no bound."""
+        bound = self._forward_ms()
+        if bound is not None:
+            if remaining <= self.slo.forward_tokens(bound, self._open_forward_tokens(), remaining):
+                return remaining  # joins the open forward (or starts one)
+            return max(self.slo.forward_tokens(bound, 0, remaining), min(self.batch.min_chunk_tokens, remaining))
         chat = self._interactive() if self.slo.enabled else None
         target = self.slo.target_ms(*chat) if chat is not None else None
         if target is None:
@@ -234,26 +260,22 @@ class SloPlanning:
         """May background `queued` (a swap-in, or `take` prompt tokens of `length`) join this plan beside a
         decoding chat: a new row within the admission cap, and the decode step plus the background work
         (prefills, swap-in copies, a reallocation of the buffers) within the target? Returns the work to
-        `SloAccount.charge` once it is admitted (empty when nothing is capped), or None when it must wait."""
-        pace = self._pace_ms()
-        chat = self._interactive() if self.slo.enabled and pace is None else None
-        target = self.slo.target_ms(*chat) if chat is not None else pace
+        `SloAccount.charge` once it is admitted (empty when nothing is capped: no chat decodes), or None when
+        it must wait."""
+        chat = self._interactive() if self.slo.enabled else None
+        target = self.slo.target_ms(*chat) if chat is not None else None
         if target is None:
             return ()
         swap_in = queued.swapped_length is not None
         joins = swap_in or queued.num_prefilled + take == length  # a new row after this step
         rows, seq_len = self._background_window(length if joins else 0)
         rows += int(joins)
-        if chat is not None and joins and rows > self.slo.cap(*chat, seq_len, admit=True):
+        if joins and rows > self.slo.cap(*chat, seq_len, admit=True):
             return None
         new_forward = take > 0 and not (take == length and self.group)  # a whole prompt joins an open group
         total_rows = len(self.rows) + len(self.group) + int(joins)
         nbytes = (length * self.batch.bytes_per_token if swap_in else 0) + self.slo.relayout_bytes(total_rows, seq_len)
         work = self.slo.work_ms(take, new_forward, nbytes)
-        if chat is None:  # catching up: prefill work within the pace, and always some work; a swap-in at once
-            if swap_in:  # (the core stops between swap-ins for an arriving chat: `EngineCore._run_step`)
-                return ()
-            return (take, new_forward, nbytes, total_rows) if work <= pace or self._first_work() else None
         decode = self.slo.cost.decode_ms(max(1, chat[0]) + rows, seq_len) or 0.0
         if decode + work > target:
             return None

@@ -34,7 +34,7 @@ from typing import Sequence
 from .kv_budget import MemoryView
 from .request import Request
 from .sched_input import MIN_CHUNK_TOKENS, BatchSnapshot, RowLike
-from .sched_output import Preempt, SchedulerOutput
+from .sched_output import SchedulerOutput
 from .sched_plan import Planner
 
 class Scheduler:
@@ -50,7 +50,7 @@ class Scheduler:
         self._heap: list[tuple[int, int, int, Request]] = []
         self._counter = itertools.count()
         self._waiting: dict[str, Request] = {}
-        self.catch_up: tuple[int, int] | None = None  # the last chat while what its target held back catches up
+        self.last_chat: tuple[int, int] | None = None  # (rows, longest; rows, tokens) of the last chat planned for
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -77,15 +77,10 @@ class Scheduler:
         return plan
 
     def _follow_target(self, plan: SchedulerOutput) -> None:
-        """Catch-up (`sched_slo.py`): from a plan in which the interactive target swapped rows out or held
-        work back, until a plan without a chat holds nothing back, background work is paced by the last chat's
-        target, so a chat arriving meanwhile waits for one paced iteration, not for the whole backlog."""
-        capped = plan.slo_held_back or any(isinstance(s, Preempt) and s.slo for s in plan.steps)
-        if plan.step_target_ms is not None and plan.chat is not None:
-            if capped or self.catch_up is not None:
-                self.catch_up = plan.chat
-        elif not plan.slo_held_back:
-            self.catch_up = None
+        """Remember the last chat a plan saw decoding: between chats, background prefill forwards are bounded
+        by its allowance (`sched_slo.py`)."""
+        if plan.chat is not None:
+            self.last_chat = plan.chat
 
     def memory_view(self, batch: BatchSnapshot, admitting: Request | None = None) -> MemoryView:
         """The batch's KV memory as admission sees it now: the window, and under a fixed budget the K/V that

@@ -65,8 +65,9 @@ class EngineStats:
         slo_background_cap: the most background rows the interactive target lets the batch carry now
             (rows; None: no cap: no target, no chat decoding, or the cost model not ready yet).
         slo_target_step_ms: the step time the target keeps while a chat decodes (ms; None: none now).
-        slo_pace_ms: after a chat, the most background work an iteration takes on while what the target held
-            back catches up (ms; None: not catching up; `sched_slo.py`).
+        slo_forward_ms: while the target is set and no chat decodes, the most one background prefill forward
+            is predicted to take (ms; an arriving chat stops it at a decoder layer; None: no bound now;
+            `sched_slo.py`).
         predicted_step_ms: the cost model's prediction for a decode step of the batch as it is (ms; None:
             empty batch, or the model not ready).
         step_cost_coefficients: the learned decode step model (a ms, b ms/row, c ms/(row x 1000 tokens)) of
@@ -95,7 +96,7 @@ class EngineStats:
     prefix_cache_capacity_bytes: int = 0
     slo_background_cap: int | None = None
     slo_target_step_ms: float | None = None
-    slo_pace_ms: float | None = None
+    slo_forward_ms: float | None = None
     predicted_step_ms: float | None = None
     step_cost_coefficients: tuple[float, float, float] | None = None
     device: str = ""

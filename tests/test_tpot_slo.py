@@ -142,51 +142,53 @@ def test_background_newcomers_and_swap_ins_wait_while_the_cap_is_full_and_come_b
     assert plan.steps == (SwapIn(old), PrefillGroup((new,))) and plan.background_cap == 4
 
 
-def test_after_the_chat_its_swapped_rows_come_back_at_once_and_held_back_prompts_paced_then_unpaced():
+def test_after_the_chat_its_swapped_rows_come_back_at_once_and_held_back_prompts_run_in_bounded_forwards():
     """When the chat ends, the rows its target swapped out come back in the first iteration (each is one row
-    copy, and the core stops between swap-ins for an arriving chat), but the prompts it held back do not all run
-    in one iteration: each iteration prefills at most the last chat's target of background work (the first
-    piece always goes), so a chat arriving meanwhile waits for one paced forward, which it can stop
-    (`slo_trace.py`: 6.7 s TTFT before pacing, 0.5 s after); once a plan holds nothing back the pace ends."""
+    copy, and the core stops between swap-ins for an arriving chat) and the prompts it held back all run in
+    that iteration too, but no background forward is predicted past `abort_layers` x the last chat's allowance,
+    since a chat arriving waits for the forward in flight up to its next decoder layer. The bound stays
+    between chats (a job always has prompts queued: a per-iteration pace never ended and held its prefill to a
+    quarter of its speed); with the target off the prompts share one forward as before."""
     chat, running = _req("chat", I), _req("run", B)
     olds = [_swapped(_req(f"old{i}", B), 300, start_seq=5 + i) for i in range(3)]
-    new = [_req(f"new{i}", B, 300) for i in range(3)]
+    new = [_req(f"new{i}", B, 150) for i in range(5)]
     sched = Scheduler(3)
-    cost = FixedCost(per_byte=0.01, per_token=0.01)  # target 2 x 2 = 4 ms; a swap-in 3 ms, a prompt 3 ms
+    cost = FixedCost(per_byte=0.01, per_token=0.01)  # target 2 x 2 = 4 ms: allowance 2 ms; a prompt 1.5 ms
     for n, old in enumerate(olds):
         old.seq = 90 + n
         sched.requeue(old)
     for req in new:
         sched.add(req)
-    plan = sched.schedule(_batch((running, 20), (chat, 12), cost=cost))
-    assert plan.steps == () and plan.slo_held_back
-    plan = sched.schedule(_batch((running, 20), cost=cost))  # the chat has finished
-    assert plan.steps == (*map(SwapIn, olds), PrefillGroup((new[0],)))  # two prompts would cost 6 ms > 4 ms
-    assert plan.pace_ms == 4.0 and plan.background_cap is None and plan.slo_held_back
-    for old in olds:
-        assert sched.take(old)
-    assert sched.take(new[0])
-    for req in new[1:]:
-        plan = sched.schedule(_batch((running, 20), *((r, 300) for r in olds), cost=cost))
-        assert plan.steps == (PrefillGroup((req,)),) and plan.pace_ms == 4.0
-        assert plan.slo_held_back == (req is not new[-1])
-        assert sched.take(req)
-    assert sched.schedule(_batch((running, 20), cost=cost)).pace_ms is None and sched.catch_up is None  # nothing held back: no pace any more
-    more = [_req(f"more{i}", B, 300) for i in range(3)]
-    for req in more:
-        sched.add(req)
-    assert sched.schedule(_batch((running, 20), cost=cost)).steps == (PrefillGroup(tuple(more)),)
+    plan = sched.schedule(_batch((running, 20), (chat, 12), cost=cost, abort_layers=2))
+    assert plan.steps == () and plan.slo_held_back and plan.forward_ms is None
+    plan = sched.schedule(_batch((running, 20), cost=cost, abort_layers=2, max_batch_size=16))  # chat finished
+    assert plan.forward_ms == 4.0  # 2 layers x 2 ms; two prompts (3 ms) fit a forward, three (4.5 ms) do not
+    assert plan.steps == (*map(SwapIn, olds), PrefillGroup(tuple(new[:2])), PrefillGroup(tuple(new[2:4])),
+                          PrefillGroup((new[4],)))
+    assert plan.background_cap is None and not plan.slo_held_back
+    no_hooks = sched.schedule(_batch((running, 20), cost=cost, max_batch_size=16))  # forwards that cannot stop: one allowance each
+    assert no_hooks.forward_ms == 2.0 and PrefillGroup((new[0],)) in no_hooks.steps
+    assert sched.schedule(_batch((running, 20), cost=cost, abort_layers=2, slo=None, max_batch_size=16)).steps == \
+        (*map(SwapIn, olds), PrefillGroup(tuple(new)))  # target off: as before, and no bound
+    first = Scheduler(3)  # before any chat: the allowance of a one-row chat of no context
+    for req in new:
+        first.add(req)
+    plan = first.schedule(_batch((running, 20), cost=cost, abort_layers=2))
+    assert plan.forward_ms == 4.0 and len(plan.steps) == 3
 
 
-def test_a_paced_prefill_takes_what_the_pace_leaves_and_at_least_a_chunk():
-    chat, long = _req("chat", I), _req("long", B, 1000)
-    sched = _queue(long)
-    cost = FixedCost(per_token=0.01)  # pace 4 ms: 400 tokens
-    assert sched.schedule(_batch((chat, 12), cost=cost, min_chunk_tokens=16)).slo_held_back
-    plan = sched.schedule(_batch(cost=cost, min_chunk_tokens=16))
-    assert plan.steps == (PrefillChunk(long, 0, 400),) and plan.pace_ms == 4.0
-    dear = FixedCost(per_token=1.0)  # not even the minimum chunk fits the pace: it goes anyway
-    assert sched.schedule(_batch(cost=dear, min_chunk_tokens=16)).steps == (PrefillChunk(long, 0, 16),)
+def test_between_chats_a_prompt_past_the_forward_bound_is_chunked_and_ends_the_iterations_admissions():
+    chat, long, short = _req("chat", I), _req("long", B, 1000), _req("short", B, 100)
+    sched = _queue(long, short)
+    cost = FixedCost(per_token=0.01)  # bound 2 layers x 2 ms = 4 ms: 400 tokens a forward
+    assert sched.schedule(_batch((chat, 12), cost=cost, min_chunk_tokens=16, abort_layers=2)).slo_held_back
+    plan = sched.schedule(_batch(cost=cost, min_chunk_tokens=16, abort_layers=2))
+    assert plan.steps == (PrefillChunk(long, 0, 400),) and plan.forward_ms == 4.0 and not plan.slo_held_back
+    dear = FixedCost(per_token=1.0)  # not even the minimum chunk fits the bound: it goes anyway
+    assert sched.schedule(_batch(cost=dear, min_chunk_tokens=16, abort_layers=2)).steps == (PrefillChunk(long, 0, 16),)
+    long.num_prefilled = 800  # its last chunk (a chunk runs alone), then the short prompt in a forward of its own
+    plan = sched.schedule(_batch(cost=cost, min_chunk_tokens=16, abort_layers=2))
+    assert plan.steps == (PrefillChunk(long, 800, 200), PrefillGroup((short,)))
 
 
 def test_between_the_admission_cap_and_the_cap_nothing_moves():
@@ -203,7 +205,8 @@ def test_background_prefill_is_chunked_to_what_the_target_leaves():
     assert plan.steps == (PrefillChunk(long, 0, 100),) and plan.slo_held_back
     plan = _queue(long).schedule(_batch((chat, 12), cost=cost, slo=2.0, max_background_prefill_tokens=50))
     assert plan.steps == (PrefillChunk(long, 0, 50),)  # the token budget still applies
-    plan = _queue(long).schedule(_batch(cost=cost, slo=2.0))  # no chat: the whole prompt
+    plan = _queue(long).schedule(_batch(cost=cost, slo=2.0, abort_layers=2))  # no chat: the whole prompt (3 ms
+    # within the 4 ms a forward may take between chats)
     assert plan.steps == (PrefillGroup((long,)),)
 
 
@@ -281,6 +284,34 @@ def test_random_plans_keep_the_cap_and_the_target(seed):
     work += sum(cost.per_byte * s.request.swapped.length for s in plan.steps if isinstance(s, SwapIn))
     if work or joined:
         assert cost.decode_ms(max(1, chats) + background, 0) + work <= plan.step_target_ms + 1e-9
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_random_plans_between_chats_keep_every_background_forward_within_the_bound(seed):
+    """Random batches, queues and cost models, the target set and no chat: every background forward is within
+    `abort_layers x allowance` (a chunk of `min_chunk_tokens`, or a prompt shorter than that alone in its
+    forward, may pass it), and the plan takes as much prompt work as it would with the target off, up to one
+    chunk (the bound splits forwards; it does not hold work back)."""
+    import random
+
+    rng = random.Random(seed)
+    multiple, layers, slope = rng.choice([1.3, 2.0, 4.0]), rng.choice([0, 1, 8, 30]), rng.choice([0.2, 1.0])
+    cost = FixedCost(lambda r, s: 1.0 + slope * r, per_token=rng.choice([0.002, 0.01, 0.05]))
+    rows, sched = _random_workload(seed)
+    sched.last_chat = rng.choice([None, (1, rng.randint(5, 100))])
+    kw = dict(cost=cost, max_prefill_tokens=500, min_chunk_tokens=16, max_batch_size=16)
+    plan = sched.schedule(_batch(*rows, slo=multiple, abort_layers=layers, **kw))
+    b_i, s_i = sched.last_chat or (1, 0)
+    bound = max(1, layers) * (multiple - 1) * cost.decode_ms(b_i, s_i)
+    assert plan.forward_ms == pytest.approx(bound) and not plan.slo_held_back and plan.background_cap is None
+    for s in plan.steps:
+        if isinstance(s, PrefillGroup):
+            tokens = sum(r.num_prompt_tokens for r in s.requests)
+            assert cost.prefill_ms(tokens) <= bound + 1e-9 or (len(s.requests) == 1 and tokens <= 16)
+        elif isinstance(s, PrefillChunk):
+            assert cost.prefill_ms(s.num_tokens) <= bound + 1e-9 or s.num_tokens <= 16 or s.last
+    off = sched.schedule(_batch(*rows, slo=None, **kw))
+    assert plan.num_prefill_tokens >= min(off.num_prefill_tokens, 16) and set(plan.admitted) <= set(off.admitted)
 
 
 # ------------------------------------------------------------------------------------- the engine
@@ -505,3 +536,43 @@ async def test_a_chat_arriving_between_swap_ins_goes_first(make_engine, tiny):
     assert engine.stats().counters["num_aborted_forwards"] >= 1
     for prompt, out in zip(prompts, outs):
         assert [o.token_id for o in out if o.token_id is not None] == solo_greedy(tiny, engine.tokenize(prompt), 40)
+
+
+async def test_between_chats_held_prompts_run_in_bounded_forwards_of_one_iteration_and_stay_exact(
+        make_engine, tiny, decode_gate):
+    """With the target set and no chat decoding, prompts that arrive together are prefilled in one iteration
+    but in several forwards, none predicted past `abort_layers x allowance` (a chat arriving waits for one
+    decoder layer of the forward in flight, `sched_slo.py`); every output equals its solo run."""
+    engine = make_engine(max_batch_size=8, interactive_tpot_slo=2.0)
+    core = engine._core
+    layers = core.runner.abort_layers
+    assert layers == len(tiny.model.model.layers) >= 1
+    prompts = [f"background job {i}" + "." * i for i in range(6)]
+    lengths = [len(engine.tokenize(p)) for p in prompts]
+    bound = layers * (2.0 - 1) * 2.0  # no chat yet: the allowance of a one-row chat, decode_ms(1, 0) = 2 ms
+    core.step_cost = FixedCost(per_token=bound / (max(lengths) + 0.5))  # any prompt fits a forward, no two do
+    iteration, forwards = [0], []
+    real_step, real_group = core.step, core._prefill_group
+
+    def step():
+        iteration[0] += 1
+        real_step()
+
+    def prefill_group(group, share=True):
+        if group and not share:
+            forwards.append((iteration[0], len(group)))
+        real_group(group, share)
+
+    core.step, core._prefill_group = step, prefill_group
+    gate = decode_gate(engine)
+    first = asyncio.create_task(_run(engine, prompts[0], 20, B))
+    await gate.parked()
+    rest = [asyncio.create_task(_run(engine, p, 20, B if i % 2 else A)) for i, p in enumerate(prompts[1:])]
+    await queued(engine, 5)
+    gate.release()
+    outs = await asyncio.gather(first, *rest)
+    assert all(n == 1 for _, n in forwards)  # one prompt a forward
+    assert max(sum(1 for it, _ in forwards if it == i) for i in set(it for it, _ in forwards)) == 5  # in one iteration
+    assert engine.stats().slo_forward_ms == pytest.approx(bound)
+    for prompt, out in zip(prompts, outs):
+        assert [o.token_id for o in out if o.token_id is not None] == solo_greedy(tiny, engine.tokenize(prompt), 20)

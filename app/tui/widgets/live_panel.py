@@ -44,8 +44,6 @@ def prefix_cache_line(s: EngineStats) -> Content:
                                    hit=format_pct(s.prefix_cache_hit_rate))
     if s.slo_background_cap is not None:
         line += Content.from_markup("\n[b]chat target[/b] ≤ $cap background rows", cap=s.slo_background_cap)
-    elif s.slo_pace_ms is not None:
-        line += Content.from_markup("\n[b]jobs catching up[/b] ≤ $ms ms a step", ms=f"{s.slo_pace_ms:.0f}")
     return line
 
 
