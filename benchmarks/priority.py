@@ -78,7 +78,9 @@ async def _drain(stream, times: list[float]) -> None:
             times.append(time.perf_counter())
 
 
-async def _interactive(engine: Engine, tokens: int) -> dict:
+async def _interactive(engine: Engine, tokens: int, seen: list) -> dict:
+    """One chat turn of `tokens` tokens; `seen` gets a stats sample at each token but the last (the chat is then
+    still in the batch, so a short chat is sampled too, however fast its steps)."""
     params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
     start = time.perf_counter()
     times, waited = [], None
@@ -86,6 +88,8 @@ async def _interactive(engine: Engine, tokens: int) -> dict:
         if out.token_id is not None:
             times.append(time.perf_counter())
             waited = out.engine_step - out.arrival_step if waited is None else waited
+            if len(times) < tokens:
+                seen.append(_sample(engine))
     return {"start": start, "end": times[-1], "ttft_ms": (times[0] - start) * 1000,
             "tpot_ms": (times[-1] - times[0]) * 1000 / max(1, len(times) - 1),
             "itl_ms": [(b - a) * 1000 for a, b in zip(times, times[1:])], "steps_before_first_token": waited}
@@ -94,11 +98,14 @@ async def _interactive(engine: Engine, tokens: int) -> dict:
 async def _watch(engine: Engine, seen: list, stop: asyncio.Event) -> None:
     """Sample the SLO stats while a chat decodes (every 20 ms)."""
     while not stop.is_set():
-        s = engine.stats()
-        seen.append({"cap": s.slo_background_cap, "target_ms": s.slo_target_step_ms,
-                     "predicted_ms": s.predicted_step_ms,
-                     "rows": len(s.rows), "background_rows": sum(1 for r in s.rows if r.priority != "interactive")})
+        seen.append(_sample(engine))
         await asyncio.sleep(0.02)
+
+
+def _sample(engine: Engine) -> dict:
+    s = engine.stats()
+    return {"cap": s.slo_background_cap, "target_ms": s.slo_target_step_ms, "predicted_ms": s.predicted_step_ms,
+            "rows": len(s.rows), "background_rows": sum(1 for r in s.rows if r.priority != "interactive")}
 
 
 def _warm_up(engine: Engine) -> None:
@@ -154,7 +161,7 @@ async def _scenario(loaded, spec: dict, args, pools: dict) -> dict:
                 quiet.append((q0, time.perf_counter()))
             watch_stop = asyncio.Event()
             watcher = asyncio.create_task(_watch(engine, seen, watch_stop))
-            chat = await _interactive(engine, args.interactive_tokens)
+            chat = await _interactive(engine, args.interactive_tokens, seen)
             watch_stop.set()
             await watcher
             chats.append(chat)

@@ -35,7 +35,7 @@ async def main():
     pt = asyncio.create_task(poll())
     for i in range(2):
         await asyncio.sleep(1.5)
-        r = await P._interactive(eng, 32)
+        r = await P._interactive(eng, 32, [])
         print(f"chat {i}: arrive {r['start'] - t0:.2f}s TTFT {r['ttft_ms']:.0f} ms TPOT {r['tpot_ms']:.0f} ms",
               flush=True)
     pt.cancel(); stop.set(); feed.cancel()
