@@ -95,8 +95,9 @@ class EngineCore:
             self.window.count("num_requests_received")
 
     def step(self) -> None:
-        """One iteration: schedule, execute the plan (swap-ins, prefills, preemptions), decode every row
-        (emitting its token and retiring it when finished), publish stats and final outputs."""
+        """One iteration: schedule, execute the plan (swap-ins, prefills, preemptions), send the final outputs
+        of requests that ended in it (at their first token, or failed), decode every row (emitting its token and
+        retiring it when finished), publish stats and final outputs."""
         self._budget = self._kv_budget()  # one device-memory reading per iteration
         if self.prefix.enabled:
             self.prefix.seed(self._admission_candidates())
@@ -107,6 +108,7 @@ class EngineCore:
             self._give_back_prefix_cache(plan)
         try:
             self._execute(plan)
+            self.send_finished()  # a request that ended in the plan (at its first token) does not wait for the decode
             if self.rows:
                 self._decode_step()
         except StepAborted:  # an interactive request arrived: the next plan admits it (`step_abort.py`)
@@ -152,7 +154,7 @@ class EngineCore:
 
     def send_finished(self) -> None:
         """Publish stats and send the final outputs of requests that ended between iterations (cancelled from
-        the inbox) now, rather than after the next iteration."""
+        the inbox) or in this iteration's plan now, rather than after the next decode step."""
         if self._final_outputs:
             self._publish_stats()
             self._send_final_outputs()

@@ -110,6 +110,34 @@ async def test_a_cancelled_row_is_freed_and_its_stream_ends_within_one_step(make
     await asyncio.gather(*tasks)
 
 
+async def test_a_request_that_ends_at_its_first_token_hears_it_before_the_other_rows_decode(make_engine, decode_gate):
+    """A request that ends in the iteration's plan (here at its first token, `max_tokens=1`) used to get its
+    final output only after the rest of the iteration, the other rows' decode step (70-140 ms of every one-token
+    chat's TTFT beside a job on this CPU, `benchmarks/chat_arrival.py`). The decode step is parked: the output
+    must arrive meanwhile, with stats that already count the request finished."""
+    engine = make_engine()
+    finished = lambda: engine._core.window.counters.get("num_requests_finished", 0)  # noqa: E731
+    job = engine.generate("a long job", SamplingParams(max_tokens=1900, ignore_eos=True), Priority.BATCH, "job")
+    await job.__anext__()
+    base = finished()
+    gate = decode_gate(engine, lambda batch: finished() > base)  # the decode step after "one" finished
+    outs = []
+
+    async def consume() -> None:
+        async for out in engine.generate("a one-token turn", SamplingParams(max_tokens=1, ignore_eos=True),
+                                         Priority.INTERACTIVE, "one"):
+            outs.append(out)
+
+    task = asyncio.create_task(consume())
+    await gate.parked()  # the job's decode step of the iteration that prefilled "one" has not run
+    await until(lambda: outs and outs[-1].finished, what="the one-token request's output while the job decodes")
+    assert outs[-1].finish_reason == "length" and outs[-1].token_id is not None and outs[-1].completion_tokens == 1
+    assert engine.stats().counters["num_requests_finished"] == base + 1
+    gate.release()
+    await task
+    await job.aclose()
+
+
 async def test_leaving_the_stream_early_cancels_the_request(make_engine):
     engine = make_engine()
     async for out in engine.generate("tell me", SamplingParams(max_tokens=1900, ignore_eos=True)):
