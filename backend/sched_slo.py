@@ -24,8 +24,12 @@ most `multiple` times what a decode step of the interactive rows alone would cos
   is at most one forward. Longer prompts are chunked, further prompts go in further forwards of the same
   iteration (the core stops between them for a chat). Without abortable layers the bound is one allowance.
   This replaced a per-iteration pace after each chat (the last chat's target of background prefill per
-  iteration, until nothing was held back): against a job that always has prompts queued the pace never
-  ended, and held the job's prefill to about a quarter of its speed between chats (`docs/benchmarks.md`).
+  iteration, until a plan held nothing back), which slowed the job while it lasted and bounded nothing once it
+  ended: a background forward could again be `max_prefill_tokens` long (2,048 tokens, ~9 s on one thread of
+  a 2-core CPU, ~300 ms a decoder layer) for a chat to wait on and throw away. One-token chats every 2-6 s
+  beside a joining job (`benchmarks/chat_arrival.py`, one session): the job prefilled 11% more prompt tokens,
+  the chats' TTFT median / p90 / max 160 / 219 / 282 ms against 140 / 163 / 299 ms (a chat now waits up to
+  one allowance, ~40 ms here, where a paced forward's layer was ~4 ms; `docs/benchmarks.md`).
 - **Hysteresis.** Admission uses a slightly stricter cap (`multiple` lowered by `ADMIT_MARGIN` of its
   allowance) than the swap-out (the full `multiple`), so noise in the learned costs does not swap the same
   row out and in step after step.

@@ -146,9 +146,9 @@ def test_after_the_chat_its_swapped_rows_come_back_at_once_and_held_back_prompts
     """When the chat ends, the rows its target swapped out come back in the first iteration (each is one row
     copy, and the core stops between swap-ins for an arriving chat) and the prompts it held back all run in
     that iteration too, but no background forward is predicted past `abort_layers` x the last chat's allowance,
-    since a chat arriving waits for the forward in flight up to its next decoder layer. The bound stays
-    between chats (a job always has prompts queued: a per-iteration pace never ended and held its prefill to a
-    quarter of its speed); with the target off the prompts share one forward as before."""
+    since a chat arriving waits for the forward in flight up to its next decoder layer. The bound holds at any
+    time no chat decodes (before the first chat too); with the target off the prompts share one forward as
+    before."""
     chat, running = _req("chat", I), _req("run", B)
     olds = [_swapped(_req(f"old{i}", B), 300, start_seq=5 + i) for i in range(3)]
     new = [_req(f"new{i}", B, 150) for i in range(5)]
