@@ -43,9 +43,9 @@ DOCS_SECTION = "tui-priority"
 QUESTIONS = ["Give me three tips for writing clear documentation.",
              "Now make the second tip shorter, in one sentence.",
              "Which of the three matters most for a beginner, and why?"]
-DEFAULTS = {"model": "smollm2-135m-instruct", "job_lines": 32, "job_tokens": 256, "chat_tokens": 64, "chats": 3,
+DEFAULTS = {"model": "smollm2-135m-instruct", "job_lines": 32, "job_tokens": 256, "chats": 3,
             "think_s": 1.0, "slo": 1.5, "max_batch_size": 32, "timeout_s": 600.0}
-SMOKE = {"model": "random:tiny", "job_lines": 8, "job_tokens": 512, "chat_tokens": 8, "chats": 2, "think_s": 0.2,
+SMOKE = {"model": "random:tiny", "job_lines": 8, "job_tokens": 512, "chats": 2, "think_s": 0.2,
          "slo": 1.5, "max_batch_size": 8, "timeout_s": 120.0}
 
 
@@ -158,15 +158,18 @@ def _ms(x) -> str:
 
 
 def markdown(result: dict, path: str) -> str:
-    rows = ["| scenario | TTFT median / max (ms) | TPOT median (ms) | ITL p99 / max (ms) | job rows while chatting "
-            "(median, min) | engine output tok/s while chatting |", "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| scenario | answer tokens per turn | TTFT median / max (ms) | TPOT median (ms) | ITL p99 / max (ms) | "
+            "job rows while chatting (median, min) | engine output tok/s while chatting |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in result["scenarios"].items():
-        rows.append(f"| {name} | {_ms(r['ttft_ms']['median'])} / {_ms(r['ttft_ms']['max'])} | "
+        rows.append(f"| {name} | {', '.join(map(str, r['chat_tokens']))} | "
+                    f"{_ms(r['ttft_ms']['median'])} / {_ms(r['ttft_ms']['max'])} | "
                     f"{_ms(r['tpot_ms_median'])} | {_ms(r['itl_ms_p99'])} / {_ms(r['itl_ms_max'])} | "
                     f"{_ms(r['job_rows_during_chats']['median'])}, {_ms(r['job_rows_during_chats']['min'])} | "
                     f"{r['output_tok_s_during_chats']:.1f} |")
     return (f"Measured {result['date']} on {result['machine']} ({result['model']}, {result['args']['chats']} chat "
-            f"turns of {result['args']['chat_tokens']} tokens, a {result['args']['job_lines']}-line job of "
+            f"turns with the app's default settings, each answer ending where the model stops, a "
+            f"{result['args']['job_lines']}-line job of "
             f"{result['args']['job_tokens']} output tokens a line, `max_batch_size` "
             f"{result['args']['max_batch_size']}; `{result['command']}`, results in `{path}`):\n\n" + "\n".join(rows))
 
