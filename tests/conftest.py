@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,3 +156,13 @@ def solo_greedy(loaded, prompt_ids: list[int], max_new_tokens: int) -> list[int]
     out = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                 do_sample=False, pad_token_id=2)
     return out[0, len(prompt_ids):].tolist()
+
+
+def run_benchmark_smoke(module: str, out_dir: Path, name: str, timeout: float = 120) -> dict:
+    """Run `python -m benchmarks.<module> --smoke --out-dir <out_dir>` in a child process (its torch settings
+    stay its own) and return its one results file, `*-<name>-smoke.json`; fails with the tail of its output."""
+    done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--smoke", "--out-dir", str(out_dir)],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=timeout)
+    files = list(out_dir.glob(f"*-{name}-smoke.json"))
+    assert done.returncode == 0 and len(files) == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(files[0].read_text())

@@ -4,20 +4,11 @@ producing with and without a chat, the report and its docs table are well formed
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import run_benchmark_smoke
 
 
 def test_priority_smoke(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "benchmarks.priority", "--smoke", "--out-dir", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    files = list(tmp_path.glob("*-priority-smoke.json"))
-    assert done.returncode == 0 and len(files) == 1, done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads(files[0].read_text())
+    result = run_benchmark_smoke("priority", tmp_path, "priority")
     sc = result["scenarios"]
     assert set(sc) == {"idle", "busy, target off", "busy, target 1.5", "joining, target off", "joining, target 1.5"}
     for name, row in sc.items():
