@@ -6,7 +6,7 @@ SmolLM2-135M, one torch thread, target 1.5 with a fixed cost model (a step costs
 keeps 3 job rows beside a chat). A job of 3 rows, or of 31 rows of which 28 are parked while the chat decodes
 (`backend/row_parking.py`); the same 3 prompts' lengths for the kept rows, twice each, alternating. Reports the
 decode steps over the 4 decoding rows (the chat's 60 tokens; median ms, window columns) and writes
-`benchmarks/results/<date>-<device>-park-probe.json`."""
+`benchmarks/results/<date>-cpu-park-probe.json` (the default model is a CPU-only GGUF here)."""
 import asyncio
 import datetime as dt
 import json
