@@ -39,7 +39,9 @@ SMOKE = {"model": "random:tiny", "batch_size": 8, "chats": 3, "min_s": 0.05, "ma
 
 
 async def run(loaded, args, pool: list) -> dict:
-    """One engine: the job, then `args.chats` one-token chats at random moments; the measurements."""
+    """One engine: the job, then `args.chats` one-token chats at random moments. Returns the chats' TTFT
+    (median, p90, max, all; ms), the run's span (s), counter deltas (forwards stopped, prompt tokens, prefill
+    forwards, SLO swap-outs) and the job's prompt and output rates (tokens/s). Raises what the engine raises."""
     engine = Engine(EngineConfig(model=loaded.name, max_batch_size=args.batch_size, interactive_tpot_slo=args.slo),
                     loaded=loaded).start()
     stop, out_times = asyncio.Event(), []
